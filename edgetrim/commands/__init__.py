@@ -1,0 +1,10 @@
+"""CLI command modules, one per area. Each exposes ``register(app: typer.Typer) -> None``.
+
+Add a module here to make its commands part of ``edgetrim``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+COMMAND_MODULES: list[ModuleType] = []

@@ -1,0 +1,1 @@
+"""edgetrim.lookup_tables."""

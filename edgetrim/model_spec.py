@@ -1,0 +1,101 @@
+"""Load a model from a ``path/to/file.py:fn`` or ``package.module:fn`` spec.
+
+``fn()`` returns an ``nn.Module`` or ``(module, example_inputs)``; when only a module is returned the
+caller passes ``input_shape``. Every failure is a one-line ``ModelSpecError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetrim.errors import ModelSpecError
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with the example inputs that define its shapes."""
+
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    spec: str
+
+
+def _import_target(spec: str) -> Any:
+    if ":" not in spec:
+        raise ModelSpecError(f"model spec {spec!r} must look like path/to/file.py:fn or package.module:fn")
+    where, _, attr = spec.rpartition(":")
+    if not attr:
+        raise ModelSpecError(f"model spec {spec!r} names no function after ':'")
+    if where.endswith(".py") or "/" in where or where.startswith("."):
+        path = Path(where)
+        if not path.is_file():
+            raise ModelSpecError(f"model file {where} does not exist")
+        mod_name = f"_edgetrim_user_{abs(hash(str(path.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ModelSpecError(f"cannot import {where} as a Python file")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = module  # dataclasses / pickling need the module registered
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelSpecError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:
+            raise ModelSpecError(f"cannot import module {where!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ModelSpecError(f"{where} has no attribute {attr!r}") from None
+
+
+def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> LoadedModel:
+    """Import and call the model factory named by ``spec``.
+
+    Example:
+        >>> m = load_model("edgetrim.examples.models:lenet5")  # doctest: +SKIP
+        >>> m.example_inputs[0].shape  # doctest: +SKIP
+        torch.Size([1, 1, 8, 8])
+    """
+    factory = _import_target(spec)
+    if not callable(factory):
+        raise ModelSpecError(f"{spec} is not callable")
+    try:
+        result = factory()
+    except Exception as exc:
+        raise ModelSpecError(f"calling {spec}() failed: {type(exc).__name__}: {exc}") from exc
+    example: tuple[torch.Tensor, ...] | None = None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
+        module, raw = result
+        example = (raw,) if isinstance(raw, torch.Tensor) else tuple(raw)
+    elif isinstance(result, nn.Module):
+        module = result
+    else:
+        raise ModelSpecError(
+            f"{spec}() returned {type(result).__name__}; expected an nn.Module or (module, example_inputs)"
+        )
+    if input_shape is not None:
+        example = (torch.randn(*input_shape),)
+    if example is None:
+        raise ModelSpecError(f"{spec}() returned only a module: pass --input-shape, e.g. --input-shape 1,3,64,64")
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(*example)
+    except Exception as exc:
+        raise ModelSpecError(
+            f"{spec} does not run on inputs of shape {[tuple(t.shape) for t in example]}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return LoadedModel(module=module, example_inputs=example, spec=spec)
