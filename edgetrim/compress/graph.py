@@ -1,0 +1,313 @@
+"""Coupled channel groups of a model, and physical slicing of them.
+
+A *channel group* is a set of channels that must be removed together: the output channels of a conv,
+the BatchNorm after it, the depthwise conv that follows, the input channels of the next conv, every
+branch of a residual add, the features a flatten feeds into a linear layer. One mask vector serves one
+group (the l1/l2 reference: "one alpha per coupled group, not per layer").
+
+Dependency analysis and slicing are delegated to Torch-Pruning's ``DependencyGraph``; this module is the
+only place that imports it, so it can be replaced without touching the rest of ``compress``.
+
+Example:
+    >>> model, x = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(1, 4),)
+    >>> groups = find_channel_groups(model, x)
+    >>> [(g.id, g.size) for g in groups]
+    [(0, 8)]
+    >>> small = materialize_channels(model, x, {0: torch.tensor([0, 3, 5])})
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgetrim.errors import ModelSpecError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ChannelGroup", "GroupMember", "Role", "find_channel_groups", "materialize_channels"]
+
+
+class Role(enum.StrEnum):
+    """What a member layer does with the group's channels."""
+
+    PRODUCER = "producer"  # conv / linear whose output channels are the group
+    CONSUMER = "consumer"  # conv / linear whose input channels (or flattened features) are the group
+    DEPTHWISE = "depthwise"  # depthwise conv: channel j in -> channel j out
+    NORM = "norm"  # batch norm (per-channel affine)
+    OTHER = "other"  # PReLU, embeddings, bare parameters
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One layer touched by a group.
+
+    ``local`` are the indices along the layer's own dimension (input features for a consumer, output
+    channels otherwise) and ``root[k]`` is the group channel that ``local[k]`` belongs to: a flatten
+    maps one channel to H*W features, a concatenation shifts indices.
+    """
+
+    name: str
+    role: Role
+    local: tuple[int, ...]
+    root: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A set of coupled channels with one mask vector of length ``size``."""
+
+    id: int
+    size: int
+    root_name: str  # the producer whose output channels index the group
+    members: tuple[GroupMember, ...]
+
+    def names(self, role: Role | None = None) -> list[str]:
+        """Names of the member layers, optionally only those with ``role``."""
+        return [m.name for m in self.members if role is None or m.role == role]
+
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Norms that mix channels: a channel gated to zero still changes the mean/variance of the others, so
+# such groups cannot be masked exactly and are left dense.
+_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+def _tp():  # the one import of Torch-Pruning in edgetrim.compress
+    import torch_pruning as tp
+
+    return tp
+
+
+def _flat_tensors(obj: object) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _flat_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _flat_tensors(v)]
+    return []
+
+
+def _run_with_module_trace(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor]
+) -> tuple[object, set[str]]:
+    """Forward once; name the innermost failing module, and find the layers producing the outputs."""
+    stack: list[str] = []
+    produced: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def pre(_m: nn.Module, _i: object, name: str = name) -> None:
+            stack.append(name)
+
+        def post(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            if stack and stack[-1] == name:
+                stack.pop()
+            if not list(_m.children()):
+                produced[name] = _flat_tensors(out)
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            out = model(*example_inputs)
+    except Exception as exc:
+        where = stack[-1] if stack else type(model).__name__
+        raise ModelSpecError(
+            f"cannot trace the model: module {where!r} failed on the example inputs "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+    outs = _flat_tensors(out)
+    out_ptrs = {(t.data_ptr(), t.numel()) for t in outs}
+    final = {n for n, ts in produced.items() if any((t.data_ptr(), t.numel()) in out_ptrs for t in ts)}
+    return out, final
+
+
+def _role(tp: object, module: nn.Module, handler: object) -> Role:
+    fn_name = getattr(handler, "__name__", "")
+    if isinstance(module, nn.Conv2d | nn.Conv1d) and module.groups > 1:
+        return Role.DEPTHWISE
+    if isinstance(module, _NORM_TYPES):
+        return Role.NORM
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+        return Role.CONSUMER if fn_name == "prune_in_channels" else Role.PRODUCER
+    return Role.OTHER
+
+
+def _build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]):
+    tp = _tp()
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=list(example_inputs), verbose=False
+            )
+    except Exception as exc:
+        raise ModelSpecError(
+            f"cannot trace the model's channel dependencies ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); pass the offending module via ignore="
+        ) from exc
+
+
+def _resolve_ignore(model: nn.Module, ignore: Iterable[str | nn.Module]) -> list[nn.Module]:
+    by_name = dict(model.named_modules())
+    out: list[nn.Module] = []
+    for item in ignore:
+        if isinstance(item, nn.Module):
+            out.append(item)
+        elif item in by_name:
+            out.append(by_name[item])
+        else:
+            raise ModelSpecError(f"ignore names {item!r}, which is not a module of the model")
+    return out
+
+
+def _raw_groups(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], ignore: Iterable[str | nn.Module]
+) -> tuple[object, list[ChannelGroup]]:
+    model_was_training = model.training
+    model.eval()
+    try:
+        _, final = _run_with_module_trace(model, example_inputs)
+        names = {m: n for n, m in model.named_modules()}
+        by_name = dict(model.named_modules())
+        ignored = _resolve_ignore(model, ignore) + [by_name[n] for n in sorted(final)]
+        dg = _build_graph(model, example_inputs)
+    finally:
+        model.train(model_was_training)
+    tp = _tp()
+    groups: list[ChannelGroup] = []
+    for tp_group in dg.get_all_groups(
+        ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)
+    ):
+        members: list[GroupMember] = []
+        skip_reason = ""
+        root_name = ""
+        size = 0
+        for k, item in enumerate(tp_group):
+            dep, idxs = item.dep, item.idxs
+            module = dep.target.module
+            if not isinstance(module, nn.Module) or module not in names:
+                continue  # Torch-Pruning's internal ops (add, reshape, activations)
+            name = names[module]
+            if isinstance(module, _MIXING_NORMS):
+                skip_reason = f"normalised together by {type(module).__name__} {name!r}"
+            if isinstance(module, nn.Conv1d | nn.Conv2d) and 1 < module.groups < module.in_channels:
+                skip_reason = f"grouped conv {name!r} (groups={module.groups}) is not supported"
+            if isinstance(module, nn.MultiheadAttention):
+                skip_reason = f"nn.MultiheadAttention {name!r} is left dense"
+            role = _role(tp, module, dep.handler)
+            if k == 0:
+                root_name = name
+                size = len(idxs)
+            members.append(
+                GroupMember(
+                    name=name,
+                    role=role,
+                    local=tuple(int(i) for i in idxs),
+                    root=tuple(int(i) for i in item.root_idxs),
+                )
+            )
+        if skip_reason:
+            logger.info("channel group rooted at %s left dense: %s", root_name, skip_reason)
+            continue
+        if not any(m.role == Role.CONSUMER for m in members):
+            logger.info("channel group rooted at %s has no consumer layer; left dense", root_name)
+            continue
+        groups.append(ChannelGroup(id=len(groups), size=size, root_name=root_name, members=tuple(members)))
+    return dg, groups
+
+
+def find_channel_groups(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    *,
+    ignore: Iterable[str | nn.Module] = (),
+) -> list[ChannelGroup]:
+    """Trace ``model`` and return its prunable coupled channel groups.
+
+    The layers producing the model's outputs (the classifier) and the model input are never part of a
+    group. Groups coupled through a LayerNorm/GroupNorm (which mixes channels) are left dense.
+
+    Args:
+        model: the network; it is run once in eval mode on ``example_inputs``.
+        example_inputs: tuple of tensors the model is called with.
+        ignore: module names (or modules) whose output channels must be kept.
+
+    Returns:
+        Groups in a deterministic order; ``group.id`` is its position.
+
+    Raises:
+        ModelSpecError: the model cannot run or be traced (names the failing module).
+    """
+    _, groups = _raw_groups(model, tuple(example_inputs), ignore)
+    return groups
+
+
+def materialize_channels(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    keep: dict[int, torch.Tensor],
+    *,
+    ignore: Iterable[str | nn.Module] = (),
+    groups: Sequence[ChannelGroup] | None = None,
+) -> nn.Module:
+    """Return a physically smaller deep copy of ``model`` keeping ``keep[group_id]`` channels.
+
+    Group ids are those of ``find_channel_groups(model, example_inputs, ignore=ignore)`` or, when given,
+    positions in ``groups`` (matched to the copy by their root layer); groups not in ``keep`` stay
+    whole. Every kept index set must be non-empty.
+
+    Example:
+        >>> small = materialize_channels(model, x, {0: torch.tensor([0, 2])})  # doctest: +SKIP
+    """
+    clone = copy.deepcopy(model)
+    by_name = dict(clone.named_modules())
+    ignore_names = [n if isinstance(n, str) else _name_of(model, n) for n in ignore]
+    dg, found = _raw_groups(clone, tuple(example_inputs), ignore_names)
+    if groups is None:
+        groups = found
+    else:
+        roots = {g.root_name for g in found}
+        missing = [g.root_name for g in groups if g.root_name not in roots]
+        if missing:
+            raise ValueError(f"groups rooted at {missing} are not channel groups of this model")
+    tp = _tp()
+    for gid, kept in sorted(keep.items()):
+        if gid < 0 or gid >= len(groups):
+            raise ValueError(f"keep names group {gid}, but the model has {len(groups)} groups")
+        group = groups[gid]
+        kept_set = {int(i) for i in torch.as_tensor(kept).flatten().tolist()}
+        if not kept_set:
+            raise ValueError(f"group {gid} (rooted at {group.root_name}) must keep at least one channel")
+        if min(kept_set) < 0 or max(kept_set) >= group.size:
+            raise ValueError(f"group {gid} keeps indices outside 0..{group.size - 1}")
+        remove = sorted(set(range(group.size)) - kept_set)
+        if not remove:
+            continue
+        root = by_name[group.root_name]
+        if isinstance(root, nn.Conv1d | nn.Conv2d) and root.groups > 1:
+            fn = tp.pruner.function.prune_depthwise_conv_out_channels
+        else:
+            fn = dg.get_pruner_of_module(root).prune_out_channels
+        tp_group = dg.get_pruning_group(root, fn, remove)
+        tp_group.prune(record_history=False)
+    return clone
+
+
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    for n, m in model.named_modules():
+        if m is module:
+            return n
+    raise ValueError("ignored module is not part of the model")
