@@ -58,9 +58,8 @@ class ChannelGates(nn.Module):
         for gi, g in enumerate(self.groups):
             for m in g.members:
                 if m.role == Role.CONSUMER:
-                    plan.setdefault(m.name, []).append(
-                        (gi, torch.tensor(m.local, dtype=torch.long), torch.tensor(m.root, dtype=torch.long))
-                    )
+                    root = torch.tensor(m.root, dtype=torch.long) // g.unit  # channel -> mask entry
+                    plan.setdefault(m.name, []).append((gi, torch.tensor(m.local, dtype=torch.long), root))
         self._plan = plan
         self._pos = {g.id: i for i, g in enumerate(self.groups)}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -118,17 +117,22 @@ class ChannelGates(nn.Module):
             a.clamp_(min=0.0)
 
     def widths(self) -> list[int]:
-        """Number of non-zero gates per group (what training asks to keep)."""
-        return [int((a.detach() != 0).sum()) for a in self.alphas]
+        """Channels with a non-zero gate per group (what training asks to keep)."""
+        return [int((a.detach() != 0).sum()) * g.unit for g, a in zip(self.groups, self.alphas)]
 
     def keep_indices(self, widths: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-        """Indices to keep per group: the ``widths[g]`` largest ``|alpha|`` (default: non-zeros)."""
+        """Channels to keep per group: the ``widths[g]`` channels of largest ``|alpha|``.
+
+        Widths are in channels (rounded up to whole heads); the default keeps the non-zero gates.
+        """
         widths = self.widths() if widths is None else list(widths)
         keep: dict[int, torch.Tensor] = {}
         for gi, (g, a) in enumerate(zip(self.groups, self.alphas)):
-            w = max(1, min(int(widths[gi]), g.size))
+            units = max(1, min(-(-int(widths[gi]) // g.unit), g.num_units))
             order = torch.argsort(a.detach().abs(), descending=True, stable=True)
-            keep[g.id] = torch.sort(order[:w]).values
+            kept_units = torch.sort(order[:units]).values  # (units,)
+            channels = (kept_units[:, None] * g.unit + torch.arange(g.unit)[None, :]).flatten()
+            keep[g.id] = channels
         return keep
 
     # ---- materialisation -------------------------------------------------------------------------

@@ -67,6 +67,12 @@ class ChannelGroup:
     size: int
     root_name: str  # the producer whose output channels index the group
     members: tuple[GroupMember, ...]
+    unit: int = 1  # channels per mask entry: head_dim for attention heads, 1 otherwise
+
+    @property
+    def num_units(self) -> int:
+        """Length of the group's mask vector (channels, or heads of ``unit`` channels)."""
+        return self.size // self.unit
 
     def names(self, role: Role | None = None) -> list[str]:
         """Names of the member layers, optionally only those with ``role``."""
@@ -77,6 +83,30 @@ _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # Norms that mix channels: a channel gated to zero still changes the mean/variance of the others, so
 # such groups cannot be masked exactly and are left dense.
 _MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+_MATMUL_OPS = ("BmmBackward", "MmBackward0(", "MatmulBackward", "BaddbmmBackward")
+
+
+def _head_dim(model: nn.Module, producer_names: list[str]) -> int:
+    """``head_dim`` of the innermost module that contains every producer of an attention group."""
+    if not producer_names:
+        return 0
+    parts = [n.split(".") for n in producer_names]
+    common: list[str] = []
+    for tokens in zip(*parts):
+        if len(set(tokens)) != 1:
+            break
+        common.append(tokens[0])
+    by_name = dict(model.named_modules())
+    while True:
+        module = by_name.get(".".join(common))
+        value = getattr(module, "head_dim", None) if module is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
+        if not common:
+            return 0
+        common.pop()
 
 
 def _tp():  # the one import of Torch-Pruning in edgetrim.compress
@@ -195,11 +225,15 @@ def _raw_groups(
         skip_reason = ""
         root_name = ""
         size = 0
+        through_matmul = False
         for k, item in enumerate(tp_group):
             dep, idxs = item.dep, item.idxs
             module = dep.target.module
             if not isinstance(module, nn.Module) or module not in names:
-                continue  # Torch-Pruning's internal ops (add, reshape, activations)
+                # Torch-Pruning's internal ops (add, reshape, activations); an activation x activation
+                # product (attention scores, context) couples whole heads, not single channels.
+                through_matmul |= any(t in str(dep.target.name) for t in _MATMUL_OPS)
+                continue
             name = names[module]
             if isinstance(module, _MIXING_NORMS):
                 skip_reason = f"normalised together by {type(module).__name__} {name!r}"
@@ -219,13 +253,20 @@ def _raw_groups(
                     root=tuple(int(i) for i in item.root_idxs),
                 )
             )
+        unit = 1
+        if through_matmul and not skip_reason:
+            unit = _head_dim(model, [m.name for m in members if m.role == Role.PRODUCER])
+            if unit < 1 or size % unit:
+                skip_reason = "coupled through a matmul without a head_dim attribute on the attention module"
         if skip_reason:
             logger.info("channel group rooted at %s left dense: %s", root_name, skip_reason)
             continue
         if not any(m.role == Role.CONSUMER for m in members):
             logger.info("channel group rooted at %s has no consumer layer; left dense", root_name)
             continue
-        groups.append(ChannelGroup(id=len(groups), size=size, root_name=root_name, members=tuple(members)))
+        groups.append(
+            ChannelGroup(id=len(groups), size=size, root_name=root_name, members=tuple(members), unit=unit)
+        )
     return dg, groups
 
 
