@@ -1,0 +1,195 @@
+"""One-op builders: every kind runs in onnxruntime, LiteRT and torch with the right output shape,
+and the TFLite graphs match what litert-torch emits for the same torch layer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edgetrim.profiler.builders import (
+    UnsupportedOpError,
+    build_onnx_op,
+    build_tflite_op,
+    build_torch_op,
+    output_shape,
+)
+from edgetrim.types import OpContext, OpKind
+
+ort = pytest.importorskip("onnxruntime")
+litert = pytest.importorskip("ai_edge_litert.interpreter")
+
+CASES: list[tuple[OpContext, int, int]] = [
+    (OpContext(OpKind.LINEAR, tokens=3, activation="relu"), 17, 9),
+    (OpContext(OpKind.LINEAR, tokens=1, activation="hardswish", bias=False), 8, 5),
+    (OpContext(OpKind.CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(8, 8), activation="relu6"), 3, 10),
+    (OpContext(OpKind.CONV2D, kernel=(3, 3), stride=(2, 2), padding=(1, 1), spatial=(9, 9)), 4, 6),
+    (OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(5, 5), activation="silu"), 6, 7),
+    (
+        OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(8, 8), activation="relu"),
+        7,
+        7,
+    ),
+    (OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(5, 5), stride=(2, 2), padding=(2, 2), spatial=(8, 8)), 5, 5),
+    *[
+        (OpContext(OpKind.ACTIVATION, spatial=(4, 4), variant=a), 6, 6)
+        for a in (
+            "relu",
+            "relu6",
+            "hardswish",
+            "hardsigmoid",
+            "sigmoid",
+            "silu",
+            "gelu",
+            "tanh",
+            "leaky_relu",
+        )
+    ],
+    (OpContext(OpKind.ACTIVATION, tokens=5, variant="gelu"), 12, 12),
+    (OpContext(OpKind.ADD, spatial=(4, 4), activation="relu"), 6, 6),
+    (OpContext(OpKind.ADD, tokens=4), 10, 10),
+    (OpContext(OpKind.MUL, spatial=(4, 4), variant="bcast"), 6, 6),
+    (OpContext(OpKind.MUL, tokens=2), 6, 6),
+    (OpContext(OpKind.POOL, spatial=(6, 6), variant="global_avg"), 5, 5),
+    (OpContext(OpKind.POOL, spatial=(6, 6), variant="global_max"), 5, 5),
+    (OpContext(OpKind.POOL, kernel=(2, 2), stride=(2, 2), spatial=(6, 6), variant="avg"), 5, 5),
+    (
+        OpContext(OpKind.POOL, kernel=(3, 3), stride=(2, 2), padding=(1, 1), spatial=(7, 7), variant="max"),
+        5,
+        5,
+    ),
+    (OpContext(OpKind.LAYER_NORM, tokens=6), 16, 16),
+    (OpContext(OpKind.BATCH_NORM, spatial=(4, 4)), 6, 6),
+    (OpContext(OpKind.SOFTMAX, tokens=6), 16, 16),
+    (OpContext(OpKind.MATMUL, tokens=6, variant="batch2"), 8, 6),
+    (OpContext(OpKind.OTHER, spatial=(3, 3), variant="reshape"), 4, 4),
+    (OpContext(OpKind.OTHER, spatial=(3, 3), variant="transpose"), 4, 4),
+    (OpContext(OpKind.OTHER, spatial=(3, 3), variant="cat"), 4, 4),
+]
+IDS = [f"{c.key()}-{i}-{o}" for c, i, o in CASES]
+
+
+def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
+
+
+def test_every_op_kind_is_covered() -> None:
+    assert {c.kind for c, _, _ in CASES} == set(OpKind)
+
+
+@pytest.mark.parametrize(("ctx", "in_w", "out_w"), CASES, ids=IDS)
+def test_onnx_builder_runs_in_onnxruntime(ctx: OpContext, in_w: int, out_w: int) -> None:
+    sess = ort.InferenceSession(build_onnx_op(ctx, in_w, out_w), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.rand(*i.shape).astype(np.float32) for i in sess.get_inputs()}
+    (y,) = sess.run(None, feeds)
+    assert y.shape == output_shape(ctx, in_w, out_w)
+    assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize(("ctx", "in_w", "out_w"), CASES, ids=IDS)
+def test_tflite_builder_runs_in_litert(ctx: OpContext, in_w: int, out_w: int) -> None:
+    interp = litert.Interpreter(model_content=build_tflite_op(ctx, in_w, out_w), num_threads=1)
+    interp.allocate_tensors()
+    for det in interp.get_input_details():
+        interp.set_tensor(det["index"], np.random.rand(*det["shape"]).astype(np.float32))
+    interp.invoke()
+    y = interp.get_tensor(interp.get_output_details()[0]["index"])
+    expected = output_shape(ctx, in_w, out_w)
+    if ctx.kind is OpKind.OTHER and ctx.variant == "transpose":
+        expected = (ctx.tokens, in_w, *ctx.spatial)  # NHWC -> channels-first, the mirror of NCHW's
+    else:
+        expected = _nhwc(expected)
+    assert tuple(y.shape) == expected
+    assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize(("ctx", "in_w", "out_w"), CASES, ids=IDS)
+def test_torch_builder_output_shape(ctx: OpContext, in_w: int, out_w: int) -> None:
+    torch = pytest.importorskip("torch")
+    module, inputs = build_torch_op(ctx, in_w, out_w)
+    with torch.no_grad():
+        y = module(*inputs)
+    assert tuple(y.shape) == output_shape(ctx, in_w, out_w)
+
+
+def test_builders_are_fast() -> None:
+    ctx = OpContext(OpKind.CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(16, 16), activation="relu")
+    build_onnx_op(ctx, 8, 8), build_tflite_op(ctx, 8, 8)  # warm imports
+    t0 = time.perf_counter()
+    for w in range(1, 21):
+        build_onnx_op(ctx, 64, w)
+        build_tflite_op(ctx, 64, w)
+    per_point_ms = (time.perf_counter() - t0) / 20 * 1e3
+    # generous bound (loaded 2-core CI): a torch export would take hundreds of ms per point
+    assert per_point_ms < 100
+
+
+def test_unsupported_combinations_raise_clear_errors() -> None:
+    with pytest.raises(UnsupportedOpError, match="activation 'swishy'"):
+        build_onnx_op(OpContext(OpKind.ACTIVATION, variant="swishy"), 4, 4)
+    with pytest.raises(UnsupportedOpError, match="OTHER op 'scatter'"):
+        build_tflite_op(OpContext(OpKind.OTHER, variant="scatter"), 4, 4)
+    with pytest.raises(UnsupportedOpError, match="pool variant"):
+        build_onnx_op(OpContext(OpKind.POOL, spatial=(4, 4), variant="lp"), 4, 4)
+    with pytest.raises(ValueError, match="one width axis"):
+        build_onnx_op(OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), spatial=(4, 4)), 4, 5)
+    with pytest.raises(UnsupportedOpError, match="leaves no output"):
+        build_tflite_op(OpContext(OpKind.CONV2D, kernel=(5, 5), spatial=(3, 3)), 4, 5)
+
+
+def _tflite_ops(data: bytes) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(op name, fused activation, output shape) per operator, layout transposes dropped."""
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    acts = {v: k for k, v in vars(s.ActivationFunctionType).items() if not k.startswith("_")}
+    sub = model.subgraphs[0]
+    out = []
+    for op in sub.operators:
+        oc = model.operatorCodes[op.opcodeIndex]
+        name = names[max(oc.builtinCode, oc.deprecatedBuiltinCode)]
+        if name == "TRANSPOSE":
+            continue
+        fused = acts.get(getattr(op.builtinOptions, "fusedActivationFunction", 0), "NONE")
+        out.append((name, fused, tuple(int(v) for v in sub.tensors[op.outputs[0]].shape)))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tflite_builder_matches_litert_torch_conversion(tmp_path) -> None:
+    """Same op list, fused activations and output shapes as litert-torch for conv-BN-act layers."""
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    from torch import nn
+
+    class Net(nn.Module):  # conv+BN+ReLU6 (strided), depthwise+BN+hardswish, linear+ReLU
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+            self.dw = nn.Sequential(
+                nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.Hardswish()
+            )
+            self.fc = nn.Sequential(nn.Linear(8 * 4 * 4, 10), nn.ReLU())
+
+        def forward(self, x):
+            return self.fc(self.dw(self.conv(x)).permute(0, 2, 3, 1).reshape(1, -1))
+
+    net = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    path = tmp_path / "net.tflite"
+    litert_torch.convert(net, (x,)).export(str(path))
+    converted = [o for o in _tflite_ops(path.read_bytes()) if o[0] != "RESHAPE"]
+    ours = []
+    ours += _tflite_ops(
+        build_tflite_op(OpContext(OpKind.CONV2D, (3, 3), (2, 2), (1, 1), (8, 8), activation="relu6"), 3, 8)
+    )
+    ours += _tflite_ops(
+        build_tflite_op(
+            OpContext(OpKind.DEPTHWISE_CONV2D, (3, 3), (1, 1), (1, 1), (4, 4), activation="hardswish"), 8, 8
+        )
+    )
+    ours += _tflite_ops(build_tflite_op(OpContext(OpKind.LINEAR, activation="relu"), 128, 10))
+    assert [(n, a) for n, a, _ in ours] == [(n, a) for n, a, _ in converted]
+    assert [s for _, _, s in ours] == [s for _, _, s in converted]
