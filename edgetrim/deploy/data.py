@@ -1,0 +1,103 @@
+"""Real data for calibration (int8) and for parity / accuracy checks.
+
+A data spec is whatever ``edgetrim.examples.data.load_data`` accepts: a built-in name (``digits``) or
+``package.module:fn`` returning ``(train_loader, val_loader)`` of ``(x, y)`` batches. Calibration reads
+the training loader, accuracy the validation loader, so calibration never sees the evaluated samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgetrim.deploy.artifact import TensorSpec
+from edgetrim.errors import EdgetrimError, ExportError
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[list[np.ndarray], np.ndarray | None]  # (inputs as float32 arrays, labels or None)
+
+
+@dataclass(frozen=True)
+class RealData:
+    """Calibration and evaluation batches, already as numpy (float32 inputs, int labels)."""
+
+    spec: str
+    calibration: tuple[Batch, ...]
+    evaluation: tuple[Batch, ...]
+
+    @property
+    def n_eval(self) -> int:
+        return sum(int(b[0][0].shape[0]) for b in self.evaluation)
+
+
+def _to_batch(item: Any) -> Batch:
+    if isinstance(item, torch.Tensor):
+        return [item.detach().cpu().float().numpy()], None
+    if isinstance(item, list | tuple) and item:
+        x, y = item[0], item[1] if len(item) > 1 else None
+        xs = list(x) if isinstance(x, list | tuple) else [x]
+        arrays = [t.detach().cpu().float().numpy() for t in xs]
+        labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else None
+        return arrays, labels
+    raise EdgetrimError(f"data loader yielded {type(item).__name__}; expected a tensor or an (x, y) batch")
+
+
+def _take(loader: Iterable[Any], limit: int | None) -> tuple[Batch, ...]:
+    out: list[Batch] = []
+    for i, item in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        out.append(_to_batch(item))
+    return tuple(out)
+
+
+def load_real_data(spec: str, *, calib_batches: int = 16, eval_batches: int | None = None) -> RealData:
+    """Load ``spec`` and keep up to ``calib_batches`` training batches for calibration.
+
+    Raises:
+        EdgetrimError: one line when the spec cannot be loaded.
+    """
+    from edgetrim.examples.data import load_data
+
+    train, val = load_data(spec)
+    data = RealData(spec=spec, calibration=_take(train, calib_batches), evaluation=_take(val, eval_batches))
+    if not data.calibration or not data.evaluation:
+        raise EdgetrimError(f"data {spec!r} yielded no batches; check the loaders it returns")
+    return data
+
+
+def check_input_spec(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], *, what: str) -> None:
+    """Raise a one-line ExportError when ``arrays`` do not fit the artifact's input ``specs``.
+
+    The batch dimension may differ (inputs are re-batched); every other dimension must agree.
+    """
+    if len(specs) != len(arrays):
+        raise ExportError(f"{what} gives {len(arrays)} input(s) but the artifact takes {len(specs)}")
+    for spec, arr in zip(specs, arrays):
+        want = ("B", *spec.shape[1:])
+        got = tuple(arr.shape)
+        if len(got) != len(spec.shape) or any(s != -1 and s != g for s, g in zip(spec.shape[1:], got[1:])):
+            raise ExportError(
+                f"{what} has input {spec.name!r} of shape {got} but the artifact expects {want}; "
+                f"use data shaped like the model's example inputs"
+            )
+
+
+def rebatch(arrays: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Split inputs whose first dimension is N into chunks of exactly ``batch`` rows (a ragged tail is padded
+    by repeating the last row, and callers drop the padded outputs)."""
+    n = int(arrays[0].shape[0])
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch):
+        part = [a[start : start + batch] for a in arrays]
+        short = batch - part[0].shape[0]
+        if short > 0:
+            part = [np.concatenate([p, np.repeat(p[-1:], short, axis=0)]) for p in part]
+        chunks.append(part)
+    return chunks
