@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -524,14 +523,20 @@ def efficientnet_b0_small(
 class MultiHeadSelfAttention(nn.Module):
     """Self-attention with separate ``q``/``k``/``v``/``out`` Linears and an explicit head split.
 
-    The number of heads is ``q.out_features // head_dim``, read at run time, so removing whole heads
-    (``head_dim`` consecutive output rows of q, k, v and the matching input columns of ``out``) needs no
-    attribute update.
+    Head ``h`` owns output rows ``h*head_dim:(h+1)*head_dim`` of ``q``, ``k`` and ``v`` and the same input
+    columns of ``out``. ``num_heads`` and ``head_dim`` are plain attributes: code that slices the
+    projections must update them (:meth:`prune_heads_` does it for whole heads; after Torch-Pruning with
+    ``num_heads={attn.q: ..., ...}`` set ``attn.num_heads = pruner.num_heads[attn.q]`` and
+    ``attn.head_dim = attn.q.out_features // attn.num_heads``). ``forward`` raises if they disagree
+    with the projection widths, so a forgotten update fails loudly instead of mixing heads. The softmax
+    scale stays ``1/sqrt(original head_dim)``, so removing all-zero dimensions leaves outputs unchanged.
     """
 
     def __init__(self, hidden: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
+        self.num_heads = num_heads
         self.head_dim = head_dim
+        self.scale = head_dim**-0.5
         inner = num_heads * head_dim
         self.q = nn.Linear(hidden, inner)
         self.k = nn.Linear(hidden, inner)
@@ -539,22 +544,53 @@ class MultiHeadSelfAttention(nn.Module):
         self.out = nn.Linear(inner, hidden)
         self.softmax = nn.Softmax(dim=-1)
 
-    @property
-    def num_heads(self) -> int:
-        return self.q.out_features // self.head_dim
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = self.num_heads * self.head_dim
+        widths = (self.q.out_features, self.k.out_features, self.v.out_features, self.out.in_features)
+        if any(w != inner for w in widths):
+            raise RuntimeError(
+                f"attention widths {widths} do not match num_heads*head_dim = {self.num_heads}*{self.head_dim}: "
+                "update num_heads/head_dim after pruning"
+            )
         b, s, _ = x.shape  # (B, S, hidden)
-        heads = self.num_heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(b, s, heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
+            return t.reshape(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
 
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, S, S)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, H, S, S)
         ctx = torch.matmul(self.softmax(scores), v)  # (B, H, S, Dh)
-        ctx = ctx.transpose(1, 2).reshape(b, s, heads * self.head_dim)  # (B, S, H*Dh)
+        ctx = ctx.transpose(1, 2).reshape(b, s, inner)  # (B, S, H*Dh)
         return self.out(ctx)  # (B, S, hidden)
+
+    @torch.no_grad()
+    def prune_heads_(self, keep: Sequence[int]) -> int:
+        """Keep only the heads listed in ``keep`` (in that order), slicing q/k/v/out in place.
+
+        Returns:
+            The number of heads left.
+
+        Raises:
+            ValueError: if ``keep`` is empty, repeats a head or names one that does not exist.
+        """
+        keep = [int(h) for h in keep]
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= h < self.num_heads for h in keep):
+            raise ValueError(f"keep must list distinct heads in 0..{self.num_heads - 1}, got {keep}")
+        rows = torch.cat([torch.arange(h * self.head_dim, (h + 1) * self.head_dim) for h in keep])
+        for name in ("q", "k", "v"):
+            old: nn.Linear = getattr(self, name)
+            new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None)
+            new.weight.copy_(old.weight[rows])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[rows])
+            setattr(self, name, new)
+        out = nn.Linear(len(rows), self.out.out_features, bias=self.out.bias is not None)
+        out.weight.copy_(self.out.weight[:, rows])
+        if self.out.bias is not None:
+            out.bias.copy_(self.out.bias)
+        self.out = out
+        self.num_heads = len(keep)
+        return self.num_heads
 
 
 class EncoderLayer(nn.Module):
