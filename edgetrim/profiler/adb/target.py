@@ -1,0 +1,174 @@
+"""The ``adb:SERIAL`` target: one-op models and whole models timed by ``benchmark_model`` on a phone.
+
+Same contract as the local targets (``info``, ``fusion``, ``measure_ops``, ``measure_model``,
+``measure_artifact``), so ``edgetrim profile`` / ``measure`` and the tables work unchanged. The
+one-op .tflite models are built on the host (``build_tflite_op``), pushed in batches and run by one
+device-side script per batch; see :mod:`edgetrim.profiler.adb.runner`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgetrim.errors import DeviceError, EdgetrimError
+from edgetrim.profiler.adb.fingerprint import PhoneInfo, big_cores, device_info
+from edgetrim.profiler.adb.parser import to_latency_stats
+from edgetrim.profiler.adb.runner import BenchmarkFlags, PhoneRunner, RunnerConfig, load_binary
+from edgetrim.profiler.adb.transport import AdbTransport, resolve_serial
+from edgetrim.types import DeviceInfo, LatencyStats, OpContext
+
+if TYPE_CHECKING:
+    from edgetrim.model_ops import FusionRules
+    from edgetrim.profiler.timing import TimingConfig
+
+logger = logging.getLogger(__name__)
+
+OpRequest = tuple[OpContext, int, int]
+PREFIX = "adb:"
+
+
+def parse_cores(text: str | None) -> tuple[int, ...] | None:
+    """``"4-7"`` / ``"6,7"`` / ``"0-3,6"`` into core indices (None for empty)."""
+    if not text:
+        return None
+    cores: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            cores += list(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise EdgetrimError(f"--cores must look like 4-7 or 6,7, got {text!r}") from None
+    return tuple(sorted(set(cores)))
+
+
+class AdbTarget:
+    """A phone over adb running LiteRT's ``benchmark_model``.
+
+    Args:
+        serial: adb serial (``adb devices``); None picks the only attached phone.
+        threads: ``--num_threads`` of the tool.
+        cores: CPU cores to pin to with ``taskset``; default: the fastest cluster (widened to
+            ``threads`` cores) from the per-core max frequencies.
+        benchmark_binary: host path of ``benchmark_model``; default ``$EDGETRIM_BENCHMARK_MODEL``.
+        config: batching, thermal and retry settings.
+
+    Example:
+        target = AdbTarget("R58M123ABC", benchmark_binary="~/Downloads/benchmark_model")
+        stats = target.measure_artifact("model.tflite", TimingConfig())
+    """
+
+    runtime = "litert-benchmark_model"
+
+    def __init__(
+        self,
+        serial: str | None = None,
+        *,
+        threads: int = 1,
+        cores: Sequence[int] | None = None,
+        benchmark_binary: str | Path | None = None,
+        config: RunnerConfig | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.binary = load_binary(benchmark_binary)
+        self.serial = resolve_serial(serial)
+        self.name = f"{PREFIX}{self.serial}"
+        self.threads = threads
+        self.config = config or RunnerConfig()
+        self.runner = PhoneRunner(AdbTransport(self.serial), self.binary, config=self.config)
+        self.phone: PhoneInfo = self.runner.open()
+        n = len(self.phone.core_max_khz)
+        if cores is not None:
+            bad = [c for c in cores if not 0 <= c < n]
+            if bad:
+                raise DeviceError(f"--cores {bad} out of range: {self.serial} has cores 0-{n - 1}")
+            self.cores = tuple(sorted(set(cores)))
+        else:
+            self.cores = big_cores(self.phone.core_max_khz, threads) or tuple(range(max(n, 1)))
+        warning = self.runner.governor_warning(self.cores)
+        if warning:
+            logger.warning(warning)
+        self._info = device_info(
+            self.phone,
+            threads=threads,
+            cores=self.cores,
+            tool_version=self.binary.version,
+            tool_sha256=self.binary.sha256,
+        )
+
+    def info(self) -> DeviceInfo:
+        return self._info
+
+    @property
+    def fusion(self) -> FusionRules:
+        from edgetrim.model_ops import fusion_for_runtime
+
+        return fusion_for_runtime(self.runtime)
+
+    def measurement_log(self) -> list[dict[str, Any]]:
+        """Per batch: models, temperature (°C) at its start and cool-down wait (for table metadata)."""
+        return [b.to_dict() for b in self.runner.batches]
+
+    def _flags(self, timing: TimingConfig) -> BenchmarkFlags:
+        return BenchmarkFlags.from_timing(timing, threads=self.threads, op_profiling=self.config.op_profiling)
+
+    def measure_ops(
+        self, requests: Sequence[OpRequest], timing: TimingConfig
+    ) -> Iterator[tuple[OpRequest, LatencyStats]]:
+        """Build every one-op model on the host, run them in batches on the phone, yield as they finish."""
+        from edgetrim.profiler.builders import build_tflite_op
+
+        pending = list(requests)
+        size = self.config.batch_size
+        for start in range(0, len(pending), size):
+            chunk = [(req, build_tflite_op(*req)) for req in pending[start : start + size]]
+            for req, out in self.runner.run(chunk, self._flags(timing), self.cores):
+                yield req, to_latency_stats(out)
+
+    def measure_bytes(self, content: bytes, timing: TimingConfig, *, label: str = "model") -> LatencyStats:
+        """Time one .tflite given as bytes."""
+        for _, out in self.runner.run([(label, content)], self._flags(timing), self.cores):
+            return to_latency_stats(out)
+        raise DeviceError(f"{self.name} returned no result for {label}")  # pragma: no cover
+
+    def measure_artifact(self, path: str | Path, timing: TimingConfig) -> LatencyStats:
+        """Time an exported ``.tflite`` on the phone."""
+        p = Path(path)
+        if p.suffix != ".tflite":
+            raise EdgetrimError(f"{self.name} runs .tflite models only, got {p.name}: export with --format tflite")
+        if not p.is_file():
+            raise EdgetrimError(f"{p} does not exist")
+        return self.measure_bytes(p.read_bytes(), timing, label=p.name)
+
+    def measure_model(self, module: Any, example_inputs: tuple[Any, ...], timing: TimingConfig) -> LatencyStats:
+        """Convert a torch module with litert-torch on the host, then time it on the phone."""
+        from edgetrim.profiler.targets.litert_target import convert_tflite_for_timing
+
+        with tempfile.TemporaryDirectory(prefix="edgetrim-adb-") as tmp:
+            path = Path(tmp) / "model.tflite"
+            convert_tflite_for_timing(module, example_inputs, path)
+            return self.measure_bytes(path.read_bytes(), timing, label=type(module).__name__)
+
+    def __repr__(self) -> str:
+        return f"AdbTarget(name={self.name!r}, threads={self.threads}, cores={self.cores})"
+
+
+def make_adb_target(name: str, *, threads: int = 1, cores: Sequence[int] | None = None, **options: Any) -> AdbTarget:
+    """Factory for the target registry: ``adb:SERIAL`` (or ``adb:`` for the only attached phone)."""
+    if not name.startswith(PREFIX):
+        raise EdgetrimError(f"adb target names look like adb:SERIAL, got {name!r}")
+    serial = name[len(PREFIX) :] or None
+    config = options.pop("config", None)
+    if options.get("op_profiling"):
+        config = replace(config or RunnerConfig(), op_profiling=True)
+    options.pop("op_profiling", None)
+    binary = options.pop("benchmark_binary", None) or os.environ.get("EDGETRIM_BENCHMARK_MODEL")
+    if options:
+        raise EdgetrimError(f"unknown options for {name}: {sorted(options)}")
+    return AdbTarget(serial, threads=threads, cores=cores, benchmark_binary=binary, config=config)
