@@ -1,0 +1,187 @@
+"""onnxruntime targets: ``ort-cpu`` (CPU EP) and ``ort-cuda`` (CUDA EP with IO binding).
+
+Sessions use ``intra_op_num_threads = threads``, one inter-op thread, sequential execution and full
+graph optimisation (ORT_ENABLE_ALL), so one-op graphs get the same fusions as whole models.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetrim.errors import EdgetrimError, TargetUnavailableError
+from edgetrim.profiler.builders import build_onnx_op
+from edgetrim.profiler.device import local_device_info
+from edgetrim.profiler.targets.base import LocalTarget, OpRequest
+from edgetrim.profiler.timing import TimingConfig, time_callable
+from edgetrim.types import DeviceInfo, LatencyStats
+
+logger = logging.getLogger(__name__)
+
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise TargetUnavailableError("onnxruntime is not installed: pip install 'edgetrim[onnx]'") from exc
+    return onnxruntime
+
+
+def random_feeds(sess: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every session input (symbolic dims become 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        dtype = _NUMPY_TYPES.get(inp.type)
+        if dtype is None:
+            raise EdgetrimError(f"ONNX input {inp.name!r} has type {inp.type}, which edgetrim cannot feed")
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[inp.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def export_onnx_for_timing(module: Any, example_inputs: tuple[Any, ...], path: Path) -> None:
+    """torch -> ONNX: the dynamo exporter (needs onnxscript), else the legacy TorchScript exporter."""
+    import torch
+
+    module = module.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, example_inputs, str(path), dynamo=True, verbose=False)
+        return
+    except Exception as exc:  # dynamo export fails on some graphs or without onnxscript
+        logger.info("dynamo ONNX export failed (%s: %s); using the legacy exporter", type(exc).__name__, exc)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, example_inputs, str(path), dynamo=False, opset_version=17)
+    except Exception as exc:
+        raise EdgetrimError(f"ONNX export of the model failed: {type(exc).__name__}: {exc}") from exc
+
+
+class OrtTarget(LocalTarget):
+    """onnxruntime on the CPU or CUDA execution provider."""
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self, name: str, *, threads: int = 1, cores: Sequence[int] | None = None, cuda: bool = False
+    ):
+        ort = _ort()
+        self.cuda = cuda
+        if cuda:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise TargetUnavailableError(
+                    f"{name}: onnxruntime has no CUDA execution provider here "
+                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a GPU machine"
+                )
+            self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+        self._ort = ort
+        super().__init__(name, threads=threads, cores=cores)
+
+    def _make_info(self) -> DeviceInfo:
+        device = None
+        extra = {"providers": ",".join(self.providers), "graph_optimization": "ORT_ENABLE_ALL"}
+        if self.cuda:
+            try:
+                import torch
+
+                device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda"
+            except ImportError:
+                device = "cuda"
+        return local_device_info(
+            target=self.name,
+            runtime=self.runtime,
+            runtime_version=self._ort.__version__,
+            threads=self.threads,
+            affinity=self.affinity,
+            device=device,
+            extra=extra,
+        )
+
+    def session(self, model: bytes | str | Path) -> Any:
+        """An InferenceSession with this target's threads and full graph optimisation."""
+        ort = self._ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            return ort.InferenceSession(source, so, providers=self.providers)
+        except Exception as exc:
+            raise EdgetrimError(f"onnxruntime cannot load the model: {type(exc).__name__}: {exc}") from exc
+
+    def _invoker(self, sess: Any) -> Callable[[], object]:
+        """One ``run`` per call; CUDA binds inputs/outputs on the device once (IO binding)."""
+        feeds = random_feeds(sess)
+        if not self.cuda:
+            return lambda: sess.run(None, feeds)
+        binding = sess.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, self._ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+        for out in sess.get_outputs():
+            binding.bind_output(out.name, "cuda")
+
+        def run() -> None:
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return run
+
+    def time_session(self, sess: Any, timing: TimingConfig) -> LatencyStats:
+        return time_callable(self._invoker(sess), timing)
+
+    def measure_ops(
+        self, requests: Sequence[OpRequest], timing: TimingConfig
+    ) -> Iterator[tuple[OpRequest, LatencyStats]]:
+        for req in requests:
+            ctx, in_w, out_w = req
+            yield req, self.time_session(self.session(build_onnx_op(ctx, in_w, out_w)), timing)
+
+    def invoke_overhead(self, timing: TimingConfig) -> LatencyStats:
+        """Cost of one ``run`` of a graph that does nothing (a one-element Identity)."""
+        from onnx import TensorProto, helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "noop", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        return self.time_session(self.session(model.SerializeToString()), timing)
+
+    def measure_model(
+        self, module: Any, example_inputs: tuple[Any, ...], timing: TimingConfig
+    ) -> LatencyStats:
+        with tempfile.TemporaryDirectory(prefix="edgetrim-ort-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx_for_timing(module, tuple(example_inputs), path)
+            return self.measure_artifact(path, timing)
+
+    def measure_artifact(self, path: str | Path, timing: TimingConfig) -> LatencyStats:
+        path = Path(path)
+        if not path.is_file():
+            raise EdgetrimError(f"model file {path} does not exist")
+        if path.suffix != ".onnx":
+            raise EdgetrimError(f"{self.name} runs .onnx files, got {path.name}")
+        return self.time_session(self.session(path), timing)
