@@ -119,6 +119,7 @@ class SparsifyConfig:
     death_rate: float = 0.5  # GraNet r0 (cosine to death_rate_min over all training); RigL/SET alpha
     death_rate_min: float = 0.005
     drop_end: float = 0.75  # RigL/SET: mask updates stop at this fraction of training
+    rigl_alpha: float = 0.3  # RigL/SET initial drop fraction (cosine to 0 at drop_end)
     # pruning at init / freezing
     criterion: Criterion = Criterion.SNIP
     pai_rounds: int = 1  # 1: one-shot; > 1: iterative with an exponential density schedule
@@ -178,6 +179,8 @@ class SparsifyConfig:
             raise ValueError(
                 f"need 0 <= death_rate_min <= death_rate < 1, got {self.death_rate_min}, {self.death_rate}"
             )
+        if not (0.0 < self.rigl_alpha < 1.0):
+            raise ValueError(f"rigl_alpha must be in (0, 1), got {self.rigl_alpha}")
         if self.pai_rounds < 1:
             raise ValueError(f"pai_rounds must be >= 1, got {self.pai_rounds}")
         if not (0.0 < self.imp_per_round < 1.0):
