@@ -15,7 +15,17 @@ of litert-torch 0.10 conversions) and are re-checked by ``tests/profiler/test_fu
 from __future__ import annotations
 
 import logging
+import math
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from edgetrim.types import LayerOp, OpContext, OpKind
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +96,567 @@ def fusion_for_runtime(runtime: str) -> FusionRules:
         logger.warning("no fusion rules known for runtime %r; assuming nothing is fused", runtime)
         return TORCH_EAGER
     return rules
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction: trace (torch.fx, else eager hooks + function mode) -> calls -> one classifier
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _T:
+    """A tensor the tracer saw: identity, shape, whether it is a parameter/buffer."""
+
+    id: Any
+    shape: tuple[int, ...]
+    param: bool = False
+
+
+@dataclass
+class _Call:
+    """One call in execution order: a leaf module or a torch function / tensor method."""
+
+    name: str
+    op: str  # normalised function name, or "module"
+    module: nn.Module | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    out: _T | None
+
+
+_ACT_MODULES: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.Sigmoid: "sigmoid",
+    nn.SiLU: "silu",
+    nn.GELU: "gelu",
+    nn.Tanh: "tanh",
+    nn.LeakyReLU: "leaky_relu",
+}
+_ACT_FUNCS: dict[str, str] = {
+    "relu": "relu",
+    "relu6": "relu6",
+    "hardswish": "hardswish",
+    "hardsigmoid": "hardsigmoid",
+    "sigmoid": "sigmoid",
+    "silu": "silu",
+    "gelu": "gelu",
+    "tanh": "tanh",
+    "leaky_relu": "leaky_relu",
+}
+_RESHAPES = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"})
+_TRANSPOSES = frozenset({"permute", "transpose", "t"})
+_SKIP = frozenset(
+    {"contiguous", "size", "dim", "getitem", "getattr", "dropout", "to", "float", "clone", "detach",
+     "type_as", "expand", "expand_as", "numel", "__get__", "identity", "chunk", "split", "unbind"}
+)  # fmt: skip
+_ATOMIC_MODULES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+_SKIP_MODULES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+
+
+def _norm_name(fn: Any) -> str:
+    """Normalised op name of a function / method / operator (``__iadd__`` -> ``add``)."""
+    if isinstance(fn, str):
+        name = fn
+    else:
+        name = getattr(fn, "__name__", type(fn).__name__)
+    name = name.strip("_")
+    if name in ("iadd", "radd"):
+        return "add"
+    if name in ("imul", "rmul"):
+        return "mul"
+    if name in ("truediv", "itruediv", "rtruediv"):
+        return "div"
+    if name in ("rmatmul",):
+        return "matmul"
+    if name.endswith("_") and name[:-1] in _ACT_FUNCS:  # relu_ (in place)
+        return name[:-1]
+    return name
+
+
+def _is_leaf(m: nn.Module) -> bool:
+    return isinstance(m, _ATOMIC_MODULES) or not any(True for _ in m.children())
+
+
+# --- front end 1: torch.fx --------------------------------------------------------------------
+
+
+def _calls_fx(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[_Call]:
+    from torch.fx import GraphModule, Node, Tracer
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    class _LeafTracer(Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return _is_leaf(m) or super().is_leaf_module(m, qualname)
+
+    graph = _LeafTracer().trace(module)
+    gm = GraphModule(module, graph)
+    ShapeProp(gm).propagate(*example_inputs)
+    env: dict[Node, _T] = {}
+    calls: list[_Call] = []
+
+    def conv(a: Any) -> Any:
+        if isinstance(a, Node):
+            return env.get(a)
+        if isinstance(a, (list, tuple)):
+            return type(a)(conv(v) for v in a)
+        return a
+
+    for node in gm.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        shape = tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
+        t = _T(node.name, shape, param=node.op == "get_attr") if shape is not None else None
+        if node.op in ("placeholder", "get_attr"):
+            if t is not None:
+                env[node] = t
+            continue
+        if node.op == "output":
+            continue
+        if t is not None:
+            env[node] = t
+        args = [conv(a) for a in node.args]
+        kwargs = {k: conv(v) for k, v in node.kwargs.items()}
+        if node.op == "call_module":
+            calls.append(
+                _Call(str(node.target), "module", gm.get_submodule(str(node.target)), args, kwargs, t)
+            )
+        else:
+            op = _norm_name(node.target)
+            if node.target is operator.getitem:
+                op = "getitem"
+            calls.append(_Call(node.name, op, None, args, kwargs, t))
+    return calls
+
+
+# --- front end 2: eager forward hooks + torch function mode ----------------------------------
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, calls: list[_Call], keep: list[torch.Tensor], scope: list[str]) -> None:
+        super().__init__()
+        self.calls, self.keep, self.scope = calls, keep, scope
+        self.depth = 0  # > 0 while inside a leaf module
+        self.counter = 0
+
+    def wrap(self, v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            self.keep.append(v)  # keep alive so id() stays unique
+            return _T(id(v), tuple(v.shape), param=isinstance(v, nn.Parameter))
+        if isinstance(v, (list, tuple)):
+            return type(v)(self.wrap(x) for x in v)
+        return v
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0:
+            op = _norm_name(func)
+            if op not in _SKIP and isinstance(out, torch.Tensor):
+                self.counter += 1
+                name = f"{self.scope[-1] if self.scope else ''}:{op}{self.counter}"
+                wrapped_args = [self.wrap(a) for a in args]
+                wrapped_kwargs = {k: self.wrap(v) for k, v in kwargs.items()}
+                self.calls.append(_Call(name, op, None, wrapped_args, wrapped_kwargs, self.wrap(out)))
+        return out
+
+
+def _calls_eager(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[_Call]:
+    calls: list[_Call] = []
+    keep: list[torch.Tensor] = []
+    scope: list[str] = []
+    recorder = _Recorder(calls, keep, scope)
+    handles = []
+    leaves = {id(m) for m in module.modules() if _is_leaf(m)}
+
+    for path, m in module.named_modules():
+
+        def pre(mod: nn.Module, args: Any, path: str = path) -> None:
+            scope.append(path)
+            if id(mod) in leaves:
+                recorder.depth += 1
+
+        def post(mod: nn.Module, args: Any, out: Any, path: str = path) -> None:
+            scope.pop()
+            if id(mod) in leaves:
+                recorder.depth -= 1
+                if recorder.depth == 0:
+                    first = out[0] if isinstance(out, tuple) else out
+                    t = recorder.wrap(first) if isinstance(first, torch.Tensor) else None
+                    calls.append(_Call(path, "module", mod, [recorder.wrap(a) for a in args], {}, t))
+
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    try:
+        with torch.no_grad(), recorder:
+            module(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+# --- the classifier ---------------------------------------------------------------------------
+
+
+def _tensors(values: Sequence[Any]) -> list[_T]:
+    out: list[_T] = []
+    for v in values:
+        if isinstance(v, _T):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            out.extend(_tensors(v))
+    return out
+
+
+def _layout(shape: tuple[int, ...]) -> tuple[int, tuple[int, int], int] | None:
+    """(tokens, spatial, width) of an elementwise tensor: NCHW for 4-D, (tokens..., width) else."""
+    if len(shape) == 0:
+        return None
+    if len(shape) == 4:
+        return shape[0], (shape[2], shape[3]), shape[1]
+    if len(shape) == 1:
+        return 1, (1, 1), shape[0]
+    return max(1, math.prod(shape[:-1])), (1, 1), shape[-1]
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+class _Extractor:
+    def __init__(self, calls: list[_Call], fusion: FusionRules) -> None:
+        self.calls = calls
+        self.fusion = fusion
+        self.consumers: dict[Any, list[int]] = {}
+        for i, c in enumerate(calls):
+            for t in _tensors([*c.args, *c.kwargs.values()]):
+                self.consumers.setdefault(t.id, []).append(i)
+        self.consumed: set[int] = set()
+        self.ops: list[LayerOp] = []
+
+    # fusion look-ahead: the only consumer of ``out``, if it is a call whose first input is ``out``
+    def _sole_next(self, out: _T | None) -> int | None:
+        if out is None:
+            return None
+        users = self.consumers.get(out.id, [])
+        if len(set(users)) != 1:
+            return None
+        j = users[0]
+        return None if j in self.consumed else j
+
+    def _activation_name(self, c: _Call) -> str | None:
+        if c.op == "module":
+            return _ACT_MODULES.get(type(c.module))
+        if c.op == "hardtanh":  # F.relu6 lowers to hardtanh(0, 6) in some torch versions
+            return "relu6"
+        return _ACT_FUNCS.get(c.op)
+
+    def _take_activation(self, out: _T | None, allowed: frozenset[str]) -> tuple[str, _T | None]:
+        j = self._sole_next(out)
+        if j is None:
+            return "none", out
+        act = self._activation_name(self.calls[j])
+        if act is None or act not in allowed:
+            return "none", out
+        self.consumed.add(j)
+        return act, self.calls[j].out
+
+    def _take_bn(self, out: _T | None) -> tuple[bool, _T | None]:
+        if not self.fusion.fold_bn:
+            return False, out
+        j = self._sole_next(out)
+        if j is None:
+            return False, out
+        c = self.calls[j]
+        if (c.op == "module" and isinstance(c.module, (nn.BatchNorm2d,))) or c.op == "batch_norm":
+            self.consumed.add(j)
+            return True, c.out
+        return False, out
+
+    def emit(self, name: str, ctx: OpContext, in_w: int, out_w: int, macs: int = 0) -> None:
+        self.ops.append(
+            LayerOp(name=name, context=ctx, in_width=int(in_w), out_width=int(out_w), macs=int(macs))
+        )
+
+    def elementwise(self, name: str, kind: OpKind, shape: tuple[int, ...], **kw: Any) -> None:
+        lay = _layout(shape)
+        if lay is None:
+            return
+        tokens, spatial, width = lay
+        self.emit(name, OpContext(kind, spatial=spatial, tokens=tokens, **kw), width, width)
+
+    # -- per op family ---------------------------------------------------------------------
+    def conv(self, c: _Call, x: _T, *, cin: int, cout: int, groups: int, kernel: Any, stride: Any,
+             padding: Any, dilation: Any, bias: bool) -> None:  # fmt: skip
+        n, h, w = (x.shape[0], x.shape[2], x.shape[3]) if len(x.shape) == 4 else (1, x.shape[1], x.shape[2])
+        k = _pair(kernel)
+        if isinstance(padding, str):
+            padding = (0, 0) if padding == "valid" else ((k[0] - 1) // 2, (k[1] - 1) // 2)
+        if _pair(dilation) != (1, 1) or (groups != 1 and not (groups == cin == cout)):
+            kind_name = "dilated_conv" if _pair(dilation) != (1, 1) else "grouped_conv"
+            lay = _layout(c.out.shape) if c.out else None
+            if lay is not None:
+                self.emit(
+                    c.name, OpContext(OpKind.OTHER, spatial=(h, w), tokens=n, variant=kind_name), cin, cin
+                )
+            return
+        folded, out = self._take_bn(c.out)
+        act, _ = self._take_activation(out, self.fusion.conv_activations)
+        depthwise = groups != 1
+        ctx = OpContext(
+            OpKind.DEPTHWISE_CONV2D if depthwise else OpKind.CONV2D,
+            kernel=k,
+            stride=_pair(stride),
+            padding=_pair(padding),
+            spatial=(h, w),
+            tokens=n,
+            activation=act,
+            bias=bias or folded,
+        )
+        oh, ow = (c.out.shape[-2], c.out.shape[-1]) if c.out else (h, w)
+        macs = n * cout * oh * ow * (cin // groups) * k[0] * k[1]
+        self.emit(c.name, ctx, cin, cout, macs)
+
+    def linear(self, c: _Call, x: _T, in_f: int, out_f: int, bias: bool) -> None:
+        tokens = max(1, math.prod(x.shape[:-1]))
+        act, _ = self._take_activation(c.out, self.fusion.linear_activations)
+        ctx = OpContext(OpKind.LINEAR, tokens=tokens, activation=act, bias=bias)
+        self.emit(c.name, ctx, in_f, out_f, tokens * in_f * out_f)
+
+    def matmul(self, name: str, a: _T, b: _T) -> None:
+        if len(a.shape) < 1 or len(b.shape) < 2:
+            return
+        if b.param and len(b.shape) == 2:  # x @ W: a linear layer without bias
+            tokens = max(1, math.prod(a.shape[:-1]))
+            self.emit(name, OpContext(OpKind.LINEAR, tokens=tokens, bias=False), b.shape[0], b.shape[1],
+                      tokens * b.shape[0] * b.shape[1])  # fmt: skip
+            return
+        batch = max(1, math.prod(a.shape[:-2])) if len(a.shape) > 2 else 1
+        m = a.shape[-2] if len(a.shape) >= 2 else 1
+        k, n_out = b.shape[-2], b.shape[-1]
+        ctx = OpContext(OpKind.MATMUL, tokens=m, variant=f"batch{batch}" if batch > 1 else "")
+        self.emit(name, ctx, k, n_out, batch * m * k * n_out)
+
+    def pool(
+        self, name: str, x: _T, variant: str, kernel: Any = 1, stride: Any = None, padding: Any = 0
+    ) -> None:
+        if len(x.shape) != 4:
+            return self.elementwise(name, OpKind.OTHER, x.shape, variant=f"pool_{variant}")
+        n, cch, h, w = x.shape
+        glob = variant.startswith("global")
+        ctx = OpContext(
+            OpKind.POOL,
+            kernel=(1, 1) if glob else _pair(kernel),
+            stride=(1, 1) if glob else _pair(stride if stride not in (None, []) else kernel),
+            padding=(0, 0) if glob else _pair(padding),
+            spatial=(h, w),
+            tokens=n,
+            variant=variant,
+        )
+        self.emit(name, ctx, cch, cch)
+        return None
+
+    def attention(self, name: str, b: int, heads: int, s_q: int, s_k: int, d: int) -> None:
+        bh = b * heads
+        variant = f"batch{bh}" if bh > 1 else ""
+        self.emit(
+            f"{name}:scores",
+            OpContext(OpKind.MATMUL, tokens=s_q, variant=variant),
+            d,
+            s_k,
+            bh * s_q * d * s_k,
+        )
+        self.emit(f"{name}:softmax", OpContext(OpKind.SOFTMAX, tokens=bh * s_q), s_k, s_k)
+        self.emit(
+            f"{name}:context",
+            OpContext(OpKind.MATMUL, tokens=s_q, variant=variant),
+            s_k,
+            d,
+            bh * s_q * s_k * d,
+        )
+
+    def module_call(self, c: _Call) -> None:
+        m = c.module
+        ins = _tensors(c.args)
+        if isinstance(m, _SKIP_MODULES) or not ins:
+            return
+        x = ins[0]
+        if isinstance(m, nn.Conv2d):
+            self.conv(c, x, cin=m.in_channels, cout=m.out_channels, groups=m.groups, kernel=m.kernel_size,
+                      stride=m.stride, padding=m.padding, dilation=m.dilation, bias=m.bias is not None)  # fmt: skip
+        elif isinstance(m, nn.Linear):
+            self.linear(c, x, m.in_features, m.out_features, m.bias is not None)
+        elif type(m) in _ACT_MODULES:
+            self.elementwise(c.name, OpKind.ACTIVATION, x.shape, variant=_ACT_MODULES[type(m)])
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            act, _ = self._take_activation(c.out, frozenset())
+            self.elementwise(c.name, OpKind.BATCH_NORM, x.shape, activation=act)
+        elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            avg = isinstance(m, nn.AdaptiveAvgPool2d)
+            if c.out is not None and tuple(c.out.shape[-2:]) == (1, 1):
+                self.pool(c.name, x, "global_avg" if avg else "global_max")
+            else:
+                self.elementwise(c.name, OpKind.OTHER, x.shape, variant="adaptive_pool")
+        elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+            variant = "avg" if isinstance(m, nn.AvgPool2d) else "max"
+            self.pool(c.name, x, variant, m.kernel_size, m.stride, m.padding)
+        elif isinstance(m, nn.LayerNorm):
+            self.elementwise(c.name, OpKind.LAYER_NORM, (max(1, math.prod(x.shape[:-1])), x.shape[-1]))
+        elif isinstance(m, nn.Softmax):
+            self.elementwise(c.name, OpKind.SOFTMAX, (max(1, math.prod(x.shape[:-1])), x.shape[-1]))
+        elif isinstance(m, (nn.Flatten, nn.Unflatten)):
+            self.elementwise(c.name, OpKind.OTHER, x.shape, variant="reshape")
+        elif isinstance(m, nn.MultiheadAttention):
+            self.mha(c, m, x)
+        else:
+            logger.info("no latency model for module %s (%s); recorded as OTHER", c.name, type(m).__name__)
+            self.elementwise(c.name, OpKind.OTHER, x.shape, variant=type(m).__name__.lower())
+
+    def mha(self, c: _Call, m: nn.MultiheadAttention, x: _T) -> None:
+        if len(x.shape) != 3:
+            return
+        b, s = (x.shape[0], x.shape[1]) if m.batch_first else (x.shape[1], x.shape[0])
+        e, h = m.embed_dim, m.num_heads
+        tokens = b * s
+        bias = m.in_proj_bias is not None
+        self.emit(
+            f"{c.name}:in_proj",
+            OpContext(OpKind.LINEAR, tokens=tokens, bias=bias),
+            e,
+            3 * e,
+            tokens * e * 3 * e,
+        )
+        self.attention(c.name, b, h, s, s, e // h)
+        self.emit(f"{c.name}:out_proj", OpContext(OpKind.LINEAR, tokens=tokens), e, e, tokens * e * e)
+
+    def function_call(self, c: _Call) -> None:
+        op = c.op
+        ins = _tensors(c.args)
+        if op in _SKIP or c.out is None:
+            return
+        out_shape = c.out.shape
+        if op in _ACT_FUNCS or op == "hardtanh":
+            act = self._activation_name(c) or "relu"
+            self.elementwise(c.name, OpKind.ACTIVATION, out_shape, variant=act)
+        elif op in ("add", "sub"):
+            if len(ins) < 2:
+                logger.debug("%s: %s with a scalar is not tabled", c.name, op)
+                return
+            act, _ = self._take_activation(c.out, self.fusion.add_activations)
+            self.elementwise(c.name, OpKind.ADD, out_shape, activation=act)
+        elif op in ("mul", "div"):
+            if len(ins) < 2:
+                return
+            small = min(ins, key=lambda t: math.prod(t.shape))
+            bcast = len(out_shape) == 4 and len(small.shape) == 4 and tuple(small.shape[2:]) == (1, 1)
+            bcast = bcast and tuple(out_shape[2:]) != (1, 1)
+            self.elementwise(c.name, OpKind.MUL, out_shape, variant="bcast" if bcast else "")
+        elif op in ("matmul", "bmm", "mm"):
+            if len(ins) >= 2:
+                self.matmul(c.name, ins[0], ins[1])
+        elif op == "linear" and len(ins) >= 2:
+            w = ins[1]
+            self.linear(c, ins[0], w.shape[1], w.shape[0], len(ins) > 2)
+        elif op == "conv2d" and len(ins) >= 2:
+            w = ins[1]
+            groups = c.args[6] if len(c.args) > 6 else c.kwargs.get("groups", 1)
+            self.conv(c, ins[0], cin=w.shape[1] * groups, cout=w.shape[0], groups=groups, kernel=w.shape[2:],
+                      stride=c.args[3] if len(c.args) > 3 else c.kwargs.get("stride", 1),
+                      padding=c.args[4] if len(c.args) > 4 else c.kwargs.get("padding", 0),
+                      dilation=c.args[5] if len(c.args) > 5 else c.kwargs.get("dilation", 1),
+                      bias=len(ins) > 2)  # fmt: skip
+        elif op == "softmax":
+            self.elementwise(c.name, OpKind.SOFTMAX, (max(1, math.prod(out_shape[:-1])), out_shape[-1]))
+        elif op == "layer_norm":
+            self.elementwise(c.name, OpKind.LAYER_NORM, (max(1, math.prod(out_shape[:-1])), out_shape[-1]))
+        elif op == "batch_norm" and ins:
+            self.elementwise(c.name, OpKind.BATCH_NORM, ins[0].shape)
+        elif op in ("adaptive_avg_pool2d", "adaptive_max_pool2d") and ins:
+            variant = "global_avg" if "avg" in op else "global_max"
+            if tuple(out_shape[-2:]) == (1, 1):
+                self.pool(c.name, ins[0], variant)
+        elif op in ("avg_pool2d", "max_pool2d") and ins:
+            a = c.args
+            self.pool(c.name, ins[0], op.split("_")[0], a[1] if len(a) > 1 else c.kwargs.get("kernel_size", 1),
+                      a[2] if len(a) > 2 else c.kwargs.get("stride"), a[3] if len(a) > 3 else c.kwargs.get("padding", 0))  # fmt: skip
+        elif (
+            op == "mean"
+            and ins
+            and len(ins[0].shape) == 4
+            and math.prod(out_shape) == math.prod(ins[0].shape[:2])
+        ):
+            self.pool(c.name, ins[0], "global_avg")
+        elif op == "scaled_dot_product_attention" and len(ins) >= 3:
+            q, k = ins[0], ins[1]
+            b = max(1, math.prod(q.shape[:-2]))
+            self.attention(c.name, b, 1, q.shape[-2], k.shape[-2], q.shape[-1])
+        elif op in _RESHAPES:
+            if ins:
+                self.elementwise(c.name, OpKind.OTHER, ins[0].shape, variant="reshape")
+        elif op in _TRANSPOSES:
+            if ins:
+                self.elementwise(c.name, OpKind.OTHER, ins[0].shape, variant="transpose")
+        elif op in ("cat", "stack"):
+            lay = _layout(out_shape)
+            if lay is not None:
+                tokens, spatial, width = lay
+                ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant="cat")
+                self.emit(c.name, ctx, max(1, width // 2), max(1, width // 2))
+        elif ins:
+            logger.info("no latency model for %s (%s); recorded as OTHER", c.name, op)
+            self.elementwise(c.name, OpKind.OTHER, out_shape, variant=op)
+
+    def run(self) -> list[LayerOp]:
+        for i, c in enumerate(self.calls):
+            if i in self.consumed:
+                continue
+            self.consumed.add(i)
+            if c.op == "module":
+                self.module_call(c)
+            else:
+                self.function_call(c)
+        return self.ops
+
+
+def extract_layer_ops(
+    module: nn.Module,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    fusion: FusionRules | None = None,
+) -> list[LayerOp]:
+    """Every operator of ``module`` that latency is predicted for, in execution order.
+
+    Args:
+        module: the model (put in eval mode for tracing; its mode is restored).
+        example_inputs: inputs that define every shape.
+        fusion: the target runtime's fusion rules (``target.fusion``); ``None`` fuses nothing
+            (torch eager).
+
+    Returns:
+        One ``LayerOp`` per op: convs/linears with folded BN and fused activation as the runtime
+        runs them, and everything else (activations, adds, SE multiplies, pooling, norms, softmax,
+        attention matmuls, reshapes as ``OTHER``).
+
+    Example:
+        >>> from torch import nn
+        >>> ops = extract_layer_ops(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), (torch.randn(2, 8),))
+        >>> [(o.context.kind.value, o.in_width, o.out_width) for o in ops]
+        [('linear', 8, 4), ('activation', 4, 4)]
+    """
+    rules = fusion or TORCH_EAGER
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    was_training = module.training
+    module.eval()
+    try:
+        try:
+            calls = _calls_fx(module, inputs)
+        except Exception as exc:  # data-dependent control flow, shape unpacking, ...
+            logger.info("torch.fx cannot trace %s (%s); using eager hooks", type(module).__name__, exc)
+            calls = _calls_eager(module, inputs)
+    finally:
+        module.train(was_training)
+    return _Extractor(calls, rules).run()

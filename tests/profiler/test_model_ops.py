@@ -1,0 +1,190 @@
+"""extract_layer_ops on several architectures, functional ops, fusion rules and the eager fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetrim.model_ops import LITERT, ONNXRUNTIME, TORCH_EAGER, FusionRules, extract_layer_ops
+from edgetrim.types import OpKind
+
+
+def _summary(ops):
+    return [(o.context.kind, o.context.activation, o.in_width, o.out_width) for o in ops]
+
+
+class FunctionalBlock(nn.Module):
+    """Conv-BN then functional relu, a residual ``x + y``, SE-style multiply, mean-pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn(self.conv(x)))
+        y = torch.sigmoid(self.dw(y))
+        z = x + y
+        s = z.mean((2, 3), keepdim=True)
+        z = z * s
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(z, 1), 1))
+
+
+def test_functional_ops_and_fusion_per_runtime() -> None:
+    m, x = FunctionalBlock(), torch.randn(2, 4, 6, 6)
+    eager = _summary(extract_layer_ops(m, (x,)))
+    assert eager == [
+        (OpKind.CONV2D, "none", 4, 4),
+        (OpKind.BATCH_NORM, "none", 4, 4),
+        (OpKind.ACTIVATION, "none", 4, 4),
+        (OpKind.DEPTHWISE_CONV2D, "none", 4, 4),
+        (OpKind.ACTIVATION, "none", 4, 4),
+        (OpKind.ADD, "none", 4, 4),
+        (OpKind.POOL, "none", 4, 4),
+        (OpKind.MUL, "none", 4, 4),
+        (OpKind.POOL, "none", 4, 4),
+        (OpKind.OTHER, "none", 4, 4),
+        (OpKind.LINEAR, "none", 4, 3),
+    ]
+    ort_ops = extract_layer_ops(m, (x,), fusion=ONNXRUNTIME)
+    # ORT: BN folded, relu and sigmoid fused into the convs
+    assert _summary(ort_ops)[:3] == [
+        (OpKind.CONV2D, "relu", 4, 4),
+        (OpKind.DEPTHWISE_CONV2D, "sigmoid", 4, 4),
+        (OpKind.ADD, "none", 4, 4),
+    ]
+    assert ort_ops[0].context.bias  # folded BN gives the conv a bias
+    lite = _summary(extract_layer_ops(m, (x,), fusion=LITERT))
+    # LiteRT fuses relu but not sigmoid
+    assert lite[:3] == [
+        (OpKind.CONV2D, "relu", 4, 4),
+        (OpKind.DEPTHWISE_CONV2D, "none", 4, 4),
+        (OpKind.ACTIVATION, "none", 4, 4),
+    ]
+    conv = ort_ops[0]
+    assert conv.context.spatial == (6, 6) and conv.context.tokens == 2
+    assert conv.macs == 2 * 4 * 6 * 6 * 4 * 9
+    mul = next(o for o in ort_ops if o.context.kind is OpKind.MUL)
+    assert mul.context.variant == "bcast"
+    assert [o.context.variant for o in ort_ops if o.context.kind is OpKind.POOL] == [
+        "global_avg",
+        "global_avg",
+    ]
+
+
+def test_activation_not_fused_when_conv_output_has_two_users() -> None:
+    class TwoUsers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.relu(y) + y
+
+    ops = _summary(extract_layer_ops(TwoUsers(), (torch.randn(1, 3, 4, 4),), fusion=ONNXRUNTIME))
+    assert ops == [
+        (OpKind.CONV2D, "none", 3, 5),
+        (OpKind.ACTIVATION, "none", 5, 5),
+        (OpKind.ADD, "none", 5, 5),
+    ]
+
+
+def test_add_relu_fusion_on_litert_only() -> None:
+    class Res(nn.Module):
+        def forward(self, x, y):
+            return torch.relu(x + y)
+
+    a, b = torch.randn(1, 6, 4, 4), torch.randn(1, 6, 4, 4)
+    assert _summary(extract_layer_ops(Res(), (a, b), fusion=LITERT)) == [(OpKind.ADD, "relu", 6, 6)]
+    assert len(extract_layer_ops(Res(), (a, b), fusion=ONNXRUNTIME)) == 2
+
+
+def test_mlp_tokens_and_widths() -> None:
+    m = nn.Sequential(nn.Linear(10, 7), nn.ReLU6(), nn.Linear(7, 3))
+    ops = extract_layer_ops(m, (torch.randn(2, 5, 10),), fusion=LITERT)
+    assert _summary(ops) == [(OpKind.LINEAR, "relu6", 10, 7), (OpKind.LINEAR, "none", 7, 3)]
+    assert ops[0].context.tokens == 10 and ops[0].macs == 10 * 10 * 7
+    # ORT's Gemm does not fuse Clip: relu6 stays its own op
+    assert len(extract_layer_ops(m, (torch.randn(2, 5, 10),), fusion=ONNXRUNTIME)) == 3
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow defeats torch.fx; the eager fallback must handle it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        if y.sum() > -1e9:  # data-dependent branch
+            y = y + y
+        return self.fc(y.mean((2, 3)))
+
+
+def test_eager_fallback_for_untraceable_model() -> None:
+    ops = extract_layer_ops(Untraceable(), (torch.randn(1, 3, 5, 5),), fusion=ONNXRUNTIME)
+    kinds = [o.context.kind for o in ops]
+    assert kinds == [OpKind.CONV2D, OpKind.ADD, OpKind.POOL, OpKind.LINEAR]
+    assert ops[0].context.activation == "relu" and ops[0].context.spatial == (5, 5)
+    assert ops[1].name.startswith(":add")
+
+
+def test_attention_ops() -> None:
+    mha = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    class Enc(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = mha
+            self.norm = nn.LayerNorm(16)
+
+        def forward(self, x):
+            return self.norm(x + self.mha(x, x, x, need_weights=False)[0])
+
+    ops = extract_layer_ops(Enc(), (torch.randn(2, 5, 16),))
+    kinds = [o.context.kind for o in ops]
+    assert kinds == [
+        OpKind.LINEAR,
+        OpKind.MATMUL,
+        OpKind.SOFTMAX,
+        OpKind.MATMUL,
+        OpKind.LINEAR,
+        OpKind.ADD,
+        OpKind.LAYER_NORM,
+    ]
+    scores = ops[1]
+    assert (scores.in_width, scores.out_width, scores.context.tokens, scores.context.variant) == (
+        4,
+        5,
+        5,
+        "batch8",
+    )
+    assert ops[2].context.tokens == 2 * 4 * 5 and ops[6].context.tokens == 10
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet_small", "mobilenetv3_small", "bert_encoder_small"])
+def test_zoo_models_extract(name: str) -> None:
+    models = pytest.importorskip("edgetrim.examples.models")
+    module, example = models.MODEL_ZOO[name]()
+    example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    eager = extract_layer_ops(module, example, fusion=TORCH_EAGER)
+    fused = extract_layer_ops(module, example, fusion=ONNXRUNTIME)
+    assert len(fused) <= len(eager)
+    # MACs of convs / linears / matmuls do not depend on fusion
+    assert sum(o.macs for o in fused) == sum(o.macs for o in eager) > 0
+    for op in fused:
+        assert op.in_width >= 1 and op.out_width >= 1
+        if op.context.one_axis:
+            assert op.in_width == op.out_width, op
+
+
+def test_fusion_rules_validate() -> None:
+    with pytest.raises(ValueError, match="unknown activations"):
+        FusionRules(name="x", conv_activations=frozenset({"swish2"}))
