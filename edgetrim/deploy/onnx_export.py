@@ -6,7 +6,9 @@ lazily with an actionable error, so the rest of deploy imports without them.
 The fp32 file is self-contained: weights are embedded (no external-data side files), the opset is
 pinned and the batch dimension is dynamic unless the model's code fixes it (then the export falls back
 to the example batch and says so in ``ExportArtifact.notes``). int8 is onnxruntime's *static*
-quantization in QDQ form, per-channel weights, calibrated (min/max) on real input batches.
+quantization in QDQ form, per-channel asymmetric uint8 weights and uint8 activations, calibrated
+(min/max) on real input batches. (Symmetric int8 weights cost ~20 dB of SQNR on the small digits
+models here: 18 dB vs 38 dB for uint8 on the pruned + low-rank test net, onnxruntime 1.32.)
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def quantize_onnx_int8(
     *,
     per_channel: bool = True,
 ) -> ExportArtifact:
-    """Static int8 quantization (QDQ, min/max calibration) of an fp32 ONNX artifact.
+    """Static 8-bit quantization (QDQ, uint8, min/max calibration) of an fp32 ONNX artifact.
 
     Args:
         fp32: the artifact from :func:`export_onnx`.
@@ -227,8 +229,8 @@ def quantize_onnx_int8(
                 str(dst),
                 Reader(names, batches),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QUInt8,
                 per_channel=per_channel,
             )
         except Exception as exc:
@@ -249,7 +251,10 @@ def quantize_onnx_int8(
         outputs=outs,
         opset=fp32.opset,
         dynamic_batch=fp32.dynamic_batch,
-        notes=(*fp32.notes, f"static QDQ int8, min/max calibrated on {len(batches)} batches"),
+        notes=(
+            *fp32.notes,
+            f"static QDQ 8-bit (uint8 weights and activations), min/max calibrated on {len(batches)} batches",
+        ),
     )
 
 

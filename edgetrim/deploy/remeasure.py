@@ -1,0 +1,318 @@
+"""Re-measure exported artifacts on the target the latency table was made on.
+
+Totals come from ``Target.measure_artifact`` (``edgetrim.profiler.targets``), the same timing path the
+table's whole-model checks use, so local runtimes (``ort-cpu``, ``litert-cpu``) and phones (``adb:...``)
+go through one interface.
+
+Per-layer times (ONNX on onnxruntime): onnxruntime's profiler reports one ``<node>_kernel_time`` per
+node, but only with graph optimisation *off* (otherwise fused nodes get new names and lose the
+exporter's module metadata), and profiling itself slows every run (reported upstream: up to ~3x). So:
+
+1. node times are the per-node median over ``profile_runs`` profiled runs, optimisation off;
+2. each node is attributed to a layer of the prediction: by the module path the torch exporter stored
+   on it (``pkg.torch.onnx.name_scopes``); nodes with no layer of their own (unfused activations,
+   quantize/dequantize pairs) go to the layer that produced their input, else to the one consuming
+   their output;
+3. the per-node times are scaled by one factor so that they sum to the *un-profiled, optimised* total
+   minus the runtime's per-invoke overhead (``table.meta["invoke_overhead_ms"]`` when the table has it).
+   The shares between layers come from the profile, the absolute scale from the honest total.
+
+TFLite per-op times need the C++ ``benchmark_model`` tool (not on PyPI), so local ``litert-cpu`` gives
+totals only; an adb target whose ``measure_artifact`` returns per-op rows is reported per layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetrim.deploy.artifact import ExportArtifact, ExportFormat
+from edgetrim.errors import ExportError
+from edgetrim.types import DeviceInfo, LatencyStats
+
+logger = logging.getLogger(__name__)
+
+UNATTRIBUTED = "(unattributed)"
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """Predicted vs measured latency of one layer (``None`` where one side has no number)."""
+
+    name: str
+    predicted_ms: float | None
+    measured_ms: float | None
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SparsityCheck:
+    """Did unstructured sparsity pay off on this runtime? Sparse and dense twins measured side by side."""
+
+    weight_sparsity: float
+    sparse_ms: float
+    dense_ms: float
+    speedup: float
+    paid_off: bool
+    verdict: str
+
+
+@dataclass(frozen=True)
+class RemeasureReport:
+    """Measured latency of one artifact next to the table's prediction."""
+
+    label: str
+    target: str
+    device: DeviceInfo
+    measured: LatencyStats
+    predicted_ms: float | None
+    layers: tuple[LayerComparison, ...]
+    per_layer_method: str
+    profile_scale: float | None = None
+    sparsity: SparsityCheck | None = None
+
+    @property
+    def measured_ms(self) -> float:
+        return self.measured.median_ms
+
+    @property
+    def error_rel(self) -> float | None:
+        """(predicted - measured) / measured, or None without a prediction."""
+        if self.predicted_ms is None or self.measured.median_ms <= 0:
+            return None
+        return (self.predicted_ms - self.measured.median_ms) / self.measured.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "target": self.target,
+            "device": self.device.to_dict(),
+            "measured": self.measured.to_dict(),
+            "measured_ms": self.measured_ms,
+            "predicted_ms": self.predicted_ms,
+            "error_rel": self.error_rel,
+            "layers": [asdict(r) for r in self.layers],
+            "per_layer_method": self.per_layer_method,
+            "profile_scale": self.profile_scale,
+            "sparsity": asdict(self.sparsity) if self.sparsity else None,
+        }
+
+
+def _module_of(layer_name: str) -> str:
+    return layer_name.split(":", 1)[0]
+
+
+def attribute_nodes(
+    nodes: Sequence[tuple[str, str, str, list[str], list[str]]], layer_names: Sequence[str]
+) -> dict[str, str]:
+    """Map every ONNX node name to a predicted layer name (or :data:`UNATTRIBUTED`).
+
+    ``nodes`` are ``(name, op_type, module, inputs, outputs)`` in graph order (see
+    ``onnx_export.node_modules``); ``layer_names`` are ``LayerOp.name``s (``features.3`` or
+    ``features.3:add`` for a functional op inside a module).
+    """
+    by_module: dict[str, list[str]] = {}
+    for name in layer_names:
+        by_module.setdefault(_module_of(name), []).append(name)
+    group: dict[str, str] = {}
+    for node, op_type, module, _, _ in nodes:
+        candidates: list[str] = []
+        probe = module
+        while probe and not candidates:  # the innermost module with a predicted layer
+            candidates = by_module.get(probe, [])
+            probe = probe.rpartition(".")[0]
+        if candidates:
+            tagged = [c for c in candidates if ":" in c and c.split(":", 1)[1].lower() in op_type.lower()]
+            plain = [c for c in candidates if ":" not in c]
+            group[node] = (tagged or plain or candidates)[0]
+    producer: dict[str, str] = {}
+    consumers: dict[str, list[str]] = {}
+    for node, _, _, ins, outs in nodes:
+        for t in outs:
+            producer[t] = node
+        for t in ins:
+            consumers.setdefault(t, []).append(node)
+    for node, _, _, ins, _ in nodes:  # forward: fused activations, requantisation after a layer
+        if node not in group:
+            for t in ins:
+                src = producer.get(t)
+                if src is not None and src in group:
+                    group[node] = group[src]
+                    break
+    for node, _, _, _, outs in reversed(nodes):  # backward: weight / input dequantisation
+        if node not in group:
+            for t in outs:
+                dst = next((c for c in consumers.get(t, []) if c in group), None)
+                if dst is not None:
+                    group[node] = group[dst]
+                    break
+    return {node: group.get(node, UNATTRIBUTED) for node, *_ in nodes}
+
+
+def per_layer_onnx(
+    path: Path,
+    arrays: Sequence[np.ndarray],
+    *,
+    total_ms: float,
+    overhead_ms: float,
+    predicted: Sequence[tuple[str, float]],
+    profile_runs: int = 20,
+    threads: int = 1,
+) -> tuple[list[LayerComparison], float]:
+    """Per-layer measured times of an ONNX file, scaled to the un-profiled total (see module doc)."""
+    from edgetrim.deploy.onnx_export import node_modules, profile_nodes
+
+    nodes = node_modules(path)
+    times = profile_nodes(path, arrays, runs=profile_runs, threads=threads)
+    names = [n for n, _ in predicted]
+    groups = attribute_nodes(nodes, names)
+    profiled_total = sum(times.get(n, 0.0) for n, *_ in nodes)
+    if profiled_total <= 0:
+        raise ExportError(f"onnxruntime's profiler reported no node times for {path.name}")
+    scale = max(total_ms - overhead_ms, 0.0) / profiled_total
+    measured: dict[str, float] = {}
+    members: dict[str, list[str]] = {}
+    for node, *_ in nodes:
+        g = groups[node]
+        measured[g] = measured.get(g, 0.0) + times.get(node, 0.0) * scale
+        members.setdefault(g, []).append(node)
+    rows = [
+        LayerComparison(name=n, predicted_ms=ms, measured_ms=measured.get(n), nodes=tuple(members.get(n, ())))
+        for n, ms in predicted
+    ]
+    if UNATTRIBUTED in measured:
+        rows.append(
+            LayerComparison(UNATTRIBUTED, None, measured[UNATTRIBUTED], tuple(members.get(UNATTRIBUTED, ())))
+        )
+    return rows, scale
+
+
+def remeasure(
+    artifact: ExportArtifact,
+    target: Any,
+    *,
+    timing: Any,
+    example_inputs: Sequence[torch.Tensor],
+    predicted: Sequence[tuple[str, float]] = (),
+    predicted_ms: float | None = None,
+    overhead_ms: float = 0.0,
+    profile_runs: int = 20,
+) -> RemeasureReport:
+    """Measure ``artifact`` on ``target`` and line it up with the prediction.
+
+    Args:
+        artifact: an exported file.
+        target: an ``edgetrim.profiler.targets`` Target (``measure_artifact``, ``info``).
+        timing: the ``TimingConfig`` for the total.
+        example_inputs: inputs for the per-layer profile (their batch is the one measured).
+        predicted: ``(layer name, predicted ms)`` rows from ``predict_model``.
+        predicted_ms: the predicted whole-model total.
+        overhead_ms: per-invoke runtime overhead kept out of the per-layer split.
+        profile_runs: profiled runs for per-node medians.
+    """
+    measured = target.measure_artifact(artifact.path, timing)
+    layers: list[LayerComparison] = [LayerComparison(n, ms, None) for n, ms in predicted]
+    method = "total only"
+    scale: float | None = None
+    runtime = getattr(target.info(), "runtime", "")
+    per_op = getattr(measured, "per_op_ms", None)
+    if (
+        artifact.format is ExportFormat.ONNX
+        and runtime == "onnxruntime"
+        and not target.name.startswith("adb")
+    ):
+        arrays = [t.detach().cpu().float().numpy() for t in example_inputs]
+        layers, scale = per_layer_onnx(
+            artifact.path,
+            arrays,
+            total_ms=measured.median_ms,
+            overhead_ms=overhead_ms,
+            predicted=predicted,
+            profile_runs=profile_runs,
+            threads=getattr(target.info(), "threads", 1),
+        )
+        method = "onnxruntime profiler (optimisation off), node times scaled to the measured total"
+    elif isinstance(per_op, dict) and per_op:
+        layers = [LayerComparison(n, ms, per_op.get(n)) for n, ms in predicted]
+        method = "per-op table of the target's benchmark tool"
+    return RemeasureReport(
+        label=artifact.label,
+        target=target.name,
+        device=target.info(),
+        measured=measured,
+        predicted_ms=predicted_ms,
+        layers=tuple(layers),
+        per_layer_method=method,
+        profile_scale=scale,
+    )
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero weights over all conv / linear weights."""
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear):
+            w = m.weight.detach()
+            zeros += int((w == 0).sum())
+            total += w.numel()
+    return zeros / total if total else 0.0
+
+
+def dense_twin(model: nn.Module, *, seed: int = 0) -> nn.Module:
+    """A copy with the same shapes whose zero weights are replaced by small nonzero values."""
+    twin = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear):
+                w = m.weight
+                zero = w == 0
+                if zero.any():
+                    scale = float(w.abs().max()) * 1e-2 or 1e-3
+                    fill = (torch.rand(w.shape, generator=gen) * 2 - 1) * scale
+                    w[zero] = fill[zero] + torch.sign(fill[zero]) * 1e-6
+    return twin
+
+
+def sparsity_payoff(
+    model: nn.Module,
+    export: Callable[[nn.Module, Path], ExportArtifact],
+    target: Any,
+    *,
+    timing: Any,
+    rounds: int = 3,
+    threshold: float = 1.05,
+) -> SparsityCheck:
+    """Export ``model`` and its dense twin the same way and time them interleaved on ``target``.
+
+    ``paid_off`` means the sparse artifact's median is at least ``threshold``x faster than the dense
+    one's; rounds alternate sparse/dense so drift on a shared machine hits both alike.
+    """
+    sparsity = weight_sparsity(model)
+    with tempfile.TemporaryDirectory(prefix="edgetrim-sparse-") as tmp:
+        sparse = export(model, Path(tmp) / "sparse")
+        dense = export(dense_twin(model), Path(tmp) / "dense")
+        s_ms: list[float] = []
+        d_ms: list[float] = []
+        for _ in range(rounds):
+            s_ms.append(target.measure_artifact(sparse.path, timing).median_ms)
+            d_ms.append(target.measure_artifact(dense.path, timing).median_ms)
+    s, d = float(np.median(s_ms)), float(np.median(d_ms))
+    speedup = d / s if s > 0 else math.nan
+    paid = speedup >= threshold
+    verdict = f"{sparsity:.0%} zero weights: {speedup:.2f}x vs the dense twin on {target.name} - " + (
+        "sparsity paid off" if paid else "no speed-up from sparsity on this runtime (zeros are computed)"
+    )
+    return SparsityCheck(
+        weight_sparsity=sparsity, sparse_ms=s, dense_ms=d, speedup=speedup, paid_off=paid, verdict=verdict
+    )
