@@ -57,7 +57,10 @@ class _Conn:
         if not q or q["inflight"]:
             return
         if q["chunks"]:
-            self.send(A_WRTE, lid, q["rid"], q["chunks"].pop(0))
+            data = q["chunks"].pop(0)
+            while q["chunks"] and len(data) + len(q["chunks"][0]) <= MAXDATA:  # coalesce small writes
+                data += q["chunks"].pop(0)
+            self.send(A_WRTE, lid, q["rid"], data)
             q["inflight"] = True
         elif q["close"]:
             self.send(A_CLSE, lid, q["rid"])
@@ -250,12 +253,17 @@ class SimAdbd:
         self.device.unplugged.set()
         self.refuse_until = time.monotonic() + seconds
 
-        def drop() -> None:
+        async def drop() -> None:
+            # output already written by the phone reaches the host (up to 1 s), then the link dies
+            for _ in range(100):
+                if not any(q["chunks"] or q["inflight"] for c in self.conns for q in c.pending.values()):
+                    break
+                await asyncio.sleep(0.01)
             for c in list(self.conns):
                 c.close()
             self.device.unplugged.clear()
 
-        self._loop.call_soon_threadsafe(drop)
+        asyncio.run_coroutine_threadsafe(drop(), self._loop)
 
     def stop(self) -> None:
         async def _stop() -> None:

@@ -141,12 +141,16 @@ class AdbTarget:
         """Time an exported ``.tflite`` on the phone."""
         p = Path(path)
         if p.suffix != ".tflite":
-            raise EdgetrimError(f"{self.name} runs .tflite models only, got {p.name}: export with --format tflite")
+            raise EdgetrimError(
+                f"{self.name} runs .tflite models only, got {p.name}: export with --format tflite"
+            )
         if not p.is_file():
             raise EdgetrimError(f"{p} does not exist")
         return self.measure_bytes(p.read_bytes(), timing, label=p.name)
 
-    def measure_model(self, module: Any, example_inputs: tuple[Any, ...], timing: TimingConfig) -> LatencyStats:
+    def measure_model(
+        self, module: Any, example_inputs: tuple[Any, ...], timing: TimingConfig
+    ) -> LatencyStats:
         """Convert a torch module with litert-torch on the host, then time it on the phone."""
         from edgetrim.profiler.targets.litert_target import convert_tflite_for_timing
 
@@ -159,7 +163,9 @@ class AdbTarget:
         return f"AdbTarget(name={self.name!r}, threads={self.threads}, cores={self.cores})"
 
 
-def make_adb_target(name: str, *, threads: int = 1, cores: Sequence[int] | None = None, **options: Any) -> AdbTarget:
+def make_adb_target(
+    name: str, *, threads: int = 1, cores: Sequence[int] | None = None, **options: Any
+) -> AdbTarget:
     """Factory for the target registry: ``adb:SERIAL`` (or ``adb:`` for the only attached phone)."""
     if not name.startswith(PREFIX):
         raise EdgetrimError(f"adb target names look like adb:SERIAL, got {name!r}")
