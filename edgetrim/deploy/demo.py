@@ -1,0 +1,214 @@
+"""The end-to-end demo on the local CPU: profile -> train -> compress to 50% -> export -> re-measure -> report.
+
+Everything runs through library functions (no subprocess): ``profile_table``, ``compress``,
+``export_run`` (export + parity + re-measurement) and ``write_report``. The target is ``ort-cpu`` with
+one thread; the table covers exactly the operator contexts of the digits CNN.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetrim.deploy.artifact import ExportFormat
+
+logger = logging.getLogger(__name__)
+
+TARGET = "ort-cpu"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo. ``quick()`` is the few-minute variant used by tests and ``--quick``."""
+
+    widths: tuple[int, ...] = (32, 64, 64)
+    train_epochs: int = 8
+    compress_epochs: int = 4
+    finetune_epochs: int = 2
+    budget_fraction: float = 0.5
+    timing: str = "default"  # "default" or "quick" TimingConfig
+    refine: bool = True
+    int8: bool = True
+    formats: tuple[ExportFormat, ...] = (ExportFormat.ONNX, ExportFormat.TFLITE)
+    profile_runs: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.budget_fraction < 1.0:
+            raise ValueError(f"budget_fraction must be in (0, 1), got {self.budget_fraction}")
+        if self.timing not in ("default", "quick"):
+            raise ValueError(f"timing must be 'default' or 'quick', got {self.timing!r}")
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(
+            widths=(16, 32),
+            train_epochs=4,
+            compress_epochs=2,
+            finetune_epochs=1,
+            timing="quick",
+            refine=False,
+            int8=False,
+            profile_runs=10,
+        )
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo put things and the headline numbers."""
+
+    out_dir: Path
+    table: Path
+    dense_run: Path
+    compressed_run: Path
+    export_dir: Path
+    dense_export_dir: Path
+    report_html: Path
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def summary_lines(self) -> list[str]:
+        n = self.numbers
+        return [
+            f"dense digits CNN:      accuracy {n['dense_accuracy']:.3f}, measured {n['dense_measured_ms']:.4f} ms "
+            f"(predicted {n['dense_predicted_ms']:.4f} ms) on {TARGET}",
+            f"compressed (budget {n['budget_ms']:.4f} ms): accuracy {n['accuracy']:.3f}, measured "
+            f"{n['measured_ms']:.4f} ms (predicted {n['predicted_ms']:.4f} ms), "
+            f"{n['measured_ms'] / n['dense_measured_ms']:.0%} of dense",
+            f"widths {n['widths_before']} -> {n['widths_after']}",
+            f"table:            {self.table}",
+            f"runs:             {self.dense_run}  {self.compressed_run}",
+            f"artifacts:        {self.export_dir}  (manifest.json lists them with hashes)",
+            f"report:           {self.report_html}",
+            f"took {n['seconds']:.0f} s",
+        ]
+
+
+def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResult:
+    """Run the whole story into ``out_dir`` (resumes the table when it is already there)."""
+    import torch
+
+    from edgetrim.compress.api import compress
+    from edgetrim.compress.config import CompressConfig
+    from edgetrim.compress.run_folder import save_run
+    from edgetrim.deploy.bundle import ExportConfig, export_run
+    from edgetrim.deploy.manifest import load_manifest
+    from edgetrim.deploy.report import write_report
+    from edgetrim.examples.data import digits_loaders
+    from edgetrim.examples.models import digits_cnn
+    from edgetrim.examples.training import train_classifier
+    from edgetrim.model_ops import extract_layer_ops
+    from edgetrim.profiler.session import profile_table
+    from edgetrim.profiler.targets import get_target
+    from edgetrim.profiler.timing import TimingConfig
+
+    cfg = config or DemoConfig()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timing = TimingConfig.quick() if cfg.timing == "quick" else TimingConfig()
+    target = get_target(TARGET, threads=1)
+    torch.manual_seed(0)
+
+    model, inputs = digits_cnn(widths=cfg.widths)
+    train, val = digits_loaders(batch_size=64)
+    logger.info("training the digits CNN %s for %d epochs", cfg.widths, cfg.train_epochs)
+    dense_acc = train_classifier(model, train, val, epochs=cfg.train_epochs, lr=3e-3)
+
+    table_path = out / "table.json"
+    ops = extract_layer_ops(model, inputs, fusion=target.fusion)
+    logger.info("profiling %d operators of the model on %s", len(ops), TARGET)
+    table = profile_table(target, ops, out=table_path, resume=True, timing=timing, refine=cfg.refine)
+
+    dense_measured = target.measure_model(model, inputs, timing).median_ms
+    dense_run = save_run(
+        out / "runs" / "dense",
+        model,
+        inputs,
+        {
+            "kind": "baseline",
+            "model_spec": "edgetrim.examples.models:digits_cnn",
+            "data_spec": "digits",
+            "accuracy": dense_acc,
+            "measured_ms": dense_measured,
+            "table": str(table_path.resolve()),
+        },
+    )
+    from edgetrim.compress.api import model_latency_ms
+
+    dense_pred = model_latency_ms(table, ops)
+    budget = cfg.budget_fraction * dense_pred
+    logger.info(
+        "compressing to %.0f%% of the dense latency: %.4f ms predicted", 100 * cfg.budget_fraction, budget
+    )
+    result = compress(
+        model,
+        inputs,
+        CompressConfig(budget_ms=budget, epochs=cfg.compress_epochs, finetune_epochs=cfg.finetune_epochs),
+        table=table,
+        train_loader=train,
+        val_loader=val,
+    )
+    info = {
+        **result.report.to_info(),
+        "model_spec": "edgetrim.examples.models:digits_cnn",
+        "data_spec": "digits",
+        "table": str(table_path.resolve()),
+        "dense_measured_ms": dense_measured,
+    }
+    comp_run = save_run(out / "runs" / "compressed", result.model, result.example_inputs, info)
+
+    export_cfg = ExportConfig(
+        formats=cfg.formats,
+        int8=cfg.int8,
+        data="digits",
+        target=TARGET,
+        table=table_path,
+        timing=timing,
+        profile_runs=cfg.profile_runs,
+    )
+    bundle = export_run(comp_run, out / "deploy", export_cfg)
+    dense_bundle = export_run(
+        dense_run,
+        out / "deploy_dense",
+        ExportConfig(
+            formats=(ExportFormat.ONNX,),
+            data="digits",
+            target=TARGET,
+            table=table_path,
+            timing=timing,
+            profile_runs=cfg.profile_runs,
+        ),
+    )
+    files = write_report(
+        [load_manifest(dense_bundle.out_dir), load_manifest(bundle.out_dir)], out / "report", table=table
+    )
+
+    onnx_rm = next(r for r in bundle.remeasured if r.label == "onnx-fp32")
+    dense_rm = next(r for r in dense_bundle.remeasured if r.label == "onnx-fp32")
+    numbers = {
+        "dense_accuracy": dense_acc,
+        "accuracy": result.report.accuracy,
+        "dense_predicted_ms": dense_pred,
+        "budget_ms": budget,
+        "predicted_ms": result.report.predicted_ms,
+        "dense_measured_ms": dense_rm.measured_ms,
+        "measured_ms": onnx_rm.measured_ms,
+        "widths_before": result.report.widths_before,
+        "widths_after": result.report.widths_after,
+        "seconds": time.perf_counter() - start,
+    }
+    return DemoResult(
+        out_dir=out,
+        table=table_path,
+        dense_run=dense_run,
+        compressed_run=comp_run,
+        export_dir=bundle.out_dir,
+        dense_export_dir=dense_bundle.out_dir,
+        report_html=files.html,
+        numbers=numbers,
+    )
