@@ -14,6 +14,7 @@ from edgetrim.profiler.builders._common import (
     POOL_VARIANTS,
     UnsupportedOpError,
     output_shape,
+    validate_context,
 )
 from edgetrim.profiler.builders.onnx_ops import build_onnx_op
 from edgetrim.profiler.builders.tflite_ops import build_tflite_op
@@ -40,4 +41,5 @@ __all__: list[Any] = [
     "build_tflite_op",
     "build_torch_op",
     "output_shape",
+    "validate_context",
 ]

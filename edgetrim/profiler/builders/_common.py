@@ -122,3 +122,12 @@ def tf_padding(ctx: OpContext) -> str | None:
         if same_out != o or total != 2 * p:
             return None
     return "SAME"
+
+
+def validate_context(ctx: OpContext) -> None:
+    """Raise :class:`UnsupportedOpError` when no builder can make a one-op model for ``ctx``."""
+    check_widths(ctx, 1, 1)
+    if ctx.kind is OpKind.POOL and ctx.variant not in POOL_VARIANTS:
+        raise UnsupportedOpError(f"pool variant {ctx.variant!r} ({ctx.key()}) has no one-op model")
+    activation_of(ctx)
+    output_shape(ctx, 1, 1)

@@ -1,0 +1,303 @@
+"""Profiling sessions: plan -> randomised measurement -> table on disk, resumable, then refinement.
+
+``profile_table`` measures every planned (context, in_width, out_width) point on a target in a
+seeded random order (so slow drift - thermal, other load - spreads over the table as noise instead
+of shaping it), shows a progress bar with ETA on stderr, saves the table atomically every few points
+(Ctrl-C or a crash loses at most the point in flight), and continues an interrupted table with
+``resume=True`` without re-measuring finished points. Then adaptive refinement adds points where
+interpolation between measured neighbours misses (``lookup_tables.grid.refine_points``).
+
+Invoke overhead: the runtime's cost of one empty invoke is measured once per table and subtracted
+from every op point (``shift_stats``, clamped at 0), and stored as ``meta["invoke_overhead_ms"]``, so
+summing the ops of a model counts the per-invoke cost once (add it back once per model), not once
+per op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetrim.errors import EdgetrimError, TableError
+from edgetrim.lookup_tables import LatencyTable, load_table
+from edgetrim.lookup_tables.grid import plan_points, refine_points
+from edgetrim.profiler.builders import UnsupportedOpError, validate_context
+from edgetrim.profiler.stats import shift_stats
+from edgetrim.profiler.targets.base import OpRequest, Target
+from edgetrim.profiler.timing import TimingConfig
+from edgetrim.types import LayerOp, OpContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """One context to profile up to ``(max_in, max_out)``, plus exact points that must be measured."""
+
+    context: OpContext
+    max_in: int
+    max_out: int
+    include: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.max_in < 1 or self.max_out < 1:
+            raise ValueError(
+                f"max widths must be >= 1, got ({self.max_in}, {self.max_out}) for {self.context.key()}"
+            )
+        if self.context.one_axis and self.max_in != self.max_out:
+            object.__setattr__(self, "max_out", self.max_in)
+
+
+def plan_from_layer_ops(layer_ops: Iterable[LayerOp]) -> list[ContextPlan]:
+    """Every context of a model, each up to the widest layer using it, with the exact layer widths."""
+    maxima: dict[OpContext, list[int]] = {}
+    exact: dict[OpContext, set[tuple[int, int]]] = {}
+    for op in layer_ops:
+        m = maxima.setdefault(op.context, [1, 1])
+        m[0] = max(m[0], op.in_width)
+        m[1] = max(m[1], op.out_width)
+        exact.setdefault(op.context, set()).add((op.in_width, op.out_width))
+    return [ContextPlan(ctx, mi, mo, frozenset(exact[ctx])) for ctx, (mi, mo) in maxima.items()]
+
+
+def load_spec(path: str | Path) -> list[ContextPlan]:
+    """Read a ``--spec`` grid file.
+
+    Format: ``{"contexts": [{"context": {<OpContext.to_dict()>}, "max_in": 64, "max_out": 64,
+    "points": [[in, out], ...]}, ...]}`` (``max_out`` and ``points`` optional).
+
+    Raises:
+        EdgetrimError: missing file, bad JSON or a bad entry (one line naming it).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgetrimError(f"spec file {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgetrimError(f"spec file {path} is not valid JSON: {exc}") from None
+    entries = data.get("contexts") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise EdgetrimError(f"spec file {path} needs a non-empty 'contexts' list")
+    plans = []
+    for n, entry in enumerate(entries):
+        try:
+            ctx = OpContext.from_dict(entry["context"])
+            max_in = int(entry["max_in"])
+            max_out = int(entry.get("max_out", max_in))
+            include = frozenset((int(i), int(o)) for i, o in entry.get("points", []))
+            plans.append(ContextPlan(ctx, max_in, max_out, include))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgetrimError(
+                f"spec file {path}: context #{n} is invalid ({type(exc).__name__}: {exc})"
+            ) from None
+    return plans
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Knobs of a profiling session.
+
+    Args:
+        seed: seed of the measurement order.
+        save_every: write the table after this many new points.
+        batch_size: requests handed to ``target.measure_ops`` at once (remote targets batch them).
+        points_per_context: cap on the initial plan of one context (``plan_points`` budget).
+        max_points: cap on the points in the table (initial plan and refinement together).
+        refine_tol: relative interpolation miss that triggers refinement.
+        refine_rounds: at most this many refinement rounds.
+        subtract_overhead: subtract the runtime's empty-invoke cost from every point.
+    """
+
+    seed: int = 0
+    save_every: int = 25
+    batch_size: int = 16
+    points_per_context: int | None = 400
+    max_points: int | None = None
+    refine_tol: float = 0.05
+    refine_rounds: int = 3
+    subtract_overhead: bool = True
+
+    def __post_init__(self) -> None:
+        if self.save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {self.save_every}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.points_per_context is not None and self.points_per_context < 1:
+            raise ValueError(f"points_per_context must be >= 1, got {self.points_per_context}")
+        if self.max_points is not None and self.max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {self.max_points}")
+        if not 0 < self.refine_tol < 1:
+            raise ValueError(f"refine_tol must be in (0, 1), got {self.refine_tol}")
+        if self.refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="pt", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+class _Session:
+    def __init__(
+        self, target: Target, table: LatencyTable, out: Path, timing: TimingConfig, cfg: ProfileConfig
+    ):
+        self.target, self.table, self.out, self.timing, self.cfg = target, table, out, timing, cfg
+        self.overhead_ms = float(table.meta.get("invoke_overhead_ms", 0.0))
+        self.measured = 0
+        self.since_save = 0
+        self.started = time.perf_counter()
+        self.build_time_before = float(table.meta.get("build_time_s", 0.0))
+
+    def room(self) -> int | None:
+        if self.cfg.max_points is None:
+            return None
+        return max(0, self.cfg.max_points - self.table.n_points())
+
+    def save(self) -> None:
+        meta = self.table.meta
+        meta["build_time_s"] = round(self.build_time_before + time.perf_counter() - self.started, 3)
+        meta["points"] = self.table.n_points()
+        self.table.save(self.out)
+        self.since_save = 0
+
+    def measure(self, requests: list[OpRequest], desc: str) -> None:
+        room = self.room()
+        if room is not None:
+            requests = requests[:room]
+        if not requests:
+            return
+        bar = _progress(len(requests), desc)
+        try:
+            for start in range(0, len(requests), self.cfg.batch_size):
+                batch = requests[start : start + self.cfg.batch_size]
+                for (ctx, i, o), stats in self.target.measure_ops(batch, self.timing):
+                    if self.cfg.subtract_overhead and self.overhead_ms > 0:
+                        stats = shift_stats(stats, self.overhead_ms)
+                    self.table.record(ctx, i, o, stats)
+                    self.measured += 1
+                    self.since_save += 1
+                    bar.update(1)
+                    if self.since_save >= self.cfg.save_every:
+                        self.save()
+        finally:
+            bar.close()
+            self.save()  # also on Ctrl-C / crash: finished points are kept
+
+
+def _open_table(target: Target, out: Path, resume: bool) -> LatencyTable:
+    info = target.info()
+    if resume and out.exists():
+        table = load_table(out)
+        if table.device.fingerprint() != info.fingerprint():
+            raise TableError(
+                f"cannot resume {out}: it was made on {table.device.fingerprint()}, not {info.fingerprint()}; "
+                "use another --out or the same target and --threads"
+            )
+        logger.info("resuming %s with %d points", out, table.n_points())
+        return table
+    if out.exists():
+        logger.warning("overwriting %s (pass --resume to continue it instead)", out)
+    return LatencyTable(info, meta={})
+
+
+def profile_table(
+    target: Target,
+    plan: Sequence[ContextPlan] | Sequence[LayerOp],
+    *,
+    out: str | Path,
+    resume: bool = False,
+    timing: TimingConfig | None = None,
+    refine: bool = True,
+    config: ProfileConfig | None = None,
+) -> LatencyTable:
+    """Measure ``plan`` on ``target`` into the table file ``out`` and return the table.
+
+    Args:
+        target: where to measure (``get_target(...)``).
+        plan: ``ContextPlan`` entries (``load_spec``) or a model's ``LayerOp`` list (every context up
+            to that layer's widths, exact layer widths included).
+        out: table file; written atomically every ``config.save_every`` points and at the end.
+        resume: continue ``out`` if it exists, skipping measured points; refuses a table from
+            another target / device / thread count.
+        timing: per-point timing (default ``TimingConfig()``).
+        refine: run adaptive refinement rounds after the initial plan.
+        config: session knobs (seed, caps, refinement tolerance).
+
+    Raises:
+        TableError: resuming into a table of another target or a damaged table.
+
+    Example:
+        >>> table = profile_table(get_target("ort-cpu"), load_spec("grid.json"), out="t.json")  # doctest: +SKIP
+    """
+    cfg = config or ProfileConfig()
+    timing = timing or TimingConfig()
+    out = Path(out)
+    plans = plan_from_layer_ops(plan) if plan and isinstance(plan[0], LayerOp) else list(plan)  # type: ignore[arg-type]
+    table = _open_table(target, out, resume)
+    session = _Session(target, table, out, timing, cfg)
+
+    skipped: dict[str, str] = dict(table.meta.get("skipped_contexts", {}))
+    usable: list[ContextPlan] = []
+    for p in plans:
+        try:
+            validate_context(p.context)
+            usable.append(p)
+        except (UnsupportedOpError, ValueError) as exc:
+            skipped[p.context.key()] = str(exc)
+            logger.warning("skipping %s: %s", p.context.key(), exc)
+
+    meta = table.meta
+    meta.setdefault("timing", timing.to_dict())
+    meta.setdefault("seed", cfg.seed)
+    meta["skipped_contexts"] = skipped
+    meta["target"] = target.name
+    if "invoke_overhead_ms" not in meta:
+        overhead = getattr(target, "invoke_overhead", None)
+        if cfg.subtract_overhead and callable(overhead):
+            meta["invoke_overhead_ms"] = float(overhead(timing).median_ms)
+        else:
+            meta["invoke_overhead_ms"] = 0.0
+        meta["invoke_overhead_subtracted"] = bool(cfg.subtract_overhead and meta["invoke_overhead_ms"] > 0)
+    session.overhead_ms = float(meta["invoke_overhead_ms"])
+
+    todo: list[OpRequest] = []
+    for p in usable:
+        points = plan_points(p.context, p.max_in, p.max_out, budget=cfg.points_per_context, include=p.include)
+        todo.extend((p.context, i, o) for i, o in points if not table.has(p.context, i, o))
+    random.Random(cfg.seed).shuffle(todo)
+    logger.info(
+        "%d points to measure on %s (%d already in the table)", len(todo), target.name, table.n_points()
+    )
+    session.measure(todo, f"profile {target.name}")
+
+    if refine:
+        rng = random.Random(cfg.seed + 1)
+        rounds = 0
+        while rounds < cfg.refine_rounds:
+            new: list[OpRequest] = []
+            for p in usable:
+                if len(table.points(p.context)) < 3:
+                    continue
+                new.extend(
+                    (p.context, i, o)
+                    for i, o in refine_points(table, p.context, tol=cfg.refine_tol)
+                    if not table.has(p.context, i, o)
+                )
+            if not new or session.room() == 0:
+                break
+            rounds += 1
+            rng.shuffle(new)
+            session.measure(new, f"refine {rounds} {target.name}")
+        meta["refine_rounds"] = max(int(meta.get("refine_rounds", 0)), rounds)
+    meta["points_measured_last_run"] = session.measured
+    session.save()
+    return table
