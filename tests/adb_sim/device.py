@@ -43,6 +43,7 @@ class DeviceSpec:
     data_free_bytes: int = 2 * 1024**3
     # fault injection
     unauthorized: bool = False
+    noexec: bool = False  # /data mounted noexec: no file there ever gets execute permission
     hot_reads: int = 0  # the first N thermal reads report +25 C on every zone
     unplug_after_bench_runs: int | None = None  # pull the cable after this many benchmark invocations
     unplug_s: float = 2.0  # how long the phone stays away (float("inf"): for good)
@@ -57,7 +58,11 @@ class SimFS:
         self.dirs: set[str] = {"/", "/data", "/data/local", "/data/local/tmp", "/sys", "/proc"}
         self.lock = threading.Lock()
 
+    noexec = False
+
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        if self.noexec and path.startswith("/data/"):
+            mode &= ~0o111
         with self.lock:
             self.files[path] = (bytes(data), mode & 0o7777)
             d = posixpath.dirname(path)
@@ -92,6 +97,7 @@ class SimDevice:
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
         self.fs = SimFS()
+        self.fs.noexec = spec.noexec
         self.bench_runs = 0
         self.thermal_reads = 0
         self.commands: list[str] = []  # every shell command received, for tests to inspect
@@ -373,7 +379,7 @@ class Shell:
                     err(f"chmod: {a}: No such file or directory\n")
                     return 1
                 mode = f[1] | 0o111 if mode_s == "+x" else int(mode_s, 8)
-                fs.files[p] = (f[0], mode)
+                fs.write(p, f[0], mode)
             return 0
         if name in ("test", "["):
             if name == "[":
