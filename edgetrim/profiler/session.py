@@ -156,6 +156,8 @@ class _Session:
         self.since_save = 0
         self.started = time.perf_counter()
         self.build_time_before = float(table.meta.get("build_time_s", 0.0))
+        # remote targets log per-batch conditions (phone temperature, cool-down); kept across resumes
+        self.log_before = list(table.meta.get("measurement_log", []))
 
     def room(self) -> int | None:
         if self.cfg.max_points is None:
@@ -166,6 +168,9 @@ class _Session:
         meta = self.table.meta
         meta["build_time_s"] = round(self.build_time_before + time.perf_counter() - self.started, 3)
         meta["points"] = self.table.n_points()
+        log = getattr(self.target, "measurement_log", None)
+        if callable(log):
+            meta["measurement_log"] = self.log_before + list(log())
         self.table.save(self.out)
         self.since_save = 0
 
