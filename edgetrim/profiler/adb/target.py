@@ -21,7 +21,7 @@ from edgetrim.profiler.adb.fingerprint import PhoneInfo, big_cores, device_info
 from edgetrim.profiler.adb.parser import to_latency_stats
 from edgetrim.profiler.adb.runner import BenchmarkFlags, PhoneRunner, RunnerConfig, load_binary
 from edgetrim.profiler.adb.transport import AdbTransport, resolve_serial
-from edgetrim.types import DeviceInfo, LatencyStats, OpContext
+from edgetrim.types import DeviceInfo, LatencyStats, OpContext, OpKind
 
 if TYPE_CHECKING:
     from edgetrim.model_ops import FusionRules
@@ -130,6 +130,13 @@ class AdbTarget:
             chunk = [(req, build_tflite_op(*req)) for req in pending[start : start + size]]
             for req, out in self.runner.run(chunk, self._flags(timing), self.cores):
                 yield req, to_latency_stats(out)
+
+    def invoke_overhead(self, timing: TimingConfig) -> LatencyStats:
+        """Cost of one invoke of a model that does almost nothing (a one-element RESHAPE), on the phone."""
+        from edgetrim.profiler.builders import build_tflite_op
+
+        noop = build_tflite_op(OpContext(OpKind.OTHER, variant="reshape"), 1, 1)
+        return self.measure_bytes(noop, timing, label="invoke overhead (no-op model)")
 
     def measure_bytes(self, content: bytes, timing: TimingConfig, *, label: str = "model") -> LatencyStats:
         """Time one .tflite given as bytes."""
