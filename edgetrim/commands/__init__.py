@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edgetrim.commands import deploy
+from edgetrim.commands import deploy, profiling
 
-COMMAND_MODULES: list[ModuleType] = [deploy]
+COMMAND_MODULES: list[ModuleType] = [deploy, profiling]

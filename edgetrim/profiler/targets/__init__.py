@@ -115,6 +115,33 @@ def get_target(name: str, *, threads: int = 1, cores: Sequence[int] | None = Non
     return factory(name, threads=threads, cores=cores)
 
 
+def _adb_phones() -> list[TargetStatus]:
+    """Attached phones, from ``edgetrim.profiler.adb.list_phones`` when that module is importable."""
+    try:
+        module = importlib.import_module("edgetrim.profiler.adb")
+    except ImportError as exc:
+        return [TargetStatus(name="adb:", available=False, reason=f"adb support not importable: {exc}")]
+    lister = getattr(module, "list_phones", None)
+    return list(lister()) if callable(lister) else []
+
+
+# Extra device listings for ``edgetrim devices`` (each returns TargetStatus lines); append to extend.
+DEVICE_LISTERS: list[Callable[[], list[TargetStatus]]] = [_adb_phones]
+
+
+def list_devices(*, threads: int = 1, local_only: bool = False) -> list[TargetStatus]:
+    """Local targets (:func:`list_targets`) plus every ``DEVICE_LISTERS`` entry (phones, ...)."""
+    out = list_targets(threads=threads)
+    if local_only:
+        return out
+    for lister in DEVICE_LISTERS:
+        try:
+            out.extend(lister())
+        except EdgetrimError as exc:
+            out.append(TargetStatus(name=getattr(lister, "__name__", "?"), available=False, reason=str(exc)))
+    return out
+
+
 def list_targets(*, threads: int = 1) -> list[TargetStatus]:
     """Every local target with whether it runs here, why not, and its fingerprint."""
     out = []
@@ -128,12 +155,14 @@ def list_targets(*, threads: int = 1) -> list[TargetStatus]:
 
 
 __all__ = [
+    "DEVICE_LISTERS",
     "LOCAL_TARGETS",
     "LocalTarget",
     "OpRequest",
     "Target",
     "TargetStatus",
     "get_target",
+    "list_devices",
     "list_targets",
     "register_target",
 ]
