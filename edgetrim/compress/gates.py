@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -149,14 +149,18 @@ class ChannelGates(nn.Module):
         example_inputs: Sequence[torch.Tensor],
         *,
         widths: Sequence[int] | None = None,
+        prepare: Callable[[nn.Module], None] | None = None,
     ) -> nn.Module:
         """A physically smaller dense copy: gates folded in, channels outside ``keep_indices`` removed.
 
         With the default widths (the non-zero gates) the copy computes what the gated model computes.
+        ``prepare(clone)`` runs on the copy first (e.g. to remove weight parametrisations).
         """
         model = self._model_ref[0]
         with self.detached():
             clone = copy.deepcopy(model)
+        if prepare is not None:
+            prepare(clone)
         self.fold_into(clone)
         keep = self.keep_indices(widths)
         keep = {gid: idx for gid, idx in keep.items() if idx.numel() < self.groups[gid].size}

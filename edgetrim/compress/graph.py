@@ -31,7 +31,14 @@ from edgetrim.errors import ModelSpecError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChannelGroup", "GroupMember", "Role", "find_channel_groups", "materialize_channels"]
+__all__ = [
+    "ChannelGroup",
+    "GroupMember",
+    "Role",
+    "find_channel_groups",
+    "materialize_channels",
+    "output_layers",
+]
 
 
 class Role(enum.StrEnum):
@@ -268,6 +275,17 @@ def _raw_groups(
             ChannelGroup(id=len(groups), size=size, root_name=root_name, members=tuple(members), unit=unit)
         )
     return dg, groups
+
+
+def output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[str]:
+    """Names of the leaf layers whose output is a model output (the classifier): never pruned."""
+    was_training = model.training
+    model.eval()
+    try:
+        _, final = _run_with_module_trace(model, tuple(example_inputs))
+    finally:
+        model.train(was_training)
+    return sorted(final)
 
 
 def find_channel_groups(

@@ -1,0 +1,382 @@
+"""``compress``: a model, a table and data in; a smaller model that fits the budget out.
+
+Stages (one function each below):
+
+1. re-parameterise: low-rank factorisation (SVD), channel/head gates per coupled group, bit gates;
+2. bind the model to its latency / FLOPs terms once (:mod:`edgetrim.compress.latency_model`);
+3. train with ``lambda * R`` + projection, lambda by dual ascent on the budget (:mod:`.train`);
+4. choose the final widths with the real table: fast side of every step, then fit the budget
+   (:mod:`.widths`); check the materialised model's predicted latency, tighten if needed;
+5. materialise a physically smaller dense model, fine-tune it, bake the chosen bit widths.
+
+Example:
+    >>> result = compress(model, (x,), CompressConfig(budget_ms=0.5), table=table,
+    ...                   train_loader=train, val_loader=val)          # doctest: +SKIP
+    >>> result.report.predicted_ms <= 0.5                               # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from edgetrim.compress.config import Block, CompressConfig
+from edgetrim.compress.gates import ChannelGates
+from edgetrim.compress.graph import ChannelGroup, find_channel_groups, output_layers
+from edgetrim.compress.latency_model import Extractor, LatencyModel, bind_layer_terms, default_extractor
+from edgetrim.compress.lowrank import LowRank, factorizable_layers, factorize_
+from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, quant_parametrizations
+from edgetrim.compress.surrogate import soft_count
+from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
+from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
+from edgetrim.errors import BudgetError, UncoveredOpError
+from edgetrim.examples.training import evaluate_accuracy
+from edgetrim.lookup_tables import LatencyTable
+from edgetrim.types import LayerOp, OpKind
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CompressionReport", "CompressionResult", "compress", "model_latency_ms"]
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """What was asked, what the table predicts, and what the model scores (``run.json`` content)."""
+
+    budget_ms: float | None
+    budget_flops: float | None
+    lam: float | None
+    predicted_ms: float
+    dense_predicted_ms: float
+    flops: float
+    dense_flops: float
+    accuracy: float
+    dense_accuracy: float
+    masked_accuracy: float  # the gated model before materialisation and fine-tuning
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    widths_requested: dict[str, int]  # non-zero gates at the end of training
+    bits: dict[str, int]
+    sparsity: dict[str, float]
+    factorized: list[str]
+    config: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_info(self) -> dict[str, Any]:
+        """The ``run.json`` dict for :func:`edgetrim.compress.run_folder.save_run` (kind="compress")."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        budget: dict[str, Any] = {"ms": self.budget_ms, "flops": self.budget_flops, "lambda": self.lam}
+        return {"kind": "compress", "budget": budget, **d}
+
+
+@dataclass
+class CompressionResult:
+    """The materialised model, its example inputs, and the report."""
+
+    model: nn.Module
+    example_inputs: tuple[Tensor, ...]
+    report: CompressionReport
+    quantized: list[Any] = field(default_factory=list)  # QuantizedWeight records (int codes + scale)
+
+
+def model_latency_ms(table: LatencyTable, ops: Sequence[LayerOp]) -> float:
+    """Sum of the real table's ``predict_ms`` over a model's operators (data movement may be absent)."""
+    known = set(table.contexts())
+    total = 0.0
+    for op in ops:
+        if op.context not in known:
+            if op.context.kind is OpKind.OTHER:
+                continue
+            raise UncoveredOpError(
+                f"the table has no context {op.context.key()} needed by layer {op.name!r}; "
+                f"profile this model into the table"
+            )
+        out_w = op.in_width if op.context.one_axis else op.out_width
+        total += table.predict_ms(op.context, op.in_width, out_w).ms
+    return total
+
+
+def _group_label(g: ChannelGroup) -> str:
+    return f"{g.root_name}" + (f" (heads of {g.unit})" if g.unit > 1 else "")
+
+
+def _importance(gates: ChannelGates, model: nn.Module) -> list[list[float]]:
+    """Per group, unit importances sorted in decreasing order: ``|alpha| x`` consumer column norm."""
+    modules = dict(model.named_modules())
+    out = []
+    for gi, (g, a) in enumerate(zip(gates.groups, gates.alphas)):
+        score = torch.zeros(g.num_units)
+        for name, entries in gates._plan.items():
+            w = modules[name].weight.detach()
+            w = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, k)
+            col = w.pow(2).sum(dim=(0, 2)).sqrt()  # (in,)
+            for egi, local, root in entries:
+                if egi == gi:
+                    score.index_add_(0, root, col[local])
+        out.append(sorted((a.detach().abs() * score).tolist(), reverse=True))
+    return out
+
+
+def _strip_quant(clone: nn.Module) -> None:
+    """Remove bit parametrisations from a copy, keeping the raw fp32 weights (for slicing)."""
+    for name in list(quant_parametrizations(clone)):
+        parametrize.remove_parametrizations(clone.get_submodule(name), "weight", leave_parametrized=False)
+
+
+def _finetune(model: nn.Module, loader: Batches, config: CompressConfig, *, epochs: int, masks: Any) -> None:
+    """Plain training of the materialised model (sparsity masks, when given, are held exactly)."""
+    if epochs <= 0:
+        return
+    params = list(model.parameters())
+    if config.optimizer.value == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr)
+    if masks is not None:
+        masks.attach(opt)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in loader:
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def _sparsify(model: nn.Module, exclude: Iterable[str]) -> Any:
+    """Keep the ``round(s(vec W))`` largest weights of every conv / linear (s: the l1/l2 count)."""
+    from edgetrim.compress.weight_masks import WeightMasks
+
+    masks = WeightMasks(model, exclude=exclude)
+    new = {}
+    for name, p in masks.params.items():
+        k = max(1, round(float(soft_count(p.detach().flatten()))))
+        thresh = p.detach().abs().flatten().kthvalue(p.numel() - k + 1).values if k < p.numel() else -1.0
+        new[name] = p.detach().abs() >= thresh
+    masks.set_masks(new)
+    return masks
+
+
+def compress(
+    model: nn.Module,
+    example_inputs: Sequence[Tensor],
+    config: CompressConfig,
+    *,
+    table: LatencyTable,
+    train_loader: Batches,
+    val_loader: Batches,
+    extract: Extractor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> CompressionResult:
+    """Compress ``model`` to ``config``'s budget on ``table``'s target.
+
+    ``model`` is not modified. Widths are chosen with the real table (fast side of every latency
+    step) and the materialised model's predicted latency is checked against ``budget_ms``.
+
+    Args:
+        model: a trained classifier.
+        example_inputs: inputs that define the shapes (batch 1).
+        config: budget, blocks and training settings.
+        table: latency table of the target (covering the model's operator contexts).
+        train_loader / val_loader: ``(x, y)`` batches.
+        extract: ``(model, inputs) -> list[LayerOp]``; default ``extract_layer_ops`` with the fusion
+            rules of ``table.device.runtime``.
+        checkpoint_dir: where to write ``checkpoint.pt`` after every epoch (atomic).
+        resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
+        on_epoch: called with each epoch's history row (progress display).
+
+    Raises:
+        BudgetError: the budget is below the smallest reachable latency / FLOPs (says which).
+        UncoveredOpError: the table lacks a context the model needs (names the layer).
+        ModelSpecError: the model cannot be traced (names the module).
+        EdgetrimError: the data does not fit the model.
+    """
+    example = tuple(example_inputs)
+    extract = extract or default_extractor(table.device.runtime)
+    torch.manual_seed(config.seed)
+    work = copy.deepcopy(model).eval()
+    dense_ops = extract(work, example)
+    dense_ms = model_latency_ms(table, dense_ops)
+    dense_flops = float(sum(2 * op.macs for op in dense_ops))
+    first_x, _ = next(iter(val_loader))
+    check_batch_fits(work, example[0], first_x)
+    dense_accuracy = evaluate_accuracy(work, val_loader)
+
+    # 1. re-parameterise
+    finals = output_layers(work, example)
+    factorized: list[str] = []
+    if Block.LOWRANK in config.blocks:
+        names = factorizable_layers(
+            work, exclude=[*finals, *config.ignore], min_width=config.lowrank_min_width
+        )
+        factorized = factorize_(work, names)
+    groups: list[ChannelGroup] = []
+    if config.penalised:
+        groups = find_channel_groups(work, example, ignore=config.ignore)
+        if Block.PRUNE not in config.blocks:  # rank groups only
+            rank_roots = {f"{n}.v" for n in factorized}
+            groups = [g for g in groups if g.root_name in rank_roots]
+            groups = [ChannelGroup(i, g.size, g.root_name, g.members, g.unit) for i, g in enumerate(groups)]
+
+    # 2. bind the cost model once
+    terms = bind_layer_terms(work, example, groups, extract=extract)
+    cost = LatencyModel(table, terms, [g.unit for g in groups])
+    sizes = [g.size for g in groups]
+    units = [g.unit for g in groups]
+
+    def partial_ms(g: int, widths: Sequence[int]) -> float:
+        return sum(cost.term_ms(k, widths) for k in cost.terms_of_group(g))
+
+    def partial_flops(g: int, widths: Sequence[int]) -> float:
+        sub = LatencyModel(None, [cost.terms[k] for k in cost.terms_of_group(g)], units)
+        return sub.hard_flops(widths)
+
+    budget: float | None = None
+    cost_fn: Callable[[Sequence[int]], float] = cost.hard_ms
+    partial, what, unit_name = partial_ms, "latency", "ms"
+    dense_cost = dense_ms
+    if config.budget_ms is not None:
+        budget = config.budget_ms
+    elif config.budget_flops is not None:
+        budget = config.budget_flops
+        cost_fn, partial, what, unit_name = cost.hard_flops, partial_flops, "FLOPs", "FLOPs"
+        dense_cost = cost.hard_flops(sizes)
+    if budget is not None:
+        floor = smallest_reachable(units, sizes, partial, cost_fn) if groups else cost_fn(sizes)
+        if budget < floor - 1e-12:
+            raise BudgetError(
+                f"{what} budget {budget:.4g} {unit_name} is below the smallest reachable {what} "
+                f"{floor:.4g} {unit_name} for this model and table; raise the budget"
+            )
+
+    gates = ChannelGates(work, groups)
+    quants: dict[str, NestedQuant] = {}
+    if Block.QUANT in config.blocks:
+        for name, m in work.named_modules():
+            if isinstance(m, nn.Linear | nn.Conv2d) and not isinstance(m, LowRank):
+                quants[name] = attach_quant_(m)
+
+    # 3. penalised training with projection and dual ascent
+    trainer = PenaltyTrainer(
+        work,
+        gates,
+        quants,
+        cost,
+        config,
+        dense_widths=sizes,
+        dense_cost=dense_cost,
+        cost_fn=cost_fn,
+        budget=budget,
+    )
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        trainer.load_checkpoint(ckpt)
+        logger.info("resumed from %s after epoch %d", ckpt, trainer.state.epoch)
+    while trainer.state.epoch < config.epochs:
+        stats = trainer.run_epoch(train_loader, example[0])
+        widths = gates.widths()
+        row = {
+            "epoch": trainer.state.epoch + 1,
+            **stats,
+            "accuracy": evaluate_accuracy(work, val_loader),
+            "predicted_ms": cost.hard_ms(widths),
+            "flops": cost.hard_flops(widths),
+            "widths": widths,
+            "bits": {n: q.bits() for n, q in quants.items()},
+        }
+        trainer.state.history.append(row)
+        trainer.state.epoch += 1
+        if ckpt is not None:
+            trainer.save_checkpoint(ckpt)
+        logger.info(
+            "epoch %d/%d loss %.4f acc %.4f predicted %.4f ms lambda %.4g",
+            row["epoch"], config.epochs, row["loss"], row["accuracy"], row["predicted_ms"], row["lambda"],
+        )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(row)
+    masked_accuracy = evaluate_accuracy(work, val_loader)
+
+    # 4. final widths with the real table
+    requested = gates.widths()
+    final = fast_side_widths(requested, units, sizes, partial) if groups else []
+    if budget is not None and groups:
+        final = fit_budget(
+            final, units, _importance(gates, work), partial, cost_fn, budget, what=what, unit_name=unit_name
+        )
+    for q in quants.values():
+        q.harden_()
+    bits = {n: q.bits() for n, q in quants.items()}
+
+    # 5. materialise, check the real prediction, fine-tune, bake bits
+    small = gates.materialize(example, widths=final, prepare=_strip_quant) if groups else _plain_copy(work)
+    predicted_ms = model_latency_ms(table, extract(small, example))
+    tighten = 0
+    while config.budget_ms is not None and predicted_ms > config.budget_ms + 1e-9 and groups and tighten < 20:
+        # The bound terms and the extracted model disagree (should not happen): shrink and re-check.
+        tighten += 1
+        target = cost.hard_ms(final) - (predicted_ms - config.budget_ms)
+        final = fit_budget(final, units, _importance(gates, work), partial, cost.hard_ms, target)
+        small = gates.materialize(example, widths=final, prepare=_strip_quant)
+        predicted_ms = model_latency_ms(table, extract(small, example))
+    if config.budget_ms is not None and predicted_ms > config.budget_ms + 1e-9:
+        raise BudgetError(
+            f"could not bring the predicted latency {predicted_ms:.4g} ms under the budget {config.budget_ms:.4g} ms"
+        )
+    for name in bits:
+        q = attach_quant_(small.get_submodule(name))
+        with torch.no_grad():
+            q.gates.copy_(quants[name].gates.detach())
+    masks = _sparsify(small, exclude=finals) if Block.SPARSE in config.blocks else None
+    _finetune(small, train_loader, config, epochs=config.finetune_epochs, masks=masks)
+    if masks is not None:
+        masks.detach()
+    records = bake_quant_(small) if bits else []
+    small.eval()
+    flops = float(sum(2 * op.macs for op in extract(small, example)))
+    sparsity = {}
+    if masks is not None:
+        sparsity = {n: 1.0 - float((p != 0).float().mean()) for n, p in masks.params.items()}
+    labels = [_group_label(g) for g in groups]
+    report = CompressionReport(
+        budget_ms=config.budget_ms,
+        budget_flops=config.budget_flops,
+        lam=config.lam,
+        predicted_ms=predicted_ms,
+        dense_predicted_ms=dense_ms,
+        flops=flops,
+        dense_flops=dense_flops,
+        accuracy=evaluate_accuracy(small, val_loader),
+        dense_accuracy=dense_accuracy,
+        masked_accuracy=masked_accuracy,
+        widths_before=dict(zip(labels, sizes)),
+        widths_after=dict(zip(labels, final)),
+        widths_requested=dict(zip(labels, requested)),
+        bits=bits,
+        sparsity=sparsity,
+        factorized=factorized,
+        config=config.to_dict(),
+        history=trainer.state.history,
+    )
+    return CompressionResult(model=small, example_inputs=example, report=report, quantized=records)
+
+
+def _plain_copy(work: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(work)
+    _strip_quant(clone)
+    return clone

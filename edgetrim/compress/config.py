@@ -1,0 +1,137 @@
+"""Configuration of a compression run (frozen, validated, round-trips through a dict)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["Block", "CompressConfig", "OptimizerKind", "Regularizer", "config_from_dict"]
+
+
+class Block(enum.StrEnum):
+    """Re-parameterisations the run may use (any combination)."""
+
+    PRUNE = "prune"  # channel / neuron / head gates per coupled group
+    LOWRANK = "lowrank"  # U diag(alpha) V^T for linear and 1x1 conv layers
+    QUANT = "quant"  # learned per-layer bits in {2, 4, 8, 16}
+    SPARSE = "sparse"  # unstructured sparsity via the l1/l2 of vec(W)
+
+
+class Regularizer(enum.StrEnum):
+    """Which cost the penalty measures."""
+
+    LATENCY = "latency"  # Eq. 6: bilinear lookups in the latency table
+    FLOPS = "flops"  # Eq. 4: products of soft counts with per-layer constants
+    L1 = "l1"  # Eq. 3: plain l1 of the masks (ablation)
+
+
+class OptimizerKind(enum.StrEnum):
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """What to compress to, and how.
+
+    Exactly one of ``budget_ms`` (latency on the table's target), ``budget_flops`` (2 x MACs) or
+    ``lam`` (a fixed penalty weight, no budget) is set.
+
+    Args:
+        budget_ms / budget_flops / lam: the target (see above).
+        regularizer: cost the penalty measures; default latency, FLOPs for a FLOPs budget.
+        blocks: re-parameterisations to use.
+        epochs: training epochs with the penalty; finetune_epochs: plain epochs of the small model.
+        lr: weight learning rate; gate_lr: learning rate of masks and bit gates.
+        optimizer: Adam or SGD (momentum 0.9) for the weights; the gates always use the same kind.
+        dual_lr: step of the dual ascent on lambda (per batch, on the relative budget violation).
+        lambda_init: starting lambda in budget mode.
+        bits_lambda: weight of the weight-storage penalty (bits / dense 16-bit bits) with ``quant``.
+        sparse_lambda: weight of the l1/l2 weight penalty with ``sparse``.
+        lowrank_min_width: factorise only layers whose widths are both at least this.
+        ignore: module names whose output channels are kept whole.
+        seed: RNG seed for the run.
+    """
+
+    budget_ms: float | None = None
+    budget_flops: float | None = None
+    lam: float | None = None
+    regularizer: Regularizer | None = None
+    blocks: frozenset[Block] = field(default_factory=lambda: frozenset({Block.PRUNE}))
+    epochs: int = 3
+    finetune_epochs: int = 1
+    lr: float = 1e-3
+    gate_lr: float = 0.05
+    optimizer: OptimizerKind = OptimizerKind.ADAM
+    dual_lr: float = 0.5
+    lambda_init: float = 0.0
+    bits_lambda: float = 0.0
+    sparse_lambda: float = 0.0
+    lowrank_min_width: int = 16
+    ignore: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        targets = [v for v in (self.budget_ms, self.budget_flops, self.lam) if v is not None]
+        if len(targets) != 1:
+            raise ValueError(
+                f"set exactly one of budget_ms, budget_flops, lam; got budget_ms={self.budget_ms}, "
+                f"budget_flops={self.budget_flops}, lam={self.lam}"
+            )
+        if self.budget_ms is not None and self.budget_ms <= 0:
+            raise ValueError(f"budget_ms must be > 0, got {self.budget_ms}")
+        if self.budget_flops is not None and self.budget_flops <= 0:
+            raise ValueError(f"budget_flops must be > 0, got {self.budget_flops}")
+        if self.lam is not None and self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+        blocks = frozenset(Block(b) for b in self.blocks)
+        if not blocks:
+            raise ValueError("blocks must name at least one of prune, lowrank, quant, sparse")
+        object.__setattr__(self, "blocks", blocks)
+        object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))
+        if self.regularizer is None:
+            default = Regularizer.FLOPS if self.budget_flops is not None else Regularizer.LATENCY
+            object.__setattr__(self, "regularizer", default)
+        else:
+            object.__setattr__(self, "regularizer", Regularizer(self.regularizer))
+        if self.epochs < 0 or self.finetune_epochs < 0:
+            raise ValueError(
+                f"epochs and finetune_epochs must be >= 0, got {self.epochs}, {self.finetune_epochs}"
+            )
+        for name in ("lr", "gate_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("dual_lr", "lambda_init", "bits_lambda", "sparse_lambda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lowrank_min_width < 1:
+            raise ValueError(f"lowrank_min_width must be >= 1, got {self.lowrank_min_width}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def penalised(self) -> bool:
+        """True when some structural block (prune / lowrank) is trained against a cost."""
+        return bool(self.blocks & {Block.PRUNE, Block.LOWRANK})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["blocks"] = sorted(b.value for b in self.blocks)
+        d["regularizer"] = self.regularizer.value if self.regularizer is not None else None
+        d["optimizer"] = self.optimizer.value
+        d["ignore"] = list(self.ignore)
+        return d
+
+
+def config_from_dict(d: dict[str, Any]) -> CompressConfig:
+    """Inverse of :meth:`CompressConfig.to_dict` (unknown keys are an error)."""
+    known = {f.name for f in fields(CompressConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown CompressConfig fields {sorted(unknown)}")
+    kwargs = dict(d)
+    if "blocks" in kwargs:
+        kwargs["blocks"] = frozenset(Block(b) for b in kwargs["blocks"])
+    if "ignore" in kwargs:
+        kwargs["ignore"] = tuple(kwargs["ignore"])
+    return CompressConfig(**kwargs)

@@ -1,0 +1,247 @@
+"""Bind a model to its latency / FLOPs terms once; evaluate them every step.
+
+Every operator the tables know (``extract_layer_ops``) gets a :class:`LayerTerm`: its context and two
+:class:`WidthExpr` saying how its input and output widths depend on the channel-group widths
+(``width = const + sum_g coef_g * n_g``; a flatten before a linear gives ``coef = H*W``, a
+concatenation sums groups). The expressions are found by probing: one group at a time is narrowed by
+one unit in a physically sliced copy and the extracted widths are compared, so no naming convention
+between ``graph`` and ``model_ops`` is assumed.
+
+The differentiable cost (Eq. 6) evaluates :func:`~edgetrim.compress.surrogate.bilinear_ms` on the
+table's monotone lower envelope at the soft widths; :meth:`LatencyModel.hard_ms` evaluates the real
+(staircase) table at integer widths and is what budgets are checked against.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edgetrim.compress.graph import ChannelGroup, materialize_channels
+from edgetrim.compress.surrogate import bilinear_ms
+from edgetrim.errors import UncoveredOpError
+from edgetrim.lookup_tables import LatencyTable
+from edgetrim.types import LayerOp, OpContext, OpKind
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LatencyModel", "LayerTerm", "WidthExpr", "bind_layer_terms", "default_extractor"]
+
+Extractor = Callable[[nn.Module, tuple[Tensor, ...]], list[LayerOp]]
+
+# Data movement ops a table may leave out: they cost what the table says when present, 0 otherwise.
+_OPTIONAL_KINDS = frozenset({OpKind.OTHER})
+
+
+@dataclass(frozen=True)
+class WidthExpr:
+    """``width = const + sum(coef * n_group)`` over the channel groups a layer's width depends on."""
+
+    const: float
+    terms: tuple[tuple[int, float], ...] = ()
+
+    def hard(self, widths: Sequence[int]) -> int:
+        return round(self.const + sum(c * widths[g] for g, c in self.terms))
+
+    def soft(self, counts: Sequence[Tensor]) -> Tensor:
+        value = torch.as_tensor(self.const, dtype=torch.float32)
+        for g, c in self.terms:
+            value = value + c * counts[g]
+        return value
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(g for g, _ in self.terms)
+
+
+@dataclass(frozen=True)
+class LayerTerm:
+    """One operator of the model with its width expressions (``op`` holds the dense widths)."""
+
+    op: LayerOp
+    in_expr: WidthExpr
+    out_expr: WidthExpr
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.in_expr.groups) | set(self.out_expr.groups)))
+
+
+def default_extractor(runtime: str) -> Extractor:
+    """``extract_layer_ops`` with the fusion rules of ``runtime`` (the table's ``device.runtime``)."""
+    from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
+
+    fusion = fusion_for_runtime(runtime)
+
+    def extract(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> list[LayerOp]:
+        return list(extract_layer_ops(model, example_inputs, fusion=fusion))
+
+    return extract
+
+
+def _match(base: list[LayerOp], probe: list[LayerOp]) -> list[LayerOp]:
+    if [o.name for o in base] == [o.name for o in probe]:
+        return probe
+    by_name = {o.name: o for o in probe}
+    if len(by_name) == len(probe) and all(o.name in by_name for o in base):
+        return [by_name[o.name] for o in base]
+    raise RuntimeError("narrowing one channel group changed the operator list; cannot bind widths")
+
+
+def bind_layer_terms(
+    model: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    groups: Sequence[ChannelGroup],
+    *,
+    extract: Extractor,
+) -> list[LayerTerm]:
+    """Find, for every extracted operator, how its widths depend on the group widths.
+
+    Costs one slicing + extraction per group (a few seconds for the zoo models).
+    """
+    model.eval()
+    base = extract(model, example_inputs)
+    in_terms: list[list[tuple[int, float]]] = [[] for _ in base]
+    out_terms: list[list[tuple[int, float]]] = [[] for _ in base]
+    for gi, g in enumerate(groups):
+        if g.num_units < 2:
+            continue  # a one-unit group can never shrink
+        keep = torch.arange(g.size - g.unit)
+        narrowed = materialize_channels(model, example_inputs, {gi: keep}, groups=groups)
+        probe = _match(base, extract(narrowed, example_inputs))
+        for k, (b, p) in enumerate(zip(base, probe)):
+            if b.in_width != p.in_width:
+                in_terms[k].append((gi, (b.in_width - p.in_width) / g.unit))
+            if b.out_width != p.out_width:
+                out_terms[k].append((gi, (b.out_width - p.out_width) / g.unit))
+    sizes = [g.size for g in groups]
+    terms = []
+    for k, op in enumerate(base):
+        ie = WidthExpr(op.in_width - sum(c * sizes[g] for g, c in in_terms[k]), tuple(in_terms[k]))
+        oe = WidthExpr(op.out_width - sum(c * sizes[g] for g, c in out_terms[k]), tuple(out_terms[k]))
+        terms.append(LayerTerm(op=op, in_expr=ie, out_expr=oe))
+    return terms
+
+
+class LatencyModel:
+    """Latency (and FLOPs) of a gated model as a function of its channel-group widths.
+
+    Args:
+        table: the target's latency table.
+        terms: from :func:`bind_layer_terms`.
+        units: channels per mask entry of each group (``ChannelGroup.unit``).
+
+    Raises:
+        UncoveredOpError: a layer whose width can change has no context in the table (names the layer).
+    """
+
+    def __init__(self, table: LatencyTable | None, terms: Sequence[LayerTerm], units: Sequence[int]) -> None:
+        self.table = table
+        self.terms = list(terms)
+        self.units = list(units)
+        self._grids: dict[tuple[OpContext, int, int], tuple[Tensor, Tensor, Tensor]] = {}
+        self._term_grid: list[tuple[Tensor, Tensor, Tensor] | None] = []
+        self._cache: dict[tuple[int, int, int], float] = {}
+        known = set(table.contexts()) if table is not None else set()
+        self.covered = [t.op.context in known for t in self.terms]
+        if table is None:
+            return
+        for t, covered in zip(self.terms, self.covered):
+            if not covered:
+                if t.op.context.kind in _OPTIONAL_KINDS:
+                    self._term_grid.append(None)
+                    continue
+                raise UncoveredOpError(
+                    f"the table has no context {t.op.context.key()} needed by layer {t.op.name!r}; "
+                    f"profile this model into the table (edgetrim profile --model ...)"
+                )
+            self._term_grid.append(self._grid(t) if t.groups else None)
+
+    # ---- grids -----------------------------------------------------------------------------------
+    def _grid(self, term: LayerTerm) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.table is not None
+        ctx = term.op.context
+        max_in, max_out = self.table.max_widths(ctx)
+        w_in = max(max_in, term.op.in_width)
+        w_out = 1 if ctx.one_axis else max(max_out, term.op.out_width)
+        key = (ctx, w_in, w_out)
+        if key not in self._grids:
+            ia = np.arange(1, w_in + 1)
+            oa = np.arange(1, w_out + 1)
+            _, _, env = self.table.envelope_ms(ctx, ia, oa)  # (w_in, w_out) monotone lower envelope
+            ms = np.zeros((w_in + 1, w_out + 1 if not ctx.one_axis else 1))
+            if ctx.one_axis:
+                ms[1:, 0] = env[:, 0]
+                out_axis = torch.tensor([1.0])
+            else:
+                ms[1:, 1:] = env  # width 0: the op is gone, 0 ms
+                out_axis = torch.arange(0, w_out + 1, dtype=torch.float32)
+            self._grids[key] = (
+                torch.arange(0, w_in + 1, dtype=torch.float32),
+                out_axis,
+                torch.as_tensor(ms, dtype=torch.float32),
+            )
+        return self._grids[key]
+
+    # ---- latency ---------------------------------------------------------------------------------
+    def soft_ms(self, counts: Sequence[Tensor]) -> Tensor:
+        """Differentiable latency (envelope) of the width-dependent terms at soft widths (channels)."""
+        total = torch.zeros(())
+        for t, grid in zip(self.terms, self._term_grid):
+            if grid is None:
+                continue
+            x = t.in_expr.soft(counts)
+            y = x if t.op.context.one_axis else t.out_expr.soft(counts)
+            total = total + bilinear_ms(x, y, *grid)
+        return total
+
+    def term_ms(self, k: int, widths: Sequence[int]) -> float:
+        """Real-table latency of term ``k`` at integer group widths."""
+        t = self.terms[k]
+        if self.table is None or not self.covered[k]:
+            return 0.0
+        w_in = max(0, t.in_expr.hard(widths))
+        w_out = w_in if t.op.context.one_axis else max(0, t.out_expr.hard(widths))
+        key = (k, w_in, w_out)
+        if key not in self._cache:
+            self._cache[key] = float(self.table.predict_ms(t.op.context, w_in, w_out).ms)
+        return self._cache[key]
+
+    def hard_ms(self, widths: Sequence[int]) -> float:
+        """Latency the real (staircase) table predicts for the model at these group widths."""
+        return sum(self.term_ms(k, widths) for k in range(len(self.terms)))
+
+    # ---- FLOPs (Eq. 4) ---------------------------------------------------------------------------
+    def _flops_scale(self, t: LayerTerm, x: Tensor | float, y: Tensor | float) -> Tensor | float:
+        op = t.op
+        if op.macs <= 0:
+            return 0.0
+        if op.context.one_axis:
+            return 2.0 * op.macs * x / max(op.in_width, 1)
+        return 2.0 * op.macs * x * y / max(op.in_width * op.out_width, 1)
+
+    def soft_flops(self, counts: Sequence[Tensor]) -> Tensor:
+        """Differentiable FLOPs (2 x MACs): ``sum_i c_i * s_in * s_out`` with the per-layer constants."""
+        total = torch.zeros(())
+        for t in self.terms:
+            if not t.groups:
+                continue
+            total = total + self._flops_scale(t, t.in_expr.soft(counts), t.out_expr.soft(counts))
+        return total
+
+    def hard_flops(self, widths: Sequence[int]) -> float:
+        return float(
+            sum(self._flops_scale(t, t.in_expr.hard(widths), t.out_expr.hard(widths)) for t in self.terms)
+        )
+
+    def constant_ms(self, widths: Sequence[int]) -> float:
+        """Latency of the terms no group can change (added to :meth:`soft_ms` for a total)."""
+        return sum(self.term_ms(k, widths) for k, t in enumerate(self.terms) if not t.groups)
+
+    def terms_of_group(self, g: int) -> list[int]:
+        return [k for k, t in enumerate(self.terms) if g in t.groups]

@@ -1,0 +1,225 @@
+"""Training with the penalty ``lambda * R(alpha)``, projection after every step, dual ascent on lambda.
+
+One batch::
+
+    loss = CE + lambda * R(alpha) / R(dense) [+ bits and sparsity penalties]
+    opt.step(); alpha <- max(0, alpha)            # exact zeros, no threshold
+    lambda <- max(0, lambda + dual_lr * (cost(hard widths) / budget - 1))   # budget mode only
+
+The dual step uses the *real* table at the current integer widths (non-zero gates), so lambda stops
+growing as soon as the pruned structure fits; the surrogate only supplies gradients.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from edgetrim.compress.config import CompressConfig, OptimizerKind, Regularizer
+from edgetrim.compress.gates import ChannelGates
+from edgetrim.compress.latency_model import LatencyModel
+from edgetrim.compress.quant import NestedQuant
+from edgetrim.compress.surrogate import l1_penalty, soft_count
+from edgetrim.errors import EdgetrimError
+from edgetrim.io_utils import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PenaltyTrainer", "TrainState", "check_batch_fits"]
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the tensors: lambda, finished epochs, per-epoch history."""
+
+    lam: float
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_batch_fits(model: nn.Module, example: Tensor, xb: Tensor) -> None:
+    """Raise a one-line error when a data batch does not fit the model's example input."""
+    if tuple(xb.shape[1:]) != tuple(example.shape[1:]):
+        raise EdgetrimError(
+            f"data does not fit the model: batches have shape {tuple(xb.shape)}, the model's example "
+            f"input is {tuple(example.shape)} (shape mismatch on the first batch)"
+        )
+
+
+def _make_optimizer(kind: OptimizerKind, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if kind is OptimizerKind.SGD:
+        return torch.optim.SGD(groups, momentum=0.9)
+    return torch.optim.Adam(groups)
+
+
+class PenaltyTrainer:
+    """Owns the optimiser, lambda and the checkpoints of one penalised training run.
+
+    Args:
+        model: the gated (and possibly factorised / quant-parametrised) model, trained in place.
+        gates: its channel gates (may hold no group).
+        quants: bit-width parametrisations by layer name.
+        cost: the bound latency / FLOPs model.
+        config: the run's configuration.
+        dense_widths: group widths of the unpruned model.
+        dense_cost: cost of the dense model in the budget's unit (ms or FLOPs) for normalisation.
+        cost_fn: the real cost at integer widths (what the budget is checked against).
+        budget: the budget in the same unit, or None in fixed-lambda mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        gates: ChannelGates,
+        quants: dict[str, NestedQuant],
+        cost: LatencyModel,
+        config: CompressConfig,
+        *,
+        dense_widths: Sequence[int],
+        dense_cost: float,
+        cost_fn: Callable[[Sequence[int]], float],
+        budget: float | None,
+    ) -> None:
+        self.model, self.gates, self.quants, self.cost, self.config = model, gates, quants, cost, config
+        self.dense_widths = list(dense_widths)
+        self.cost_fn = cost_fn
+        self.budget = budget
+        self.dense_cost = dense_cost
+        units = [g.unit for g in gates.groups]
+        self.units = units
+        dense_counts = [torch.tensor(float(w)) for w in self.dense_widths]
+        with torch.no_grad():
+            self.dense_soft = float(self._soft_cost(dense_counts)) or 1.0
+        gate_params = list(gates.parameters()) + [q.gates for q in quants.values()]
+        gate_ids = {id(p) for p in gate_params}
+        weights = [p for p in model.parameters() if id(p) not in gate_ids]
+        self.optimizer = _make_optimizer(
+            config.optimizer,
+            [{"params": weights, "lr": config.lr}, {"params": gate_params, "lr": config.gate_lr}],
+        )
+        self.state = TrainState(lam=config.lam if config.lam is not None else config.lambda_init)
+        self._dense_bits = sum(self._layer_params(n) * 16 for n in quants) or 1
+        self._sparse_layers = [
+            m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d) and m.weight.numel() > 1
+        ]
+
+    # ---- costs -----------------------------------------------------------------------------------
+    def _layer_params(self, name: str) -> int:
+        return int(self.model.get_submodule(name).weight.numel())
+
+    def _soft_cost(self, counts: Sequence[Tensor]) -> Tensor:
+        reg = self.config.regularizer
+        if reg is Regularizer.LATENCY:
+            return self.cost.soft_ms(counts)
+        if reg is Regularizer.FLOPS:
+            return self.cost.soft_flops(counts)
+        return sum((l1_penalty(a) for a in self.gates.alphas), torch.zeros(()))
+
+    def soft_counts(self) -> list[Tensor]:
+        return [soft_count(a) * u for a, u in zip(self.gates.alphas, self.units)]
+
+    def bits_cost(self) -> Tensor:
+        """Soft weight storage of the quantised layers / their 16-bit storage."""
+        total = torch.zeros(())
+        for name, q in self.quants.items():
+            total = total + q.soft_bits() * self._layer_params(name)
+        return total / self._dense_bits
+
+    def sparse_cost(self) -> Tensor:
+        """Mean over layers of ``s(vec W) / numel``: the l1/l2 estimate of the kept weight fraction."""
+        terms = [soft_count(m.weight.flatten()) / m.weight.numel() for m in self._sparse_layers]
+        return torch.stack(terms).mean() if terms else torch.zeros(())
+
+    # ---- one epoch -------------------------------------------------------------------------------
+    def run_epoch(self, loader: Batches, example: Tensor) -> dict[str, float]:
+        """Train one epoch; returns mean loss / CE / penalty and the final lambda."""
+        cfg = self.config
+        loss_fn = nn.CrossEntropyLoss()
+        self.model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "penalty": 0.0}
+        n = 0
+        for xb, yb in loader:
+            if n == 0:
+                check_batch_fits(self.model, example, xb)
+            try:
+                logits = self.model(xb)
+            except RuntimeError as exc:
+                raise EdgetrimError(
+                    f"data does not fit the model: the first batch of shape {tuple(xb.shape)} fails "
+                    f"({str(exc).splitlines()[0]})"
+                ) from exc
+            ce = loss_fn(logits, yb)
+            loss = ce
+            penalty = torch.zeros(())
+            if cfg.penalised and self.gates.groups:
+                rel = self._soft_cost(self.soft_counts()) / self.dense_soft
+                penalty = penalty + self.state.lam * rel
+            if self.quants and cfg.bits_lambda > 0:
+                penalty = penalty + cfg.bits_lambda * self.bits_cost()
+            if cfg.sparse_lambda > 0:
+                penalty = penalty + cfg.sparse_lambda * self.sparse_cost()
+            loss = ce + penalty
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.project_()
+            if self.budget is not None:
+                violation = self.cost_fn(self.gates.widths()) / self.budget - 1.0
+                self.state.lam = max(0.0, self.state.lam + cfg.dual_lr * violation)
+            sums["loss"] += float(loss.detach())
+            sums["ce"] += float(ce.detach())
+            sums["penalty"] += float(penalty.detach())
+            n += 1
+        if n == 0:
+            raise EdgetrimError("the training data loader yielded no batches")
+        return {k: v / n for k, v in sums.items()} | {"lambda": self.state.lam}
+
+    def project_(self) -> None:
+        """Projection onto the constraints after every optimiser step (alpha >= 0, bit gates in [0, 1])."""
+        self.gates.project_()
+        for q in self.quants.values():
+            q.project_()
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path) -> None:
+        """Atomically write model, gates, optimiser and lambda/epoch/history."""
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "gates": self.gates.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lam": self.state.lam,
+                "epoch": self.state.epoch,
+                "history": self.state.history,
+            },
+            buf,
+        )
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` for the same model and config."""
+        try:
+            ckpt = torch.load(path, weights_only=False, map_location="cpu")
+            self.model.load_state_dict(ckpt["model"])
+            self.gates.load_state_dict(ckpt["gates"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except Exception as exc:
+            raise EdgetrimError(
+                f"cannot resume from {path}: {type(exc).__name__} (was it written for another model or config?)"
+            ) from exc
+        self.state = TrainState(
+            lam=float(ckpt["lam"]), epoch=int(ckpt["epoch"]), history=list(ckpt["history"])
+        )
+        if not math.isfinite(self.state.lam):
+            raise EdgetrimError(f"cannot resume from {path}: lambda is not finite")

@@ -1,0 +1,130 @@
+"""Final widths chosen with the real (staircase) table.
+
+Training asks for a width per group (its non-zero gates). The real table then decides:
+
+1. :func:`fast_side_widths`: for each group take the cheapest width at or above the request, the widest
+   among equally cheap ones. Channels within a latency step cost nothing extra, so they are kept.
+2. :func:`fit_budget`: while the predicted cost is over budget, move the group whose next step down
+   buys the most cost per unit of importance lost (the lowest-|alpha| units go first) to the widest
+   width of that cheaper step.
+
+Both take cost callables, so they serve latency (ms) and FLOPs budgets alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from edgetrim.errors import BudgetError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fast_side_widths", "fit_budget", "smallest_reachable"]
+
+# partial(g, widths): the part of the cost that depends on group g's width; total(widths): all of it.
+PartialCost = Callable[[int, Sequence[int]], float]
+TotalCost = Callable[[Sequence[int]], float]
+
+_EPS = 1e-12
+
+
+def _with(widths: Sequence[int], g: int, w: int) -> list[int]:
+    out = list(widths)
+    out[g] = w
+    return out
+
+
+def fast_side_widths(
+    requested: Sequence[int], units: Sequence[int], sizes: Sequence[int], partial: PartialCost
+) -> list[int]:
+    """Per group, the cheapest width >= the requested one (ties: the widest). Widths in channels.
+
+    Example:
+        >>> cost = lambda g, w: [1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 3.0][w[g]]  # step at 8
+        >>> fast_side_widths([3], [1], [8], cost)
+        [8]
+    """
+    widths = [max(u, min(s, -(-int(r) // u) * u)) for r, u, s in zip(requested, units, sizes)]
+    for g in range(len(widths)):
+        best_w, best_c = widths[g], partial(g, widths)
+        for w in range(widths[g] + units[g], sizes[g] + 1, units[g]):
+            c = partial(g, _with(widths, g, w))
+            if c <= best_c + _EPS:
+                best_w, best_c = w, min(c, best_c)
+        widths[g] = best_w
+    return widths
+
+
+def _next_step_down(
+    g: int, widths: Sequence[int], unit: int, partial: PartialCost
+) -> tuple[int, float] | None:
+    """Widest width below ``widths[g]`` that is strictly cheaper, and the cost it saves."""
+    here = partial(g, widths)
+    for w in range(widths[g] - unit, unit - 1, -unit):
+        c = partial(g, _with(widths, g, w))
+        if c < here - _EPS:
+            return w, here - c
+    return None
+
+
+def fit_budget(
+    widths: Sequence[int],
+    units: Sequence[int],
+    importance: Sequence[Sequence[float]],
+    partial: PartialCost,
+    total: TotalCost,
+    budget: float,
+    *,
+    what: str = "latency",
+    unit_name: str = "ms",
+) -> list[int]:
+    """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first.
+
+    Args:
+        widths: starting widths (channels), typically from :func:`fast_side_widths`.
+        units: channels per mask entry per group.
+        importance: per group, unit importances sorted in decreasing order (e.g. ``|alpha|``).
+        partial, total: cost callables.
+        budget: the cost that must not be exceeded.
+
+    Raises:
+        BudgetError: no group can shrink further and the cost is still over budget (says the smallest
+        reachable cost).
+    """
+    widths = list(widths)
+    cum = []
+    for imp in importance:
+        acc, c = 0.0, [0.0]
+        for v in imp:
+            acc += float(v)
+            c.append(acc)
+        cum.append(c)
+    while total(widths) > budget + _EPS:
+        best: tuple[float, int, int] | None = None
+        for g in range(len(widths)):
+            step = _next_step_down(g, widths, units[g], partial)
+            if step is None:
+                continue
+            w, saved = step
+            u_now, u_new = widths[g] // units[g], w // units[g]
+            norm = cum[g][-1] if cum[g][-1] > 0 else 1.0
+            lost = (cum[g][u_now] - cum[g][u_new]) / norm
+            score = lost / saved
+            if best is None or score < best[0]:
+                best = (score, g, w)
+        if best is None:
+            reached = total(widths)
+            raise BudgetError(
+                f"{what} budget {budget:.4g} {unit_name} is below the smallest reachable {what} "
+                f"{reached:.4g} {unit_name} for this model and table; raise the budget"
+            )
+        widths[best[1]] = best[2]
+    return widths
+
+
+def smallest_reachable(
+    units: Sequence[int], sizes: Sequence[int], partial: PartialCost, total: TotalCost
+) -> float:
+    """The cost with every group at its narrowest fast-side width (one unit, rounded up a step)."""
+    return total(fast_side_widths(list(units), units, sizes, partial))

@@ -1,0 +1,66 @@
+"""Synthetic latency tables with a known staircase, built with ``LatencyTable.record``.
+
+The compress tests never profile: they record points of a staircase function (latency steps every
+``STEP`` channels, as XNNPACK's pointwise convs and onnxruntime's depthwise convs show) for every
+context the model's operators need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytest
+
+from edgetrim.lookup_tables import LatencyTable
+from edgetrim.lookup_tables.grid import plan_points
+from edgetrim.types import DeviceInfo, LatencyStats, LayerOp, OpContext
+
+STEP = 8
+
+
+def staircase_ms(ctx: OpContext, in_w: int, out_w: int) -> float:
+    """Known latency: constant per kind + cost growing with ceil(width / STEP) on each axis."""
+    hw = ctx.spatial[0] * ctx.spatial[1] * ctx.tokens
+    if ctx.one_axis:
+        return 0.002 + 1e-4 * hw * math.ceil(in_w / STEP) * STEP
+    return (
+        0.005
+        + 2e-6
+        * hw
+        * ctx.kernel[0]
+        * ctx.kernel[1]
+        * math.ceil(in_w / STEP)
+        * math.ceil(out_w / STEP)
+        * STEP**2
+    )
+
+
+FULL_GRID_LIMIT = 20_000  # record every (in, out) pair up to this many points, else the planner's grid
+
+
+def staircase_table(ops: Sequence[LayerOp], *, target: str = "ort-cpu") -> LatencyTable:
+    """A table covering every context of ``ops`` up to their widths, with :func:`staircase_ms` values."""
+    table = LatencyTable(
+        DeviceInfo(target=target, runtime="onnxruntime", runtime_version="test", device="synthetic")
+    )
+    max_w: dict[OpContext, tuple[int, int]] = {}
+    for op in ops:
+        a, b = max_w.get(op.context, (1, 1))
+        max_w[op.context] = (max(a, op.in_width), max(b, op.out_width))
+    for ctx, (mi, mo) in max_w.items():
+        if ctx.one_axis:
+            pairs = [(w, w) for w in range(1, max(mi, mo) + 1)]
+        elif mi * mo <= FULL_GRID_LIMIT:
+            pairs = [(i, o) for i in range(1, mi + 1) for o in range(1, mo + 1)]
+        else:
+            pairs = plan_points(ctx, mi, mo)
+        for i, o in pairs:
+            ms = staircase_ms(ctx, i, o)
+            table.record(ctx, i, o, LatencyStats(ms, ms, ms, ms, 0.0, 5))
+    return table
+
+
+@pytest.fixture
+def make_table():
+    return staircase_table
