@@ -16,8 +16,11 @@ def cubic_sparsity(step: int, *, s_i: float, s_f: float, t0: int, tf: int) -> fl
     """
     if tf <= t0:
         return s_f if step >= t0 else s_i
-    frac = min(max((step - t0) / (tf - t0), 0.0), 1.0)
-    return s_f + (s_i - s_f) * (1.0 - frac) ** 3
+    if step <= t0:
+        return s_i
+    if step >= tf:
+        return s_f
+    return s_f + (s_i - s_f) * (1.0 - (step - t0) / (tf - t0)) ** 3
 
 
 def cosine_death_rate(step: int, *, total: int, r0: float = 0.5, r_min: float = 0.005) -> float:
