@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -34,7 +35,7 @@ def test_cubic_schedule_endpoints_and_monotone() -> None:
     assert cubic_sparsity(1100, s_i=0.1, s_f=0.95, t0=100, tf=1100) == pytest.approx(0.95, abs=1e-12)
     assert cubic_sparsity(5000, s_i=0.1, s_f=0.95, t0=100, tf=1100) == pytest.approx(0.95, abs=1e-12)
     assert cubic_sparsity(0, s_i=0.1, s_f=0.95, t0=100, tf=1100) == 0.1
-    assert all(b >= a for a, b in zip(vals, vals[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(vals))
     # denominator is tf - t0 (not Δt): halfway, 1 - 0.5**3 of the way
     assert cubic_sparsity(600, s_i=0.0, s_f=0.8, t0=100, tf=1100) == pytest.approx(0.8 * (1 - 0.125))
 
