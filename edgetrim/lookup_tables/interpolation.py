@@ -8,7 +8,8 @@ themselves (leave-one-out, :func:`select_rule`):
 
 * ``RESIDUE(p)``: interpolate only between measured widths of the query's residue class mod ``p``,
   falling back to ``p/2, p/4, ..., 1`` when that class has no measured widths on both sides of the
-  query. ``RESIDUE(1)`` is plain piecewise-linear interpolation. Fits "alignment classes differ"
+  query (a query at most ``p`` beyond the class's last or first width continues the class's line
+  through its two nearest widths instead). ``RESIDUE(1)`` is plain piecewise-linear interpolation. Fits "alignment classes differ"
   surfaces (the onnxruntime depthwise pattern).
 * ``STEP(p)``: widths ``p*(k-1)+1 .. p*k`` form one step; inside a step with measurements interpolate
   (flat beyond them), a step with none takes the linear interpolation between the neighbouring steps'
@@ -145,11 +146,20 @@ def _residue_interp(
                 cls = rx == r
                 if not cls.any():
                     continue
-                cx = xs[cls]
+                cx, cy = xs[cls], ys[cls]
                 mask = unresolved & (rq == r) & (q >= cx[0]) & (q <= cx[-1])
                 if mask.any():
-                    out[mask] = np.interp(q[mask], cx, ys[cls])
+                    out[mask] = np.interp(q[mask], cx, cy)
                     unresolved &= ~mask
+                if cx.size >= 2:  # within one period beyond the class's last / first width
+                    hi = unresolved & (rq == r) & (q > cx[-1]) & (q - cx[-1] <= m)
+                    if hi.any():
+                        out[hi] = _line(cx[-2], cy[-2], cx[-1], cy[-1], q[hi])
+                        unresolved &= ~hi
+                    lo = unresolved & (rq == r) & (q < cx[0]) & (cx[0] - q <= m)
+                    if lo.any():
+                        out[lo] = _line(cx[0], cy[0], cx[1], cy[1], q[lo])
+                        unresolved &= ~lo
         todo_ext = extrap
     if todo_ext.any():
         for idx in np.flatnonzero(todo_ext):
@@ -236,6 +246,15 @@ def _loo_residue(xs: np.ndarray, ys: np.ndarray, period: int) -> np.ndarray:
             t = (xs[cur] - xs[prv]) / (xs[nxt] - xs[prv])
             pred[cur] = ys[prv] + (ys[nxt] - ys[prv]) * t
             done[cur] = True
+            if m > 1:  # class edges: extrapolate within the class by at most one period
+                k, a, b = idx[-1], idx[-3], idx[-2]
+                if not done[k] and xs[k] - xs[b] <= m:
+                    pred[k] = _line(xs[a], ys[a], xs[b], ys[b], xs[k : k + 1])[0]
+                    done[k] = True
+                k, a, b = idx[0], idx[1], idx[2]
+                if not done[k] and xs[a] - xs[k] <= m:
+                    pred[k] = _line(xs[a], ys[a], xs[b], ys[b], xs[k : k + 1])[0]
+                    done[k] = True
         if done.all():
             break
     return pred

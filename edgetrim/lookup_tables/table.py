@@ -286,7 +286,9 @@ def load_table(path: str | os.PathLike[str]) -> LatencyTable:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        what = "is truncated" if exc.pos >= len(text.rstrip()) else "is not valid JSON"
+        stripped = text.strip()
+        truncated = stripped.startswith("{") and not stripped.endswith("}")
+        what = "is truncated" if truncated or exc.pos >= len(stripped) else "is not valid JSON"
         raise TableError(f"table {p} {what} (line {exc.lineno}); re-profile or restore it") from None
     return LatencyTable.from_dict(data, source=f"table {p}")
 

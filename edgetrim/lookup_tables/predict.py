@@ -1,0 +1,235 @@
+"""Whole-model latency prediction from a table: the sum of per-layer predictions.
+
+Coverage policy, per :class:`~edgetrim.types.LayerOp`:
+
+1. *table*: the layer's context is in the table -> alignment-aware prediction at its widths
+   (``extrapolated`` when a width is outside the measured range).
+2. *calibrated*: a kind that is not width-tabled per context (activations, adds, muls, pooling,
+   norms, softmax, matmul, reshapes) whose exact context is missing, but the table holds contexts of
+   the same kind: a per-element cost ``ms = a + b * elements`` fitted (least squares, ``a, b >= 0``)
+   over every measured point of that kind, preferring contexts with the same ``variant``.
+   ``elements`` is width x spatial x tokens (two-axis kinds: in x out x tokens).
+3. *uncovered*: anything else of those kinds: ``ms = 0`` in the total, ``covered=False``, and its
+   estimated weight goes into ``uncovered_share`` (see :func:`predict_model`).
+
+Conv / linear / depthwise layers (:data:`TABLED_KINDS`) are never estimated: with no context in the
+table they raise :class:`~edgetrim.errors.UncoveredOpError` naming the layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgetrim.errors import UncoveredOpError
+from edgetrim.lookup_tables.table import LatencyTable, check_target
+from edgetrim.types import LayerOp, OpContext, OpKind
+
+logger = logging.getLogger(__name__)
+
+#: Kinds whose latency must come from their own context's table.
+TABLED_KINDS = frozenset({OpKind.CONV2D, OpKind.LINEAR, OpKind.DEPTHWISE_CONV2D})
+
+
+@dataclass(frozen=True)
+class LayerPrediction:
+    """One row of a model prediction. ``method`` is ``"table"``, ``"calibrated"`` or ``"uncovered"``."""
+
+    name: str
+    context_key: str
+    in_width: int
+    out_width: int
+    ms: float
+    covered: bool
+    extrapolated: bool
+    method: str = "table"
+
+
+@dataclass(frozen=True)
+class ModelPrediction:
+    """Predicted latency of a whole model (median, ms) with its per-layer breakdown.
+
+    ``uncovered_share`` is the estimated share of the model's latency that no table covers (0 when
+    every layer is covered); ``extrapolated_share`` the share of ``total_ms`` predicted outside the
+    measured widths.
+    """
+
+    total_ms: float
+    rows: list[LayerPrediction] = field(default_factory=list)
+    uncovered_share: float = 0.0
+    extrapolated_share: float = 0.0
+    device: str = ""
+
+    @property
+    def layers(self) -> list[LayerPrediction]:
+        return self.rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_ms": self.total_ms,
+            "uncovered_share": self.uncovered_share,
+            "extrapolated_share": self.extrapolated_share,
+            "device": self.device,
+            "layers": [asdict(r) for r in self.rows],
+        }
+
+
+def elements(ctx: OpContext, in_w: int, out_w: int) -> float:
+    """Work size used by calibrated costs: width x spatial x tokens (two-axis kinds: in x out)."""
+    hw = ctx.spatial[0] * ctx.spatial[1]
+    if ctx.one_axis:
+        return float(in_w * hw * ctx.tokens)
+    return float(in_w * out_w * hw * ctx.tokens)
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    overhead_ms: float
+    ms_per_element: float
+
+    def __call__(self, n_elements: float) -> float:
+        return self.overhead_ms + self.ms_per_element * n_elements
+
+
+def _fit_calibration(table: LatencyTable, contexts: Sequence[OpContext]) -> _Calibration | None:
+    xs, ys = [], []
+    for ctx in contexts:
+        for i, o, s in table.points(ctx):
+            xs.append(elements(ctx, i, o))
+            ys.append(s.median_ms)
+    if not xs:
+        return None
+    x, y = np.asarray(xs), np.asarray(ys)
+    if np.ptp(x) == 0:
+        return _Calibration(float(np.median(y)), 0.0)
+    slope, intercept = np.polyfit(x, y, 1)
+    if intercept < 0 or slope < 0:  # keep costs non-negative: refit through the origin
+        slope = max(float(x @ y / (x @ x)), 0.0)
+        intercept = 0.0
+    return _Calibration(float(intercept), float(slope))
+
+
+class _Calibrations:
+    """Per-kind (and per-variant) calibrated costs, fitted lazily and cached."""
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+        self._by_kind: dict[OpKind, list[OpContext]] = {}
+        for ctx in table.contexts():
+            self._by_kind.setdefault(ctx.kind, []).append(ctx)
+        self._cache: dict[tuple[OpKind, str], _Calibration | None] = {}
+
+    def for_context(self, ctx: OpContext) -> _Calibration | None:
+        key = (ctx.kind, ctx.variant)
+        if key not in self._cache:
+            same_kind = self._by_kind.get(ctx.kind, [])
+            same_variant = [c for c in same_kind if c.variant == ctx.variant]
+            self._cache[key] = _fit_calibration(self.table, same_variant or same_kind)
+        return self._cache[key]
+
+    def generic(self) -> _Calibration | None:
+        """Per-element cost over every one-axis elementwise context (for uncovered estimates)."""
+        key = (OpKind.OTHER, "__generic__")
+        if key not in self._cache:
+            ctxs = [c for c in self.table.contexts() if c.one_axis and c.kind not in TABLED_KINDS]
+            self._cache[key] = _fit_calibration(self.table, ctxs)
+        return self._cache[key]
+
+
+def predict_model(
+    table: LatencyTable,
+    layer_ops: Sequence[LayerOp],
+    *,
+    allow_other_target: bool = False,
+    target: str | None = None,
+) -> ModelPrediction:
+    """Predict a model's median latency as the sum of its layers' table predictions.
+
+    Args:
+        table: the latency table of the target.
+        layer_ops: the model's operators (``edgetrim.model_ops.extract_layer_ops``).
+        allow_other_target: predict even when ``target`` differs from the table's target.
+        target: the target the prediction is for; checked against the table when given.
+
+    Returns:
+        A :class:`ModelPrediction`. ``uncovered_share`` estimates the uncovered layers' weight with
+        the table's generic per-element cost (all one-axis elementwise contexts); when the table has
+        none, it is the uncovered layers' share of the layer count.
+
+    Raises:
+        UncoveredOpError: a conv / linear / depthwise layer whose context the table lacks.
+        TableError: ``target`` differs from the table's target and ``allow_other_target`` is off.
+
+    Example:
+        >>> pred = predict_model(table, layer_ops)  # doctest: +SKIP
+        >>> pred.total_ms, pred.uncovered_share  # doctest: +SKIP
+    """
+    if target is not None:
+        check_target(table, target, allow_other=allow_other_target)
+    known = set(table.contexts())
+    cal = _Calibrations(table)
+    rows: list[LayerPrediction] = []
+    uncovered_est: list[float] = []
+    for op in layer_ops:
+        ctx, key = op.context, op.context.key()
+        if ctx in known:
+            p = table.predict_ms(ctx, op.in_width, op.out_width)
+            rows.append(LayerPrediction(op.name, key, op.in_width, op.out_width, p.ms, True, p.extrapolated))
+            continue
+        if ctx.kind in TABLED_KINDS:
+            raise UncoveredOpError(
+                f"layer {op.name!r} ({key}, {op.in_width}->{op.out_width}) has no context in the table; "
+                f"profile this model on the target (`edgetrim profile --model ...`) and predict again"
+            )
+        c = cal.for_context(ctx)
+        if c is not None:
+            ms = c(elements(ctx, op.in_width, op.out_width))
+            rows.append(
+                LayerPrediction(op.name, key, op.in_width, op.out_width, ms, True, False, method="calibrated")
+            )
+            continue
+        rows.append(LayerPrediction(op.name, key, op.in_width, op.out_width, 0.0, False, False, "uncovered"))
+        g = cal.generic()
+        uncovered_est.append(g(elements(ctx, op.in_width, op.out_width)) if g is not None else float("nan"))
+    total = float(sum(r.ms for r in rows))
+    if not uncovered_est:
+        share = 0.0
+    elif all(np.isfinite(uncovered_est)) and total + sum(uncovered_est) > 0:
+        share = float(sum(uncovered_est) / (total + sum(uncovered_est)))
+    else:
+        share = len(uncovered_est) / max(len(rows), 1)
+    ext_ms = sum(r.ms for r in rows if r.extrapolated)
+    return ModelPrediction(
+        total_ms=total,
+        rows=rows,
+        uncovered_share=share,
+        extrapolated_share=float(ext_ms / total) if total > 0 else 0.0,
+        device=table.device.fingerprint(),
+    )
+
+
+def total_macs(layer_ops: Sequence[LayerOp]) -> int:
+    return int(sum(op.macs for op in layer_ops))
+
+
+def flops_baseline_ms(layer_ops: Sequence[LayerOp], ms_per_mac: float) -> float:
+    """The FLOPs-proportional baseline predictor: ``ms_per_mac x total MACs``."""
+    return float(ms_per_mac * total_macs(layer_ops))
+
+
+def fit_ms_per_mac(macs: Sequence[float], measured_ms: Sequence[float]) -> float:
+    """Least-squares ``ms_per_mac`` through the origin (minimising relative error, the usual
+    choice when models span orders of magnitude): the mean of measured / macs ratios weighted
+    towards a consistent relative fit."""
+    m = np.asarray(macs, dtype=float)
+    t = np.asarray(measured_ms, dtype=float)
+    ok = (m > 0) & (t > 0)
+    if not ok.any():
+        raise ValueError("fit_ms_per_mac needs at least one model with macs > 0 and a latency > 0")
+    # minimise sum((k*m/t - 1)^2): k = sum(m/t) / sum((m/t)^2)
+    r = m[ok] / t[ok]
+    return float(r.sum() / (r * r).sum())

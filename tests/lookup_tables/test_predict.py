@@ -1,0 +1,115 @@
+"""Whole-model prediction on hand-built LayerOps, the FLOPs baseline, and the accuracy metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from edgetrim.errors import TableError, UncoveredOpError
+from edgetrim.lookup_tables import flops_baseline_ms, predict_model
+from edgetrim.lookup_tables.metrics import holdout_errors, mape, spearman, summary, within_share
+from edgetrim.lookup_tables.predict import elements, fit_ms_per_mac
+from edgetrim.types import LayerOp, OpContext, OpKind
+
+from .synth import CONV, DW, LIN, residue_surface, stats, step_surface, table_from
+
+RELU = OpContext(OpKind.ACTIVATION, spatial=(8, 8), variant="hardswish")
+ADD = OpContext(OpKind.ADD, spatial=(8, 8))
+
+
+def _table():  # type: ignore[no-untyped-def]
+    t = table_from(step_surface, CONV, [(i, o) for i in range(1, 33) for o in range(1, 33)])
+    for w in range(1, 33):
+        t.record(DW, w, w, stats(residue_surface(1, w)))
+        t.record(RELU, w, w, stats(0.002 + 0.0001 * w * 64))
+    for i in (1, 8, 16):
+        for o in (1, 8, 16):
+            t.record(LIN, i, o, stats(0.01 + 0.001 * i * o))
+    return t
+
+
+def test_prediction_sums_layers_and_marks_extrapolation() -> None:
+    t = _table()
+    ops = [
+        LayerOp("stem", CONV, 3, 16, macs=3 * 16 * 64),
+        LayerOp("dw", DW, 16, 16, macs=16 * 9 * 64),
+        LayerOp("act", RELU, 16, 16),
+        LayerOp("head", LIN, 16, 20, macs=16 * 20 * 4),  # out 20 > 16 measured: extrapolated
+    ]
+    pred = predict_model(t, ops)
+    rows = {r.name: r for r in pred.rows}
+    assert rows["stem"].ms == pytest.approx(step_surface(3, 16))
+    assert rows["dw"].ms == pytest.approx(residue_surface(1, 16))
+    assert rows["head"].extrapolated and not rows["stem"].extrapolated
+    assert rows["head"].ms == pytest.approx(
+        0.01 + 0.001 * 16 * 20, rel=1e-9
+    )  # linear data, linear extrapolation
+    assert pred.total_ms == pytest.approx(sum(r.ms for r in pred.rows))
+    assert pred.uncovered_share == 0.0 and 0 < pred.extrapolated_share < 1
+    d = pred.to_dict()
+    assert set(d) >= {"total_ms", "layers", "uncovered_share"} and len(d["layers"]) == 4
+
+
+def test_untabled_kinds_are_calibrated_or_uncovered() -> None:
+    t = _table()
+    other_act = OpContext(OpKind.ACTIVATION, spatial=(4, 4), variant="hardswish")  # same kind, other shape
+    ops = [
+        LayerOp("stem", CONV, 3, 8),
+        LayerOp("act2", other_act, 24, 24),
+        LayerOp("res", ADD, 8, 8),  # no ADD context at all
+    ]
+    pred = predict_model(t, ops)
+    rows = {r.name: r for r in pred.rows}
+    assert rows["act2"].method == "calibrated" and rows["act2"].covered
+    # per-element fit over the hardswish points: 0.002 + 0.0001 * elements
+    assert rows["act2"].ms == pytest.approx(0.002 + 0.0001 * elements(other_act, 24, 24), rel=1e-6)
+    assert rows["res"].method == "uncovered" and not rows["res"].covered and rows["res"].ms == 0.0
+    est = 0.002 + 0.0001 * elements(ADD, 8, 8)  # generic per-element cost of the table
+    assert pred.uncovered_share == pytest.approx(est / (pred.total_ms + est), rel=1e-6)
+
+
+def test_uncovered_tabled_kind_raises_naming_the_layer() -> None:
+    t = _table()
+    conv3 = OpContext(OpKind.CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(8, 8))
+    with pytest.raises(UncoveredOpError, match=r"layer 'features\.3\.conv' \(conv2d/k3x3"):
+        predict_model(t, [LayerOp("stem", CONV, 3, 8), LayerOp("features.3.conv", conv3, 8, 8)])
+
+
+def test_target_check_in_predict() -> None:
+    t = _table()
+    ops = [LayerOp("stem", CONV, 3, 8)]
+    assert predict_model(t, ops, target="ort-cpu").total_ms > 0
+    with pytest.raises(TableError, match="allow-other-target"):
+        predict_model(t, ops, target="litert-cpu")
+    assert predict_model(t, ops, target="litert-cpu", allow_other_target=True).total_ms > 0
+
+
+def test_flops_baseline() -> None:
+    ops = [LayerOp("a", LIN, 4, 4, macs=1000), LayerOp("b", LIN, 4, 4, macs=3000)]
+    assert flops_baseline_ms(ops, 1e-4) == pytest.approx(0.4)
+    assert fit_ms_per_mac([1000, 2000], [0.1, 0.2]) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="macs > 0"):
+        fit_ms_per_mac([0], [1.0])
+
+
+def test_metrics_against_hand_computed_values() -> None:
+    pred, meas = [1.1, 2.0, 2.5, 4.0], [1.0, 2.0, 3.0, 5.0]
+    assert mape(pred, meas) == pytest.approx((10 + 0 + 100 / 6 + 20) / 4)
+    assert within_share(pred, meas) == pytest.approx(0.5)  # 10% sits on the boundary: counted in
+    rng = np.random.default_rng(0)
+    a, b = rng.random(30), rng.random(30)
+    b[:5] = b[0]  # ties
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    s = summary(pred, meas)
+    assert s["n"] == 4 and s["within_10pct"] == 0.5 and s["max_abs_err_pct"] == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="> 0"):
+        mape([1.0], [0.0])
+
+
+def test_holdout_errors_report_interpolation_error() -> None:
+    t = table_from(step_surface, CONV, [(i, o) for i in (1, 8, 16) for o in (1, 8, 9, 16)])
+    rows = holdout_errors(t, CONV, [(4, 12, step_surface(4, 12)), (8, 9, step_surface(8, 9))])
+    assert rows[1]["in_table"] and rows[1]["rel_err"] == pytest.approx(0.0)
+    assert not rows[0]["in_table"] and abs(rows[0]["rel_err"]) < 0.5
