@@ -330,7 +330,8 @@ def _measure(
             target,
             timing=timing,
             example_inputs=inputs,
-            predicted=rows if art.precision is Precision.FP32 else [],
+            # the table is fp32: int8 artifacts get the same layer rows without a prediction
+            predicted=rows if art.precision is Precision.FP32 else [(n, None) for n, _ in rows],
             predicted_ms=predicted["total_ms"] if predicted and art.precision is Precision.FP32 else None,
             overhead_ms=predicted["invoke_overhead_ms"] if predicted else 0.0,
             profile_runs=cfg.profile_runs,

@@ -43,6 +43,9 @@ from edgetrim.types import DeviceInfo, LatencyStats
 logger = logging.getLogger(__name__)
 
 UNATTRIBUTED = "(unattributed)"
+_COMPUTE = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger"}
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,20 @@ def attribute_nodes(
             tagged = [c for c in candidates if ":" in c and c.split(":", 1)[1].lower() in op_type.lower()]
             plain = [c for c in candidates if ":" not in c]
             group[node] = (tagged or plain or candidates)[0]
+    # exporter rewrites (conv+BN folding) can leave a compute node under a sibling module ("bn1"
+    # for conv1): give such nodes, in graph order, the next predicted layer no node claimed yet
+    order = {name: i for i, name in enumerate(layer_names)}
+    claimed = {group[n] for n, op_type, *_ in nodes if n in group and op_type in _COMPUTE}
+    pos = 0
+    for node, op_type, *_ in nodes:
+        if node in group:
+            pos = max(pos, order[group[node]])
+        elif op_type in _COMPUTE:
+            free = next((n for n in layer_names[pos:] if n not in claimed), None)
+            if free is not None:
+                group[node] = free
+                claimed.add(free)
+                pos = order[free]
     producer: dict[str, str] = {}
     consumers: dict[str, list[str]] = {}
     for node, _, _, ins, outs in nodes:
@@ -165,7 +182,7 @@ def per_layer_onnx(
     *,
     total_ms: float,
     overhead_ms: float,
-    predicted: Sequence[tuple[str, float]],
+    predicted: Sequence[tuple[str, float | None]],
     profile_runs: int = 20,
     threads: int = 1,
 ) -> tuple[list[LayerComparison], float]:
@@ -174,6 +191,8 @@ def per_layer_onnx(
 
     nodes = node_modules(path)
     times = profile_nodes(path, arrays, runs=profile_runs, threads=threads)
+    if not predicted:  # no table: one row per module the exporter recorded
+        predicted = [(m, None) for m in dict.fromkeys(n[2] for n in nodes if n[2])]
     names = [n for n, _ in predicted]
     groups = attribute_nodes(nodes, names)
     profiled_total = sum(times.get(n, 0.0) for n, *_ in nodes)
@@ -203,7 +222,7 @@ def remeasure(
     *,
     timing: Any,
     example_inputs: Sequence[torch.Tensor],
-    predicted: Sequence[tuple[str, float]] = (),
+    predicted: Sequence[tuple[str, float | None]] = (),
     predicted_ms: float | None = None,
     overhead_ms: float = 0.0,
     profile_runs: int = 20,

@@ -80,3 +80,9 @@ def make_run(path: Path, model: nn.Module, acc: float | None = None, **info: obj
 def run_dir(tmp_path: Path, trained_net: tuple[nn.Module, float]) -> Path:
     net, acc = trained_net
     return make_run(tmp_path / "run", net, acc)
+
+
+@pytest.fixture(scope="session")
+def run_factory():
+    """``make_run(path, model, acc, **info)`` for tests that need their own RUN folders."""
+    return make_run
