@@ -1,0 +1,144 @@
+"""profile -> table -> predict -> measure on ort-cpu and litert-cpu; resume; refusal to mix targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgetrim.errors import EdgetrimError, TableError
+from edgetrim.lookup_tables import load_table
+from edgetrim.model_ops import extract_layer_ops
+from edgetrim.profiler.session import (
+    ContextPlan,
+    ProfileConfig,
+    load_spec,
+    plan_from_layer_ops,
+    profile_table,
+)
+from edgetrim.profiler.targets import get_target
+from edgetrim.types import OpContext, OpKind
+
+SMALL = ProfileConfig(points_per_context=24, save_every=5, refine_rounds=1)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("target_name", ["ort-cpu", "litert-cpu"])
+def test_profile_table_predict_measure(target_name, tiny_model, fast_timing, tmp_path) -> None:
+    from edgetrim.lookup_tables import predict_model
+
+    module, example = tiny_model
+    target = get_target(target_name, threads=1)
+    ops = extract_layer_ops(module, example, fusion=target.fusion)
+    out = tmp_path / "table.json"
+    table = profile_table(target, ops, out=out, timing=fast_timing, refine=True, config=SMALL)
+
+    loaded = load_table(out)
+    assert loaded.device.fingerprint() == target.info().fingerprint()
+    assert {o.context for o in ops} <= set(loaded.contexts())
+    for op in ops:  # each layer's exact widths are measured, not interpolated
+        assert loaded.has(op.context, op.in_width, op.out_width)
+    assert loaded.n_points() == table.n_points() > len(ops)
+    assert loaded.meta["build_time_s"] > 0 and loaded.meta["invoke_overhead_ms"] >= 0
+    pred = predict_model(loaded, ops, target=target_name)
+    assert pred.total_ms > 0 and pred.uncovered_share == 0.0
+    measured = target.measure_model(module, example, fast_timing)
+    assert measured.median_ms > 0 and measured.n >= fast_timing.min_runs
+
+
+def test_interrupted_profile_resumes_without_remeasuring(
+    tiny_model, fast_timing, tmp_path, counting_target
+) -> None:
+    module, example = tiny_model
+    ort = get_target("ort-cpu")
+    ops = extract_layer_ops(module, example, fusion=ort.fusion)
+    out = tmp_path / "t.json"
+
+    full = counting_target(ort)
+    reference = profile_table(
+        full, ops, out=tmp_path / "ref.json", timing=fast_timing, refine=False, config=SMALL
+    )
+    total = reference.n_points()
+    assert len(full.seen) == total == len(set(full.seen))
+
+    broken = counting_target(ort, stop_after=7)
+    with pytest.raises(KeyboardInterrupt):
+        profile_table(broken, ops, out=out, timing=fast_timing, refine=False, config=SMALL)
+    assert load_table(out).n_points() == 7  # everything finished before Ctrl-C was saved
+
+    resumed = counting_target(ort)
+    table = profile_table(resumed, ops, out=out, resume=True, timing=fast_timing, refine=False, config=SMALL)
+    assert len(resumed.seen) == total - 7
+    assert not set(resumed.seen) & set(broken.seen)
+    assert table.n_points() == total
+    assert table.meta["invoke_overhead_ms"] == load_table(out).meta["invoke_overhead_ms"]
+
+
+def test_measurement_order_is_random_but_seeded(tiny_model, fast_timing, tmp_path, counting_target) -> None:
+    module, example = tiny_model
+    ort = get_target("ort-cpu")
+    ops = extract_layer_ops(module, example, fusion=ort.fusion)
+    orders = []
+    for run in range(2):
+        t = counting_target(ort)
+        profile_table(t, ops, out=tmp_path / f"{run}.json", timing=fast_timing, refine=False, config=SMALL)
+        orders.append(t.seen)
+    assert orders[0] == orders[1]
+    keys = [(c.key(), i, o) for c, i, o in orders[0]]
+    assert keys != sorted(keys)
+
+
+def test_resume_refuses_a_table_from_another_target(tiny_model, fast_timing, tmp_path) -> None:
+    module, example = tiny_model
+    ort = get_target("ort-cpu")
+    ops = extract_layer_ops(module, example, fusion=ort.fusion)
+    out = tmp_path / "t.json"
+    cfg = ProfileConfig(points_per_context=4, refine_rounds=0)
+    profile_table(ort, ops[:1], out=out, timing=fast_timing, refine=False, config=cfg)
+    with pytest.raises(TableError, match="cannot resume"):
+        profile_table(get_target("litert-cpu"), ops[:1], out=out, resume=True, timing=fast_timing, config=cfg)
+
+
+def test_max_points_caps_the_table_and_unsupported_contexts_are_skipped(fast_timing, tmp_path) -> None:
+    plans = [
+        ContextPlan(
+            OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4)), 30, 30
+        ),
+        ContextPlan(OpContext(OpKind.OTHER, variant="scatter"), 8, 8),
+    ]
+    table = profile_table(
+        get_target("ort-cpu"),
+        plans,
+        out=tmp_path / "t.json",
+        timing=fast_timing,
+        config=ProfileConfig(max_points=10),
+    )
+    assert table.n_points() == 10
+    assert "other/scatter" in table.meta["skipped_contexts"]
+
+
+def test_plan_from_layer_ops_takes_maxima_and_exact_widths(tiny_model) -> None:
+    module, example = tiny_model
+    ops = extract_layer_ops(module, example)
+    plans = {p.context: p for p in plan_from_layer_ops(ops)}
+    for op in ops:
+        p = plans[op.context]
+        assert p.max_in >= op.in_width and p.max_out >= op.out_width
+        assert (op.in_width, op.out_width) in p.include
+
+
+def test_load_spec_round_trip_and_errors(tmp_path) -> None:
+    ctx = OpContext(OpKind.LINEAR, tokens=2, activation="relu")
+    good = tmp_path / "spec.json"
+    good.write_text(json.dumps({"contexts": [{"context": ctx.to_dict(), "max_in": 16, "points": [[3, 5]]}]}))
+    (plan,) = load_spec(good)
+    assert plan.context == ctx and (plan.max_in, plan.max_out) == (16, 16) and (3, 5) in plan.include
+    with pytest.raises(EdgetrimError, match="does not exist"):
+        load_spec(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(EdgetrimError, match="not valid JSON"):
+        load_spec(bad)
+    bad.write_text(json.dumps({"contexts": [{"context": {"kind": "nope"}, "max_in": 4}]}))
+    with pytest.raises(EdgetrimError, match="context #0 is invalid"):
+        load_spec(bad)
