@@ -37,7 +37,7 @@ def check_sparsity(sparsity: float) -> None:
 
 
 def global_topk(
-    scores: Mapping[str, torch.Tensor], density: float, *, min_keep_per_layer: int = 0
+    scores: Mapping[str, torch.Tensor], density: float, *, min_keep_per_layer: int | Mapping[str, int] = 0
 ) -> dict[str, torch.Tensor]:
     """Keep exactly ``round(density * N)`` entries with the highest scores over all layers together.
 
@@ -50,16 +50,19 @@ def global_topk(
     flat = [scores[n].detach().reshape(-1).float() for n in names]
     sizes = [f.numel() for f in flat]
     total = sum(sizes)
+    if isinstance(min_keep_per_layer, Mapping):
+        mins = [min(int(min_keep_per_layer.get(n, 0)), s) for n, s in zip(names, sizes)]
+    else:
+        mins = [min(int(min_keep_per_layer), s) for s in sizes]
     k = round(density * total)
-    k = max(k, min(min_keep_per_layer * len(names), total))
+    k = max(k, min(sum(mins), total))
     pooled = torch.cat(flat).clone()
     pooled = torch.nan_to_num(pooled, nan=-math.inf)
-    if min_keep_per_layer > 0:
-        offset = 0
-        for size, f in zip(sizes, flat):
-            idx = f.topk(min(min_keep_per_layer, size)).indices
-            pooled[offset + idx] = math.inf
-            offset += size
+    offset = 0
+    for size, f, lo in zip(sizes, flat, mins):
+        if lo > 0:
+            pooled[offset + f.topk(lo).indices] = math.inf
+        offset += size
     keep = torch.zeros(total, dtype=torch.bool)
     if k > 0:
         keep[pooled.topk(k, sorted=False).indices] = True

@@ -126,11 +126,15 @@ class LatencyModel:
     def __init__(
         self, model: nn.Module, example_inputs: Sequence[torch.Tensor], cm: ChannelMasks, table: Any
     ):
-        from edgetrim.model_ops import extract_layer_ops  # torch-side op walk, no profiler import
+        from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime  # torch-side op walk
 
         self.table = table
         known = set(table.contexts())
-        self.ops = extract_layer_ops(model, tuple(example_inputs))
+        try:
+            fusion = fusion_for_runtime(table.device.runtime)
+        except (KeyError, ValueError, AttributeError):
+            fusion = None
+        self.ops = extract_layer_ops(model, tuple(example_inputs), fusion=fusion)
         self.covered = [op for op in self.ops if op.context in known]
         self.uncovered = [op.name for op in self.ops if op.context not in known]
         if self.uncovered:

@@ -130,6 +130,7 @@ class SparsifyConfig:
     rewind: Rewind = Rewind.INIT
     rewind_iteration: int = 0
     # misc
+    min_layer_density: float | None = None  # global pruning guard; None: 0.01 for gmp/granet/lottery, else 0
     exclude: tuple[str, ...] = ()  # module names kept dense
     collapse: CollapsePolicy | None = None  # None: DEFAULT_COLLAPSE[method]
     seed: int = 0
@@ -185,6 +186,10 @@ class SparsifyConfig:
             raise ValueError(f"pai_rounds must be >= 1, got {self.pai_rounds}")
         if not (0.0 < self.imp_per_round < 1.0):
             raise ValueError(f"imp_per_round must be in (0, 1), got {self.imp_per_round}")
+        if self.min_layer_density is not None and not (0.0 <= self.min_layer_density <= self.density):
+            raise ValueError(
+                f"min_layer_density must be in [0, {self.density}], got {self.min_layer_density}"
+            )
         if self.budget_ms is not None and self.budget_ms <= 0:
             raise ValueError(f"budget_ms must be > 0, got {self.budget_ms}")
         if self.allocation is Allocation.LATENCY:
@@ -210,6 +215,13 @@ class SparsifyConfig:
     @property
     def effective_allocation(self) -> Allocation:
         return self.allocation if self.allocation is not None else DEFAULT_ALLOCATION[self.method]
+
+    @property
+    def effective_min_layer_density(self) -> float:
+        """Layer-collapse guard of global magnitude pruning (GraNet pitfall 8)."""
+        if self.min_layer_density is not None:
+            return self.min_layer_density
+        return min(0.01, self.density) if self.method in (Method.GMP, Method.GRANET, Method.LOTTERY) else 0.0
 
     @property
     def effective_collapse(self) -> CollapsePolicy:

@@ -99,6 +99,7 @@ def prune_masks(
     *,
     layer_densities: Mapping[str, float] | None = None,
     nm: tuple[int, int] | None = None,
+    min_layer_density: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """New masks at ``density`` by magnitude among currently active weights (masks only shrink).
 
@@ -126,7 +127,11 @@ def prune_masks(
             off += s.numel()
         return out
     if allocation is alloc.Allocation.GLOBAL:
-        return alloc.global_topk(scores, density)
+        mins = {
+            k: min(math.ceil(min_layer_density * s.numel()), int(masks.masks[k].sum()))
+            for k, s in scores.items()
+        }
+        return alloc.global_topk(scores, density, min_keep_per_layer=mins)
     base = layer_densities or {k: density for k in scores}
     total = masks.total_numel()
     base_total = sum(base[k] * masks.masks[k].numel() for k in scores)
@@ -157,6 +162,7 @@ class MaskScheduler:
     allocation: alloc.Allocation = alloc.Allocation.GLOBAL
     layer_densities: Mapping[str, float] | None = None
     nm: tuple[int, int] | None = None
+    min_layer_density: float = 0.0
     regrow: Growth | None = None
     drop_schedule: DropSchedule = DropSchedule.COSINE_ALL
     r0: float = 0.5
@@ -188,7 +194,12 @@ class MaskScheduler:
             target = 1.0 - cubic_sparsity(step, s_i=self.s_i, s_f=self.s_f, t0=self.t0, tf=self.tf)
             if masks.density() > target + 0.5 / masks.total_numel():
                 new = prune_masks(
-                    masks, target, self.allocation, layer_densities=self.layer_densities, nm=self.nm
+                    masks,
+                    target,
+                    self.allocation,
+                    layer_densities=self.layer_densities,
+                    nm=self.nm,
+                    min_layer_density=self.min_layer_density,
                 )
                 masks.set_masks(new, optimizer)
             row["target_density"] = target

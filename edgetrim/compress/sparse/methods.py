@@ -286,11 +286,19 @@ def _predict_dense_ms(model: nn.Module, example_inputs, table) -> float | None:
     """Table prediction of the model as the runtime runs it (zeros do not change dense kernels)."""
     if table is None:
         return None
-    from edgetrim.lookup_tables import predict_model
-    from edgetrim.model_ops import extract_layer_ops
+    from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
 
-    ops = extract_layer_ops(model, example_inputs)
-    return float(predict_model(table, ops).total_ms)
+    try:
+        fusion = fusion_for_runtime(table.device.runtime)
+    except (KeyError, ValueError, AttributeError):
+        fusion = None
+    known = set(table.contexts())
+    total = 0.0
+    for op in extract_layer_ops(model, tuple(example_inputs), fusion=fusion):
+        if op.context in known:
+            out_w = op.in_width if op.context.one_axis else op.out_width
+            total += float(table.predict_ms(op.context, op.in_width, out_w).ms)
+    return total
 
 
 # --------------------------------------------------------------------------- the API
@@ -377,7 +385,7 @@ def sparsify(
         scheduler = MaskScheduler(
             total_steps=T, update_every=dt, prune=True, s_i=cfg.init_sparsity, s_f=cfg.sparsity,
             t0=round(cfg.prune_start * T), tf=round(cfg.prune_end * T), allocation=allocation,
-            layer_densities=layer_d, nm=cfg.granularity.nm,
+            layer_densities=layer_d, nm=cfg.granularity.nm, min_layer_density=cfg.effective_min_layer_density,
             regrow=Growth.GRADIENT if cfg.effective_regrow else None, drop_schedule=DropSchedule.COSINE_ALL,
             r0=cfg.death_rate, r_min=cfg.death_rate_min, generator=gen,
         )  # fmt: skip
@@ -486,7 +494,13 @@ def _lottery(
                 layer_d = alloc.densities_for(
                     allocation, _shapes(masks), density, layer_map=cfg.layer_densities
                 )
-            new = prune_masks(masks, target, allocation, layer_densities=layer_d)
+            new = prune_masks(
+                masks,
+                target,
+                allocation,
+                layer_densities=layer_d,
+                min_layer_density=cfg.effective_min_layer_density,
+            )
         masks.set_masks(new)
         if cfg.rewind is Rewind.INIT:
             model.load_state_dict(init_state)
