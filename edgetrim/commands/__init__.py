@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edgetrim.commands import deploy, profiling, sparse
+from edgetrim.commands import deploy, profiling, sparse, tables
 
-COMMAND_MODULES: list[ModuleType] = [deploy, profiling, sparse]
+COMMAND_MODULES: list[ModuleType] = [deploy, profiling, sparse, tables]

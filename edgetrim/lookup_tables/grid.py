@@ -21,8 +21,9 @@ Design (latency is a staircase in width, DESIGN.md):
   widths) are most common and no class could be bracketed from above. ``m - 1, m, m + 1`` resolve the step at ``m``; ``m - 2`` and ``m + 4``
   keep the classes 2 and 0 (mod 4) apart. A product keeps every row a full line along the other axis,
   which the separable interpolator and the rule selection need.
-* ``budget`` caps the number of points: coarser axis designs are tried in order (see ``_LEVELS``)
-  until the product fits; the final fallback is a geometric axis.
+* ``budget`` caps the number of points: the largest product of coarser axis designs (``_LEVELS``,
+  then a geometric axis) that fits, the output axis never coarser than the input axis (runtimes step
+  in output-channel tiles; the reduction axis is smoother).
 
 :func:`refine_points` proposes the midpoints of gaps where bilinear interpolation misses measured
 points by more than ``tol``; measure them, record them and call it again until it returns nothing.
@@ -114,14 +115,26 @@ def plan_points(
         pts = {(w, w) for w in ws}
         pts.update((i, i) for i, _ in extra)
         return sorted(pts)
-    for level in range(len(_LEVELS) + 1):
-        ins, outs = axis_widths(max_in, level=level), axis_widths(max_out, level=level)
-        if budget is None or len(ins) * len(outs) <= budget:
-            break
-    else:
-        logger.warning(
-            "budget %s is below the coarsest plan (%d points) for %s", budget, len(ins) * len(outs), ctx.key()
-        )
+    n_levels = len(_LEVELS) + 1
+    in_sets = [axis_widths(max_in, level=lv) for lv in range(n_levels)]
+    out_sets = [axis_widths(max_out, level=lv) for lv in range(n_levels)]
+    ins, outs = in_sets[0], out_sets[0]
+    if budget is not None and len(ins) * len(outs) > budget:
+        # The output axis keeps the finer design: that is where runtimes step (output-channel tiles).
+        combos = [(li, lo) for lo in range(n_levels) for li in range(lo, n_levels)]
+        fitting = [(len(in_sets[li]) * len(out_sets[lo]), -lo, -li) for li, lo in combos]
+        fitting = [f for f in fitting if f[0] <= budget]
+        if fitting:
+            _, neg_lo, neg_li = max(fitting)
+            ins, outs = in_sets[-neg_li], out_sets[-neg_lo]
+        else:
+            ins, outs = in_sets[-1], out_sets[-1]
+            logger.warning(
+                "budget %s is below the coarsest plan (%d points) for %s",
+                budget,
+                len(ins) * len(outs),
+                ctx.key(),
+            )
     pts = {(i, o) for i in ins for o in outs}
     pts.update(extra)
     return sorted(pts)

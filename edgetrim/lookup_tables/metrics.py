@@ -65,7 +65,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def summary(pred: Sequence[float], meas: Sequence[float], *, tol: float = 0.10) -> dict[str, float]:
+def summary(pred: Sequence[float], meas: Sequence[float], *, tol: float = 0.10) -> dict[str, Any]:
     """``{"n", "mape_pct", "within_10pct", "spearman", "max_abs_err_pct"}`` (tolerance in the key
     name follows ``tol``)."""
     err = relative_errors(pred, meas)
@@ -73,7 +73,7 @@ def summary(pred: Sequence[float], meas: Sequence[float], *, tol: float = 0.10) 
         "n": int(err.size),
         "mape_pct": mape(pred, meas),
         f"within_{round(tol * 100)}pct": within_share(pred, meas, tol),
-        "spearman": spearman(pred, meas),
+        "spearman": None if np.isnan(rho := spearman(pred, meas)) else rho,  # None: < 2 items / constant
         "max_abs_err_pct": float(np.max(np.abs(err)) * 100.0),
     }
 
@@ -102,3 +102,78 @@ def holdout_errors(
             }
         )
     return rows
+
+
+def heldout_points(table: LatencyTable, n_points: int, *, seed: int = 0) -> list[tuple[OpContext, int, int]]:
+    """``n_points`` random ``(context, in, out)`` points inside each context's measured range that the
+    table does not hold, spread round-robin over the contexts (fewer when a context is full)."""
+    import random
+
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    rng = random.Random(seed)
+    free: dict[OpContext, list[tuple[int, int]]] = {}
+    for ctx in table.contexts():
+        max_in, max_out = table.max_widths(ctx)
+        if ctx.one_axis:
+            cand = [(w, w) for w in range(1, max_in + 1) if not table.has(ctx, w, w)]
+        else:
+            cand = []
+            for _ in range(min(20 * n_points, max_in * max_out)):
+                i, o = rng.randint(1, max_in), rng.randint(1, max_out)
+                if not table.has(ctx, i, o):
+                    cand.append((i, o))
+            cand = sorted(set(cand))
+        rng.shuffle(cand)
+        if cand:
+            free[ctx] = cand
+    out: list[tuple[OpContext, int, int]] = []
+    while len(out) < n_points and any(free.values()):
+        for ctx in list(free):
+            if free[ctx] and len(out) < n_points:
+                i, o = free[ctx].pop()
+                out.append((ctx, i, o))
+    return out
+
+
+def validate_table(
+    table: LatencyTable, target: Any, *, n_points: int, timing: Any, seed: int = 0
+) -> dict[str, Any]:
+    """Measure ``n_points`` held-out points on ``target`` and report the table's interpolation error.
+
+    Args:
+        table: the table to check.
+        target: an ``edgetrim.profiler`` target (anything with ``measure_ops(requests, timing)``).
+        n_points: held-out points to measure (see :func:`heldout_points`).
+        timing: the target's timing configuration, passed through.
+        seed: seed of the point choice.
+
+    Returns:
+        ``{"n", "mape_pct", "within_10pct", "max_abs_err_pct", "spearman", "by_context", "points"}``. The
+        runtime's invoke overhead is subtracted from the new measurements exactly as the profiler did
+        for the table (``meta["invoke_overhead_subtracted"]``). Measurement noise counts as error.
+    """
+    requests = heldout_points(table, n_points, seed=seed)
+    if not requests:
+        raise ValueError("the table holds every width of every context: nothing is held out")
+    overhead = (
+        float(table.meta.get("invoke_overhead_ms") or 0.0)
+        if table.meta.get("invoke_overhead_subtracted")
+        else 0.0
+    )
+    rows: list[dict[str, Any]] = []
+    for (ctx, i, o), stats in target.measure_ops(requests, timing):
+        measured = max(stats.median_ms - overhead, 1e-9)
+        rows.extend(holdout_errors(table, ctx, [(i, o, measured)]))
+    pred = [r["predicted_ms"] for r in rows]
+    meas = [r["measured_ms"] for r in rows]
+    report: dict[str, Any] = summary(pred, meas)
+    by_ctx: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_ctx.setdefault(r["context"], []).append(r)
+    report["by_context"] = {
+        k: summary([r["predicted_ms"] for r in v], [r["measured_ms"] for r in v]) for k, v in by_ctx.items()
+    }
+    report["points"] = rows
+    report["extrapolated"] = int(sum(r["extrapolated"] for r in rows))
+    return report

@@ -55,7 +55,8 @@ class ModelPrediction:
 
     ``uncovered_share`` is the estimated share of the model's latency that no table covers (0 when
     every layer is covered); ``extrapolated_share`` the share of ``total_ms`` predicted outside the
-    measured widths.
+    measured widths. ``overhead_ms`` is the runtime's per-invoke cost, included once in ``total_ms``
+    when the profiler subtracted it from every op point (``meta["invoke_overhead_subtracted"]``).
     """
 
     total_ms: float
@@ -63,6 +64,7 @@ class ModelPrediction:
     uncovered_share: float = 0.0
     extrapolated_share: float = 0.0
     device: str = ""
+    overhead_ms: float = 0.0
 
     @property
     def layers(self) -> list[LayerPrediction]:
@@ -74,6 +76,7 @@ class ModelPrediction:
             "uncovered_share": self.uncovered_share,
             "extrapolated_share": self.extrapolated_share,
             "device": self.device,
+            "overhead_ms": self.overhead_ms,
             "layers": [asdict(r) for r in self.rows],
         }
 
@@ -195,7 +198,11 @@ def predict_model(
         rows.append(LayerPrediction(op.name, key, op.in_width, op.out_width, 0.0, False, False, "uncovered"))
         g = cal.generic()
         uncovered_est.append(g(elements(ctx, op.in_width, op.out_width)) if g is not None else float("nan"))
-    total = float(sum(r.ms for r in rows))
+    layers_ms = float(sum(r.ms for r in rows))
+    overhead = 0.0
+    if table.meta.get("invoke_overhead_subtracted"):
+        overhead = float(table.meta.get("invoke_overhead_ms") or 0.0)
+    total = layers_ms + overhead
     if not uncovered_est:
         share = 0.0
     elif all(np.isfinite(uncovered_est)) and total + sum(uncovered_est) > 0:
@@ -209,6 +216,7 @@ def predict_model(
         uncovered_share=share,
         extrapolated_share=float(ext_ms / total) if total > 0 else 0.0,
         device=table.device.fingerprint(),
+        overhead_ms=overhead,
     )
 
 

@@ -113,3 +113,14 @@ def test_holdout_errors_report_interpolation_error() -> None:
     rows = holdout_errors(t, CONV, [(4, 12, step_surface(4, 12)), (8, 9, step_surface(8, 9))])
     assert rows[1]["in_table"] and rows[1]["rel_err"] == pytest.approx(0.0)
     assert not rows[0]["in_table"] and abs(rows[0]["rel_err"]) < 0.5
+
+
+def test_invoke_overhead_is_added_once_per_model() -> None:
+    t = _table()
+    ops = [LayerOp("stem", CONV, 3, 8), LayerOp("dw", DW, 8, 8)]
+    base = predict_model(t, ops).total_ms
+    t.meta.update({"invoke_overhead_ms": 0.05, "invoke_overhead_subtracted": True})
+    pred = predict_model(t, ops)
+    assert pred.overhead_ms == 0.05 and pred.total_ms == pytest.approx(base + 0.05)
+    t.meta["invoke_overhead_subtracted"] = False  # points still include it: nothing to add back
+    assert predict_model(t, ops).total_ms == pytest.approx(base)
