@@ -361,15 +361,17 @@ class PhoneRunner:
         record = BatchRecord(len(self.batches), len(batch), temp, waited, time.time())
         self.batches.append(record)
         bdir = f"{cfg.remote_dir}/batch"
-        self.ensure_space(sum(len(b) for _, b in batch))
         tr.shell(f"rm -r {bdir} 2>/dev/null; mkdir -p {bdir}")
+        self.ensure_space(sum(len(b) for _, b in batch))
+        files: list[tuple[bytes, str, int]] = []
         remote_models = []
         for i, (_, content) in enumerate(batch):
             remote = f"{bdir}/m{i:03d}_{hashlib.sha256(content).hexdigest()[:10]}.tflite"
-            tr.push(content, remote)
+            files.append((content, remote, 0o644))
             remote_models.append(remote)
         script = batch_script(self.binary_remote, remote_models, flags, cpu_mask(tuple(cores)))
-        tr.push(script.encode(), f"{bdir}/run.sh")
+        files.append((script.encode(), f"{bdir}/run.sh", 0o644))
+        tr.push_many(files)  # models + script over one sync connection
         logger.debug("%s: batch %d, %d models, %.1f C", tr.serial, record.batch, len(batch), temp or -1)
         current: int | None = None
         lines: list[str] = []

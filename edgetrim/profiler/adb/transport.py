@@ -17,9 +17,10 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edgetrim.errors import DeviceError
 logger = logging.getLogger(__name__)
 
 _HOSTPORT = re.compile(r"^[\w.-]+:\d+$")
+_SYNC_DATA_MAX = 64 * 1024  # largest DATA chunk of the sync protocol
 
 
 class DeviceDisconnectedError(DeviceError):
@@ -179,17 +181,18 @@ class AdbTransport:
             return "absent"
         return "absent"
 
-    def connect(self) -> None:
+    def connect(self, *, timeout_s: float = 2.0) -> None:
         """Make sure the phone is usable; ``adb connect`` first for network serials."""
         st = self.state()
         if st != "device" and _HOSTPORT.match(self.serial):
             try:
-                self._client.connect(self.serial, timeout=5)
+                self._client.connect(self.serial, timeout=max(timeout_s, 0.5))
             except Exception as exc:
                 logger.debug("adb connect %s failed: %s", self.serial, exc)
-            for _ in range(20):
+            deadline = time.monotonic() + timeout_s
+            while True:
                 st = self.state()
-                if st in ("device", "unauthorized"):
+                if st in ("device", "unauthorized") or time.monotonic() >= deadline:
                     break
                 time.sleep(0.1)
         if st == "unauthorized":
@@ -204,7 +207,7 @@ class AdbTransport:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self.connect()
+                self.connect(timeout_s=min(2.0, max(deadline - time.monotonic(), 0.1)))
                 return True
             except DeviceDisconnectedError:
                 if time.monotonic() >= deadline:
@@ -263,13 +266,48 @@ class AdbTransport:
 
     def push(self, data: bytes, remote: str, *, mode: int = 0o644) -> None:
         """Write ``data`` to ``remote`` on the phone (adb sync protocol)."""
+        self.push_many([(data, remote, mode)])
+
+    def push_many(self, files: Sequence[tuple[bytes, str, int]]) -> None:
+        """Write several ``(data, remote path, mode)`` files over ONE sync connection.
+
+        Speaks the sync protocol directly (SEND / DATA <= 64 KiB / DONE, then OKAY or FAIL+message
+        per file, QUIT) so a batch of small models costs one round trip each, not a connection each,
+        and a device-side failure keeps its message ("No space left on device").
+        """
+        if not files:
+            return
         try:
-            self._device().sync.push(data, remote, mode=mode)
-        except Exception as exc:
-            text = str(exc)
-            if "No space" in text or text.strip() == "FAIL":
+            with self._device().open_transport(timeout=120) as c:
+                c.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # many small frames
+                c.send_command("sync:")
+                c.check_okay()
+                for data, remote, mode in files:
+                    path = f"{remote},{0o100000 | (mode & 0o7777)}".encode()
+                    frames = [b"SEND" + struct.pack("<I", len(path)) + path]
+                    for i in range(0, len(data), _SYNC_DATA_MAX):
+                        chunk = data[i : i + _SYNC_DATA_MAX]
+                        frames.append(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+                    frames.append(b"DONE" + struct.pack("<I", int(time.time())))
+                    c.conn.sendall(b"".join(frames))
+                    status = c.read(4)
+                    length = struct.unpack("<I", c.read(4))[0]
+                    if status != b"OKAY":
+                        message = c.read(length).decode(errors="replace") if length else status.decode()
+                        raise _SyncFailure(remote, message)
+                c.conn.sendall(b"QUIT" + struct.pack("<I", 0))
+        except _SyncFailure as exc:
+            if "No space" in exc.message:
                 raise NoSpaceError(
-                    f"could not write {remote} on {self.serial} (No space left on device): free space in "
+                    f"could not write {exc.remote} on {self.serial} (No space left on device): free space in "
                     "/data/local/tmp (adb shell rm -r /data/local/tmp/edgetrim) and retry"
                 ) from None
-            raise self._translate(exc, f"push of {Path(remote).name}") from None
+            raise DeviceError(f"could not write {exc.remote} on {self.serial}: {exc.message}") from None
+        except Exception as exc:
+            raise self._translate(exc, f"push of {len(files)} file(s)") from None
+
+
+class _SyncFailure(Exception):
+    def __init__(self, remote: str, message: str) -> None:
+        super().__init__(message)
+        self.remote, self.message = remote, message
