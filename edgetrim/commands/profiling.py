@@ -70,6 +70,13 @@ def profile(
     ] = False,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="adaptive refinement rounds")] = True,
     seed: Annotated[int, typer.Option("--seed", help="seed of the measurement order")] = 0,
+    benchmark_binary: Annotated[
+        Path | None,
+        typer.Option(
+            "--benchmark-binary",
+            help="adb targets: LiteRT benchmark_model for the phone (default $EDGETRIM_BENCHMARK_MODEL)",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object")] = False,
 ) -> None:
     """Profile the op contexts of --model (each up to its layer widths) or a --spec grid into OUT."""
@@ -81,7 +88,12 @@ def profile(
     if max_points is not None and max_points < 1:
         raise EdgetrimError(f"--max-points must be >= 1, got {max_points}")
     with _stdout_to_stderr():
-        tgt = get_target(target, threads=threads, cores=parse_int_list(cores, what="--cores"))
+        tgt = get_target(
+            target,
+            threads=threads,
+            cores=parse_int_list(cores, what="--cores"),
+            benchmark_binary=benchmark_binary,
+        )
         if model is not None:
             from edgetrim.model_ops import extract_layer_ops
             from edgetrim.model_spec import load_model
@@ -131,13 +143,25 @@ def measure(
     threads: Annotated[int, typer.Option("--threads", help="runtime threads")] = 1,
     cores: Annotated[str | None, typer.Option("--cores", help="pin to these CPU cores, e.g. 0,1")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="coarse timing")] = False,
+    benchmark_binary: Annotated[
+        Path | None,
+        typer.Option(
+            "--benchmark-binary",
+            help="adb targets: LiteRT benchmark_model for the phone (default $EDGETRIM_BENCHMARK_MODEL)",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object (median_ms, ...)")] = False,
 ) -> None:
     """Run --model on --target (converted to that runtime) and print its latency distribution."""
     from edgetrim.profiler.targets import get_target
 
     with _stdout_to_stderr():
-        tgt = get_target(target, threads=threads, cores=parse_int_list(cores, what="--cores"))
+        tgt = get_target(
+            target,
+            threads=threads,
+            cores=parse_int_list(cores, what="--cores"),
+            benchmark_binary=benchmark_binary,
+        )
         timing = _timing(quick)
         if model.endswith(ARTIFACT_SUFFIXES) and ":" not in Path(model).name:
             stats = tgt.measure_artifact(Path(model), timing)

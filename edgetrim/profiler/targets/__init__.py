@@ -92,8 +92,13 @@ def _prefix_factory(name: str) -> TargetFactory | None:
     return _PREFIX_TARGETS.get(prefix)
 
 
-def get_target(name: str, *, threads: int = 1, cores: Sequence[int] | None = None) -> Target:
+def get_target(
+    name: str, *, threads: int = 1, cores: Sequence[int] | None = None, **options: object
+) -> Target:
     """The target called ``name``, set to ``threads`` threads and pinned to ``cores`` (None: as is).
+
+    ``options`` go to prefix targets only (``adb:`` takes ``benchmark_binary``); local targets
+    take none.
 
     Raises:
         EdgetrimError: unknown target name.
@@ -112,7 +117,10 @@ def get_target(name: str, *, threads: int = 1, cores: Sequence[int] | None = Non
     if factory is None:
         known = ", ".join([*LOCAL_TARGETS, "adb:SERIAL"])
         raise EdgetrimError(f"unknown target {name!r}; known targets: {known}")
-    return factory(name, threads=threads, cores=cores)
+    options = {k: v for k, v in options.items() if v is not None}
+    if options and name in LOCAL_TARGETS:
+        raise EdgetrimError(f"target {name} takes no options, got {sorted(options)}")
+    return factory(name, threads=threads, cores=cores, **options)
 
 
 def _adb_phones() -> list[TargetStatus]:
