@@ -37,9 +37,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# A held-out rule must beat plain linear interpolation by this much mean relative error to be chosen:
-# on smooth or noisy data all rules score alike and the simplest one is the safest.
+# A rule is chosen when its mean leave-one-out error is within (1 + margin) * best + slack; plain
+# linear gets the wider margin: on smooth or noisy data all rules score alike and it is the safest.
 _RULE_SLACK = 0.003
+_LINEAR_MARGIN = 0.15
+_RULE_MARGIN = 0.05
 _MAX_LOO_LINES = 48
 
 
@@ -225,7 +227,10 @@ def loo_errors(xs: np.ndarray, ys: np.ndarray, rule: AxisRule) -> np.ndarray:
     else:
         pred = _loo_residue(xs, ys, rule.period)
     pred = np.maximum(pred[1:-1], 0.0)
-    return np.abs(pred - ys[1:-1]) / np.maximum(np.abs(ys[1:-1]), 1e-12)
+    # Relative error, with a floor of 5% of the line's mean so near-zero points (tiny ops after the
+    # invoke overhead was subtracted) do not dominate.
+    floor = max(0.05 * float(np.mean(np.abs(ys))), 1e-12)
+    return np.abs(pred - ys[1:-1]) / np.maximum(np.abs(ys[1:-1]), floor)
 
 
 def _loo_residue(xs: np.ndarray, ys: np.ndarray, period: int) -> np.ndarray:
@@ -305,8 +310,11 @@ def select_rule(
         errs = np.concatenate([loo_errors(np.asarray(x), np.asarray(y, float), rule) for x, y in usable])
         scores.append(float(errs.mean()) if errs.size else 0.0)
     best = min(scores)
-    for rule, score in zip(candidates, scores):
-        if score <= best + _RULE_SLACK:
+    # Simplest first; plain linear keeps its place unless another rule is clearly better (noise alone
+    # must not pick a staircase rule), the others need only be about as good as the best.
+    for n, (rule, score) in enumerate(zip(candidates, scores)):
+        margin = _LINEAR_MARGIN if (n == 0 and rule == LINEAR) else _RULE_MARGIN
+        if score <= best * (1.0 + margin) + _RULE_SLACK:
             logger.debug("axis rule %s (loo error %.4f; best %.4f)", rule, score, best)
             return rule
     return candidates[int(np.argmin(scores))]
