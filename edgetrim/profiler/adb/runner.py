@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import shlex
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +69,35 @@ class RunnerConfig:
     backoff_s: float = 2.0
     op_profiling: bool = False
     min_free_mb: float = 4.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunnerConfig:
+        """Defaults overridden by ``EDGETRIM_ADB_<FIELD>`` variables (e.g. ``EDGETRIM_ADB_RETRIES=8``).
+
+        The CLI's adb knobs: the profile/measure commands are shared with local targets, so the
+        phone-only settings (batching, thermal limit, retries) come from the environment.
+        """
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"EDGETRIM_ADB_{f.name.upper()}")
+            if raw is None:
+                continue
+            try:
+                if f.type in ("bool", bool):
+                    kwargs[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif f.type in ("int", int):
+                    kwargs[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    kwargs[f.name] = float(raw)
+                else:
+                    kwargs[f.name] = raw
+            except ValueError:
+                raise DeviceError(f"EDGETRIM_ADB_{f.name.upper()}={raw!r} is not a valid {f.type}") from None
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise DeviceError(f"bad EDGETRIM_ADB_* setting: {exc}") from None
 
     def __post_init__(self) -> None:
         if not self.remote_dir.startswith("/"):
@@ -136,8 +166,6 @@ def _tool_version(content: bytes) -> str:
 
 def load_binary(path: str | Path | None) -> BenchmarkBinary:
     """Read and check the host copy of ``benchmark_model`` (``--benchmark-binary`` or the env var)."""
-    import os
-
     if path is None or str(path) == "":
         path = os.environ.get(BENCHMARK_ENV) or None
     if path is None:

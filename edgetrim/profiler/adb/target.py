@@ -177,7 +177,7 @@ def make_adb_target(
     if not name.startswith(PREFIX):
         raise EdgetrimError(f"adb target names look like adb:SERIAL, got {name!r}")
     serial = name[len(PREFIX) :] or None
-    config = options.pop("config", None)
+    config = options.pop("config", None) or RunnerConfig.from_env()
     if options.get("op_profiling"):
         config = replace(config or RunnerConfig(), op_profiling=True)
     options.pop("op_profiling", None)
