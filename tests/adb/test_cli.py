@@ -108,3 +108,18 @@ def test_devices_lists_phones_with_fingerprints(make_phone, bench_binary: Path):
     assert rows[f"adb:{b.serial}"]["info"]["extra"]["abi"] == "arm64-v8a"
     plain = _run("devices")
     assert plain.exit_code == 0 and f"adb:{a.serial}" in plain.stdout
+
+
+def test_profile_phones_two_at_once(make_phone, bench_binary: Path, tmp_path: Path):
+    a = make_phone(model="Pixel 7")
+    b = make_phone(model="Galaxy S23", manufacturer="samsung", soc_model="SM8550")
+    spec = tmp_path / "grid.json"
+    spec.write_text(json.dumps({"contexts": [{"context": {"kind": "linear"}, "max_in": 8, "max_out": 8}]}))
+    out = _json(_run("profile-phones", "--spec", str(spec), "--out-dir", str(tmp_path / "tables"), "--quick",
+                     "--no-refine", "--max-points", "10", "--json"))  # fmt: skip
+    phones = {p["target"]: p for p in out["phones"]}  # no --target: every attached phone
+    assert set(phones) == {f"adb:{a.serial}", f"adb:{b.serial}"}
+    assert all(p["error"] is None and p["points"] == 10 for p in phones.values())
+    tables = [load_table(p["table"]) for p in phones.values()]
+    assert len({t.device.fingerprint() for t in tables}) == 2
+    assert {t.device.device for t in tables} == {"Google Pixel 7 (Tensor G2)", "samsung Galaxy S23 (SM8550)"}
