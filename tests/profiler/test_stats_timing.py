@@ -114,3 +114,15 @@ def test_time_callable_stops_on_max_runs_when_noisy() -> None:
 
     cfg = TimingConfig(warmup=0, min_runs=5, max_runs=15, rel_ci=0.001, time_cap_s=10.0, inner_loops=1)
     assert time_callable(noisy, cfg).n == 15
+
+
+def test_stats_timing_device_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; "
+        "import edgetrim.profiler.stats, edgetrim.profiler.timing, edgetrim.profiler.device; "
+        "from edgetrim.profiler.builders import build_onnx_op, build_tflite_op"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
