@@ -192,3 +192,24 @@ def test_devices_listing(make_phone, bench_binary: Path):
     assert rows[f"adb:{b.serial}"].info.device == "Google Pixel 8 (Tensor G3)"
     assert rows[f"adb:{a.serial}"].info.fingerprint() != rows[f"adb:{b.serial}"].info.fingerprint()
     assert not rows[f"adb:{u.serial}"].available and "unauthorized" in rows[f"adb:{u.serial}"].reason
+
+
+@pytest.mark.parametrize("version", ["2.4.0", "2.13.0", "2.16.1"])
+def test_each_tool_version_through_the_phone(phone, bench_binary: Path, version: str):
+    bench_binary.write_bytes(fake_benchmark_binary(version))
+    target = _target(phone)
+    assert target.info().runtime_version == version
+    ((req, stats),) = list(target.measure_ops(GRID[:1], TIMING))
+    assert req == GRID[0] and stats.n == TIMING.max_runs and stats.warmup == TIMING.warmup
+
+
+def test_op_profiling_tables_come_back(phone, bench_binary: Path):
+    from edgetrim.profiler.adb.runner import BenchmarkFlags
+
+    target = _target(phone)
+    flags = BenchmarkFlags(threads=1, warmup_runs=1, num_runs=3, max_secs=0.2, op_profiling=True)
+    ((key, out),) = list(target.runner.run([("fc", build_tflite_op(LIN, 8, 16))], flags, target.cores))
+    assert key == "fc"
+    assert [r.node_type for r in out.op_rows] == ["FULLY_CONNECTED"]
+    assert [t.node_type for t in out.node_types] == ["FULLY_CONNECTED"]
+    assert out.inference.count == 3

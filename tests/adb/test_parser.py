@@ -155,3 +155,16 @@ def test_batch_script_and_df():
     assert lines[2] == 'echo "@@ET END 0 $?"'
     df = "Filesystem      1K-blocks    Used Available Use% Mounted on\n/dev/block/dm-8 115249236 3712340 111406896   4% /data\n"
     assert parse_df_available_kb(df) == 111406896
+
+
+def test_runner_config_from_environment():
+    from edgetrim.errors import DeviceError
+    from edgetrim.profiler.adb.runner import RunnerConfig
+
+    cfg = RunnerConfig.from_env({"EDGETRIM_ADB_RETRIES": "7", "EDGETRIM_ADB_BACKOFF_S": "0.5",
+                                 "EDGETRIM_ADB_OP_PROFILING": "true", "UNRELATED": "x"})  # fmt: skip
+    assert (cfg.retries, cfg.backoff_s, cfg.op_profiling, cfg.batch_size) == (7, 0.5, True, 16)
+    with pytest.raises(DeviceError, match="EDGETRIM_ADB_BATCH_SIZE"):
+        RunnerConfig.from_env({"EDGETRIM_ADB_BATCH_SIZE": "many"})
+    with pytest.raises(DeviceError, match="batch_size must be >= 1"):
+        RunnerConfig.from_env({"EDGETRIM_ADB_BATCH_SIZE": "0"})

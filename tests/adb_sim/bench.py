@@ -159,7 +159,9 @@ def run_benchmark(
     )
     out("Memory footprint delta from the start of the tool (MB): init=2.64062 overall=2.78125")
     if op_prof:
-        ops = [d["op_name"] for d in interp._get_ops_details()] or ["DELEGATE"]
+        # builtin ops as the tool lists them without a delegate (the interpreter also lists the
+        # XNNPACK DELEGATE node that replaced them; the tool's tables name the original ops)
+        ops = [d["op_name"] for d in interp._get_ops_details() if d["op_name"] != "DELEGATE"] or ["DELEGATE"]
         for line in _op_tables(ops, runs, init_us):
             out(line) if line else emit("")
     return 0
