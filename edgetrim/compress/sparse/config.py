@@ -120,6 +120,9 @@ class SparsifyConfig:
     death_rate_min: float = 0.005
     drop_end: float = 0.75  # RigL/SET: mask updates stop at this fraction of training
     rigl_alpha: float = 0.3  # RigL/SET initial drop fraction (cosine to 0 at drop_end)
+    sparse_init_rescale: bool = (
+        False  # scale random sparse inits by 1/sqrt(layer density) (not in the papers)
+    )
     # pruning at init / freezing
     criterion: Criterion = Criterion.SNIP
     pai_rounds: int = 1  # 1: one-shot; > 1: iterative with an exponential density schedule

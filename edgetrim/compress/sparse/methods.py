@@ -157,6 +157,14 @@ def _random_masks(masks: WeightMasks, cfg: SparsifyConfig, density: float, gen: 
     return alloc.random_masks(_shapes(masks), dens, generator=gen)
 
 
+@torch.no_grad()
+def _rescale(masks: WeightMasks) -> None:
+    """Keep the signal variance of a random sparse init: scale each layer by 1/sqrt(its density)."""
+    for n, d in masks.layer_densities().items():
+        if d > 0:
+            masks.params[n].mul_(1.0 / math.sqrt(d))
+
+
 def shuffle_masks(
     masks: Mapping[str, torch.Tensor], *, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
@@ -378,6 +386,8 @@ def sparsify(
                 _shapes(masks), alloc.erk_densities(_shapes(masks), 1 - cfg.init_sparsity), generator=gen
             )
             masks.set_masks(init)
+            if cfg.sparse_init_rescale:
+                _rescale(masks)
         allocation = cfg.effective_allocation
         layer_d = None
         if allocation is not alloc.Allocation.GLOBAL:
@@ -395,6 +405,8 @@ def sparsify(
             masks.set_masks(initial_masks)
         else:
             masks.set_masks(_random_masks(masks, cfg, density, gen))
+        if cfg.sparse_init_rescale:
+            _rescale(masks)
         if m is not Method.STATIC and cfg.effective_regrow:
             scheduler = MaskScheduler(
                 total_steps=T, update_every=dt, prune=False,
