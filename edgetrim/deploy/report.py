@@ -190,30 +190,18 @@ def plot_widths(name: str, before: list[tuple[str, float]], after: list[tuple[st
 
 
 def plot_surface(table: Any, ctx: Any) -> str | None:
-    plt = _plt()
-    try:
-        in_axis, out_axis, ms = table.surface_ms(ctx)
-    except Exception as exc:  # a context the interpolator cannot grid: skip its picture, keep the report
-        logger.warning("no surface for %s: %s", getattr(ctx, "key", lambda: ctx)(), exc)
-        return None
-    fig, ax = plt.subplots(figsize=(5, 4))
-    if len(in_axis) > 1 and len(out_axis) > 1 and not ctx.one_axis:
-        mesh = ax.pcolormesh(out_axis, in_axis, ms, shading="auto")
-        fig.colorbar(mesh, ax=ax, label="ms")
-        ax.set_xlabel("output width")
-        ax.set_ylabel("input width")
-        pts = table.points(ctx)
-        ax.scatter([p[1] for p in pts], [p[0] for p in pts], s=4, c="w", label="measured points")
-    else:
-        import numpy as np
+    """One table context as drawn by ``edgetrim.lookup_tables.plot.plot_context``, base64 PNG."""
+    import tempfile
 
-        line = np.diagonal(ms) if ms.ndim == 2 and ms.shape[0] == ms.shape[1] else np.ravel(ms)
-        axis = out_axis if len(out_axis) == len(line) else in_axis
-        ax.plot(axis[: len(line)], line)
-        ax.set_xlabel("width")
-        ax.set_ylabel("ms")
-    ax.set_title(ctx.key(), fontsize=8)
-    return _png(fig)
+    from edgetrim.lookup_tables.plot import plot_context
+
+    with tempfile.TemporaryDirectory(prefix="edgetrim-surface-") as tmp:
+        try:
+            png = plot_context(table, ctx, Path(tmp) / "surface.png")
+        except Exception as exc:  # a context the interpolator cannot grid: skip its picture, keep the report
+            logger.warning("no surface plot for %s: %s", ctx.key(), exc)
+            return None
+        return base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 # --- document --------------------------------------------------------------------------------
