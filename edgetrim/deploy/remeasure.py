@@ -18,7 +18,9 @@ exporter's module metadata), and profiling itself slows every run (reported upst
    The shares between layers come from the profile, the absolute scale from the honest total.
 
 TFLite per-op times need the C++ ``benchmark_model`` tool (not on PyPI), so local ``litert-cpu`` gives
-totals only; an adb target whose ``measure_artifact`` returns per-op rows is reported per layer.
+totals only. adb targets give totals too: their per-op tables (``--enable_op_profiling``) are parsed by
+``edgetrim.profiler.adb.parser`` but ``measure_artifact`` returns only the whole-model statistics, so a
+per-layer split for phones is not wired up yet.
 """
 
 from __future__ import annotations
@@ -244,7 +246,6 @@ def remeasure(
     method = "total only"
     scale: float | None = None
     runtime = getattr(target.info(), "runtime", "")
-    per_op = getattr(measured, "per_op_ms", None)
     if (
         artifact.format is ExportFormat.ONNX
         and runtime == "onnxruntime"
@@ -261,9 +262,6 @@ def remeasure(
             threads=getattr(target.info(), "threads", 1),
         )
         method = "onnxruntime profiler (optimisation off), node times scaled to the measured total"
-    elif isinstance(per_op, dict) and per_op:
-        layers = [LayerComparison(n, ms, per_op.get(n)) for n, ms in predicted]
-        method = "per-op table of the target's benchmark tool"
     return RemeasureReport(
         label=artifact.label,
         target=target.name,
