@@ -116,3 +116,16 @@ def test_non_executable_on_phone(make_phone, bench_binary: Path):
     with pytest.raises(DeviceError) as exc:
         AdbTarget(phone.serial)
     assert "not executable" in _one_line(exc) and "noexec" in str(exc.value)
+
+
+def test_listing_without_a_server_says_so_and_starts_nothing(monkeypatch: pytest.MonkeyPatch):
+    from edgetrim.profiler.adb import list_phones
+
+    port = free_port()
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
+    (row,) = list_phones()
+    assert not row.available and "adb start-server" in row.reason
+    import socket
+
+    with socket.socket() as s:  # nothing listens there afterwards
+        assert s.connect_ex(("127.0.0.1", port)) != 0

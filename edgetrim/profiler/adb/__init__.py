@@ -31,7 +31,7 @@ def list_phones() -> list:
     """One ``TargetStatus`` per attached phone (``adb:SERIAL``), with its fingerprint when usable.
 
     Never raises for a missing adb or server: the listing then holds one unavailable ``adb:`` line
-    saying why.
+    saying why. Listing does not start an adb server (no daemon left behind by a status query).
     """
     from edgetrim.profiler.adb.fingerprint import FINGERPRINT_COMMAND
     from edgetrim.profiler.adb.runner import load_binary
@@ -39,7 +39,7 @@ def list_phones() -> list:
     from edgetrim.profiler.targets import TargetStatus
 
     try:
-        devices = list_devices()
+        devices = list_devices(start_server=False)
     except DeviceError as exc:
         return [TargetStatus(name="adb:", available=False, reason=str(exc))]
     tool_version, tool_sha = "not set", ""

@@ -98,10 +98,14 @@ def _server_running(host: str, port: int) -> bool:
         return False
 
 
-def ensure_server() -> Any:
-    """An ``adbutils.AdbClient`` talking to a running adb server (started when needed)."""
+def ensure_server(*, start: bool = True) -> Any:
+    """An ``adbutils.AdbClient`` talking to a running adb server (started when needed and ``start``)."""
     adbutils = _adbutils()
     host, port = server_address()
+    if not _server_running(host, port) and not start:
+        raise DeviceError(
+            f"no adb server on {host}:{port}: run `adb start-server` (edgetrim profile/measure start it themselves)"
+        )
     if not _server_running(host, port):
         adb = find_adb()
         logger.info("starting adb server on port %d with %s", port, adb)
@@ -120,9 +124,9 @@ def ensure_server() -> Any:
     return adbutils.AdbClient(host=host, port=port)
 
 
-def list_devices() -> list[AttachedDevice]:
+def list_devices(*, start_server: bool = True) -> list[AttachedDevice]:
     """Every phone the adb server knows, with its state (``adb devices``)."""
-    client = ensure_server()
+    client = ensure_server(start=start_server)
     try:
         return [AttachedDevice(d.serial, d.state) for d in client.list()]
     except Exception as exc:  # adbutils raises its own AdbError family and socket errors
