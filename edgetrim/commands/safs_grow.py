@@ -50,17 +50,11 @@ def _load_table(path: Path | None) -> Any | None:
     return load_table(path)
 
 
-def _fusion_for(table: Any) -> Any | None:
-    """The fusion rules of the table's target, when that target can be built here (else None)."""
-    try:
-        from edgetrim.profiler.targets import get_target
+def _fusion_for(table: Any) -> Any:
+    """The fusion rules of the runtime the table was measured on."""
+    from edgetrim.model_ops import fusion_for_runtime
 
-        return get_target(table.device.target).fusion
-    except Exception as exc:  # a remote target: fall back to the extractor's default rules
-        logger.info(
-            "no fusion rules for %s here (%s); using the default", getattr(table.device, "target", "?"), exc
-        )
-        return None
+    return fusion_for_runtime(table.device.runtime)
 
 
 def _predict_ms(table: Any, model: Any, example: tuple[Any, ...]) -> float:

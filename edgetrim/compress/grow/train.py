@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from edgetrim.compress.grow.gates import (
     budget_lambda,
     default_gamma,
-    gate_probability,
     sample_units,
     sparsity_of,
 )
@@ -54,7 +53,7 @@ class GrowConfig:
     budget: BudgetKind = BudgetKind.PARAMS
     budget_value: float = 0.3
     epochs: int = 30
-    lambda1_base: float = 0.5  # channel gates (paper: 0.5 channel-only, 1.0 with layers)
+    lambda1_base: float = 1.0  # channel gates (paper: 0.5 channel-only, 1.0 with layers; 1.0 suits digits)
     lambda2_base: float = 0.1  # layer gates
     final_beta: float = 100.0  # gamma = final_beta ** (1 / epochs)
     global_temperature: bool = False  # ablation: one global counter instead of per-unit counters
@@ -68,7 +67,7 @@ class GrowConfig:
     seed_units: int = 1
     logit_on: float = 2.0
     logit_off: float = -3.0
-    finetune_epochs: int = 0  # optional fine-tune of the materialised net (paper Tables 3/4 do; 1/2 do not)
+    measure_final: bool = True  # u_G of the architecture kept now (s > 0); False: of the sampled network
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,11 +128,11 @@ class ResourceMeter:
         self.table = table
         self.fusion = fusion
         self._cache: dict[tuple[tuple[int, ...], tuple[bool, ...]], float] = {}
+        if cfg.budget is BudgetKind.LATENCY and table is None:
+            raise EdgetrimError("a latency budget needs a latency table: pass --table T")
         on = [True] * len(spec.widths)
         self.full = self.resource(list(spec.widths), on)
         if cfg.budget is BudgetKind.LATENCY:
-            if table is None:
-                raise EdgetrimError("a latency budget needs a latency table: pass --table T")
             self.target = sparsity_of(cfg.budget_value, self.full)
             floor = self.resource([1] * len(spec.widths), [not g for g in spec.layer_gated])
             if cfg.budget_value < floor:
@@ -174,6 +173,10 @@ class ResourceMeter:
             ) from exc
         model = plain_net(self.spec, widths, layers_on)
         example = (torch.zeros(1, self.spec.in_channels, *self.spec.image_size),)
+        if self.fusion is None:
+            from edgetrim.model_ops import fusion_for_runtime
+
+            self.fusion = fusion_for_runtime(self.table.device.runtime)
         ops = extract_layer_ops(model, example, fusion=self.fusion)
         return float(predict_model(self.table, ops).total_ms)
 
@@ -242,7 +245,11 @@ def grow_(
     for epoch in range(cfg.epochs):
         widths = net.widths_of(net.active)
         on = net.layers_on(net.layer_active)
-        u_g = meter.sparsity(widths, on)
+        if cfg.measure_final:
+            kept_ch, kept_layers = net.deterministic_state()
+            u_g = meter.sparsity(net.widths_of(kept_ch), net.layers_on(kept_layers))
+        else:
+            u_g = meter.sparsity(widths, on)
         lam1 = budget_lambda(cfg.lambda1_base, meter.target, u_g)
         lam2 = budget_lambda(cfg.lambda2_base, meter.target, u_g)
         _, macs = count_resources(net.spec, widths, on)
@@ -307,16 +314,9 @@ def grow_(
             "lambda2": lam2,
             "resource": meter.in_budget_unit(widths, on),
             "train_loss": total_loss / max(seen, 1),
+            "kept_widths": net.widths_of(net.deterministic_state()[0]),
             "expected_widths": [
-                round(
-                    float(
-                        gate_probability(
-                            net.channel_logits[net.group_of[j]], net.channel_beta(net.group_of[j])
-                        ).sum()
-                    ),
-                    2,
-                )
-                for j in range(len(widths))
+                round(float(net.channel_gates(net.group_of[j]).detach().sum()), 2) for j in range(len(widths))
             ],
         }
         if val is not None:

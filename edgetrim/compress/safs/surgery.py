@@ -143,6 +143,9 @@ def replace_activations(
             "torch.fx cannot trace %s (%s); replacing activation modules only", type(model).__name__, exc
         )
         return _replace_modules_only(model, ops, learnable=learnable)
+    for node in gm.graph.nodes:
+        if isinstance(node.type, str):  # string annotations (PEP 563) make GraphModule unpicklable
+            node.type = None
     modules = dict(gm.named_modules())
     found: list[tuple[fx.Node, str, str, bool]] = []
     for node in gm.graph.nodes:

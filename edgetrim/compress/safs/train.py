@@ -100,11 +100,11 @@ def magnitude_masks(
     masks: dict[str, Tensor] = {}
     if scope is PruneScope.LAYER:
         for name, w in weights.items():
-            keep = max(1, math.ceil((1.0 - ratio) * w.numel()))
+            keep = max(1, math.ceil((1.0 - ratio) * w.numel() - 1e-9))  # 1e-9: float noise
             masks[name] = _topk_mask(w.detach().abs(), keep)
         return masks
     flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    keep = max(1, math.ceil((1.0 - ratio) * flat.numel()))
+    keep = max(1, math.ceil((1.0 - ratio) * flat.numel() - 1e-9))
     global_mask = _topk_mask(flat, keep)
     offset = 0
     for name, w in weights.items():
@@ -214,7 +214,7 @@ def finetune_(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         if sched is not None:
             sched.step()

@@ -1,0 +1,112 @@
+"""run_safs end to end on a tiny MLP (all four ablation arms), the latency model, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from edgetrim.compress.run_folder import load_run
+from edgetrim.compress.safs import SafsConfig, SearchConfig, pretrain_dense_, run_safs
+from edgetrim.compress.safs.hpo import HPOConfig
+from edgetrim.compress.safs.latency import ActivationLatencyModel
+from edgetrim.compress.safs.surgery import activation_shapes, replace_activations
+from edgetrim.compress.safs.train import FinetuneConfig
+from edgetrim.errors import BudgetError
+from edgetrim.examples.data import digits_arrays
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    a = digits_arrays(flat=True)
+    train = (torch.from_numpy(a.x_train[:400]), torch.from_numpy(a.y_train[:400]))
+    test = (torch.from_numpy(a.x_val[:200]), torch.from_numpy(a.y_val[:200]))
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    pretrain_dense_(dense, train, FinetuneConfig(epochs=5, lr=1e-2), seed=0)
+    return dense.eval(), train, test
+
+
+def _cfg(stage1: bool, stage2: bool, **kw) -> SafsConfig:
+    return SafsConfig(
+        sparsity=0.9,
+        stage1=stage1,
+        stage2=stage2,
+        search=SearchConfig(max_evals=3, min_steps=2, space=("relu", "symlog", "swish")),
+        stage1_epochs=1,
+        hpo=HPOConfig(trials=2, folds=2, backend="random"),
+        finetune=FinetuneConfig(epochs=2, lr=1e-2),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "arms", [(False, False), (True, False), (False, True), (True, True)], ids=["relu", "s1", "s2", "safs"]
+)
+def test_ablation_arms_run_and_keep_masks(digits_small, arms) -> None:
+    dense, train, test = digits_small
+    model, rep = run_safs(dense, (torch.zeros(1, 64),), train, test, _cfg(*arms))
+    assert rep.masks_intact
+    assert rep.sparsity == pytest.approx(0.9, abs=0.01)
+    assert len(rep.chromosome) == 2 and 0.0 <= rep.test_accuracy <= 1.0
+    assert (rep.stage1 is not None) == arms[0] and (rep.stage2 is not None) == arms[1]
+    if arms[1]:
+        assert rep.stage2["best_kfold_accuracy"] >= rep.stage2["default_kfold_accuracy"]
+    assert not [p for p in model.parameters() if p.requires_grad and p.dim() == 0]  # scalars baked
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    kept = sum(int((w != 0).sum()) for w in weights)
+    assert kept <= rep.kept_weights
+
+
+def test_latency_model_prices_fused_relu_free_and_others_per_element() -> None:
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    res = replace_activations(net)
+    lat = ActivationLatencyModel(res.sites, activation_shapes(res.model, (torch.zeros(1, 8),)), base_ms=1.0)
+    assert lat.total_ms(["relu"]) == 1.0  # fused into the linear
+    assert lat.total_ms(["symlog"]) > lat.total_ms(["swish"]) > 1.0  # more primitives cost more
+    assert not lat.calibrated
+
+
+def test_latency_budget_is_enforced(digits_small) -> None:
+    dense, train, test = digits_small
+    with pytest.raises(BudgetError):
+        run_safs(
+            dense, (torch.zeros(1, 64),), train, test, _cfg(True, False, latency_budget_ms=0.5), base_ms=1.0
+        )
+    # a budget that only ReLU meets keeps every site ReLU
+    _, rep = run_safs(
+        dense, (torch.zeros(1, 64),), train, test, _cfg(True, False, latency_budget_ms=1.0), base_ms=1.0
+    )
+    assert rep.chromosome == ["relu", "relu"]
+
+
+def test_safs_cli_writes_a_run_folder(tmp_path) -> None:
+    from edgetrim.cli import app
+
+    out = tmp_path / "run"
+    args = [
+        "safs", "--model", "mlp", "--data", "digits_flat", "--out", str(out), "--sparsity", "0.9",
+        "--stage1-evals", "2", "--stage2-trials", "2", "--folds", "2", "--stage1-epochs", "1",
+        "--finetune-epochs", "1", "--pretrain-epochs", "1", "--hpo", "random", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    run = load_run(out)
+    assert run.info["kind"] == "safs" and run.info["accuracy"] == summary["accuracy"]
+    assert (out / "stage1_state.json").is_file()
+    y = run.model(*run.example_inputs)
+    assert y.shape == (1, 10)
+
+
+def test_safs_cli_one_line_error_on_bad_scope(tmp_path) -> None:
+    from edgetrim.cli import app
+
+    result = CliRunner().invoke(
+        app, ["safs", "--model", "mlp", "--data", "digits_flat", "--out", str(tmp_path), "--scope", "bogus"]
+    )
+    assert result.exit_code == 2
+    assert "error: --scope must be one of" in result.output
