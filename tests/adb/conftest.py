@@ -13,11 +13,6 @@ pytest.importorskip("ai_edge_litert")
 
 from adb_sim import AdbServer, DeviceSpec, SimAdbd, SimDevice, fake_benchmark_binary, free_port
 
-from edgetrim.profiler.adb.runner import RunnerConfig
-
-# Fast hygiene/retry settings for the simulator (real defaults wait seconds to minutes).
-FAST = RunnerConfig(batch_size=4, cooldown_poll_s=0.05, cooldown_max_s=5.0, retries=3, backoff_s=0.5)
-
 
 @pytest.fixture(scope="session")
 def adb_server() -> Iterator[AdbServer]:

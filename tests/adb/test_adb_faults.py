@@ -6,14 +6,18 @@ from pathlib import Path
 
 import pytest
 from adb_sim import EM_X86_64, fake_benchmark_binary, free_port
-from conftest import FAST
 
 from edgetrim.errors import DeviceError
+from edgetrim.profiler.adb.runner import RunnerConfig
 from edgetrim.profiler.adb.target import AdbTarget, make_adb_target
 from edgetrim.profiler.adb.transport import NoSpaceError
 from edgetrim.profiler.targets import get_target
 from edgetrim.profiler.timing import TimingConfig
 from edgetrim.types import OpContext, OpKind
+
+FAST = RunnerConfig(
+    batch_size=4, cooldown_poll_s=0.05, cooldown_max_s=5.0, retries=3, backoff_s=0.5
+)  # quick hygiene/retries for the simulator
 
 TIMING = TimingConfig(warmup=1, min_runs=3, max_runs=5, time_cap_s=0.2)
 
@@ -105,7 +109,7 @@ def test_full_storage_during_batches(make_phone, bench_binary: Path):
 
 def test_push_rejected_for_space_gives_the_same_message(make_phone, bench_binary: Path):
     phone = make_phone(data_free_bytes=1024)
-    target_cfg = FAST.__class__(min_free_mb=0.0)
+    target_cfg = RunnerConfig(min_free_mb=0.0)
     with pytest.raises(NoSpaceError, match=r"No space left on device|full"):
         AdbTarget(phone.serial, config=target_cfg)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 
 from edgetrim.lookup_tables import load_table
 from edgetrim.profiler.adb.multi import profile_phones
@@ -15,6 +14,10 @@ from edgetrim.profiler.adb.transport import DeviceDisconnectedError
 from edgetrim.profiler.session import ContextPlan, ProfileConfig, profile_table
 from edgetrim.profiler.timing import TimingConfig
 from edgetrim.types import OpContext, OpKind
+
+FAST = RunnerConfig(
+    batch_size=4, cooldown_poll_s=0.05, cooldown_max_s=5.0, retries=3, backoff_s=0.5
+)  # quick hygiene/retries for the simulator
 
 TIMING = TimingConfig(warmup=1, min_runs=3, max_runs=5, time_cap_s=0.2)
 PLAN = [ContextPlan(OpContext(OpKind.LINEAR), 8, 8)]

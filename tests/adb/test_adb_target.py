@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 from adb_sim import fake_benchmark_binary
-from conftest import FAST
 
 from edgetrim.errors import DeviceError
 from edgetrim.lookup_tables import LatencyTable, load_table
 from edgetrim.profiler.adb import list_phones
+from edgetrim.profiler.adb.runner import RunnerConfig
 from edgetrim.profiler.adb.target import AdbTarget, parse_cores
 from edgetrim.profiler.adb.transport import DeviceDisconnectedError
 from edgetrim.profiler.builders import build_tflite_op
 from edgetrim.profiler.targets import get_target
 from edgetrim.profiler.timing import TimingConfig
 from edgetrim.types import OpContext, OpKind
+
+FAST = RunnerConfig(
+    batch_size=4, cooldown_poll_s=0.05, cooldown_max_s=5.0, retries=3, backoff_s=0.5
+)  # quick hygiene/retries for the simulator
 
 TIMING = TimingConfig(warmup=1, min_runs=3, max_runs=5, time_cap_s=0.2)
 LIN = OpContext(OpKind.LINEAR)
@@ -147,9 +151,7 @@ def test_unplug_mid_run_is_retried(make_phone, bench_binary: Path):
 
 def test_unplugged_for_good_stops_cleanly_then_resumes(make_phone, bench_binary: Path, adb_server):
     phone = make_phone(unplug_after_bench_runs=3, unplug_s=float("inf"))
-    target = _target(
-        phone, config=FAST.__class__(batch_size=4, retries=2, backoff_s=0.2, cooldown_poll_s=0.05)
-    )
+    target = _target(phone, config=RunnerConfig(batch_size=4, retries=2, backoff_s=0.2, cooldown_poll_s=0.05))
     done = []
     with pytest.raises(DeviceDisconnectedError, match="re-run with --resume"):
         for req, _stats in target.measure_ops(GRID, TIMING):
