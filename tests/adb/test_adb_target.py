@@ -215,3 +215,10 @@ def test_op_profiling_tables_come_back(phone, bench_binary: Path):
     assert [r.node_type for r in out.op_rows] == ["FULLY_CONNECTED"]
     assert [t.node_type for t in out.node_types] == ["FULLY_CONNECTED"]
     assert out.inference.count == 3
+
+
+def test_adb_server_restart_mid_session_is_survived(phone, bench_binary: Path, adb_server):
+    target = _target(phone)
+    adb_server.stop()  # `adb kill-server` (or a crash) between two batches
+    results = list(target.measure_ops(GRID[:2], TIMING))
+    assert [r[0] for r in results] == GRID[:2]

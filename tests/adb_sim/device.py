@@ -84,12 +84,6 @@ class SimFS:
     def data_used(self) -> int:
         return sum(len(d) for p, (d, _) in self.files.items() if p.startswith("/data/"))
 
-    def glob(self, pattern: str) -> list[str]:
-        names = set(self.files) | self.dirs
-        return sorted(
-            n for n in names if fnmatch.fnmatchcase(n, pattern) and n.count("/") == pattern.count("/")
-        )
-
 
 class SimDevice:
     """State of one simulated phone (shared by every adb connection to it)."""

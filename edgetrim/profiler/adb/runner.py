@@ -136,7 +136,15 @@ class BenchmarkFlags:
     max_secs: float = 10.0
     op_profiling: bool = False
 
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.warmup_runs < 0 or self.num_runs < 1 or self.max_secs <= 0:
+            raise ValueError(
+                f"need threads >= 1, warmup_runs >= 0, num_runs >= 1, max_secs > 0; got {self.threads}, "
+                f"{self.warmup_runs}, {self.num_runs}, {self.max_secs}"
+            )
+
     def args(self) -> list[str]:
+        """The tool's command-line flags."""
         return [
             f"--num_threads={self.threads}",
             f"--warmup_runs={self.warmup_runs}",

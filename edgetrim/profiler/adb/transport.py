@@ -186,7 +186,13 @@ class AdbTransport:
         return "absent"
 
     def connect(self, *, timeout_s: float = 2.0) -> None:
-        """Make sure the phone is usable; ``adb connect`` first for network serials."""
+        """Make sure the phone is usable; ``adb connect`` first for network serials.
+
+        Restarts the adb server when it died (``adb kill-server``, a crash) so a retry can succeed.
+        """
+        host, port = server_address()
+        if not _server_running(host, port):
+            self._client = ensure_server()
         st = self.state()
         if st != "device" and _HOSTPORT.match(self.serial):
             try:
