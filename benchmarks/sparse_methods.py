@@ -6,7 +6,7 @@ pruning from t0 = 0 to tf = the first LR decay. Methods that start from a random
 0.5, RigL, SET, static) rescale it by 1/sqrt(layer density) (``sparse_init_rescale``; without it the
 2%-dense, BN-free LeNet-5 does not train at all from a random mask).
 
-    .venv/bin/python benchmarks/sparse_methods.py --quick      # 3 seeds, 10 epochs
+    .venv/bin/python benchmarks/sparse_methods.py --quick      # 3 seeds, 15 epochs
     .venv/bin/python benchmarks/sparse_methods.py              # 5 seeds, 30 epochs
 
 Writes benchmarks/results/sparse_methods.json: mean, std, min, max of validation accuracy per model,
@@ -63,10 +63,11 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.9,0.95,0.98")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sparse_methods.json"))
     args = ap.parse_args()
     seeds = args.seeds or (3 if args.quick else 5)
-    epochs = args.epochs or (10 if args.quick else 30)
+    epochs = args.epochs or (15 if args.quick else 30)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     torch.set_num_threads(1)
     t_start = time.time()
@@ -78,7 +79,7 @@ def main() -> None:
             for meth, kw in METHODS.items():
                 accs, flops = [], []
                 for seed in range(seeds):
-                    train, val = digits_loaders(flat=flat, batch_size=64, seed=seed)
+                    train, val = digits_loaders(flat=flat, batch_size=args.batch_size, seed=seed)
                     torch.manual_seed(seed)
                     model, _ = factory()
                     cfg = SparsifyConfig(sparsity=sp, epochs=epochs, lr=args.lr, seed=seed, **kw)
@@ -108,6 +109,7 @@ def main() -> None:
         "seeds": seeds,
         "epochs": epochs,
         "lr": args.lr,
+        "batch_size": args.batch_size,
         "data": "sklearn digits, 25% stratified validation split per seed",
         "metric": "validation accuracy at the end of training",
         "results": results,

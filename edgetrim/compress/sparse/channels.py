@@ -11,9 +11,9 @@ compare on one scale). Allocation:
 * ``global``: one ranking of all channels; cubic schedule on the fraction of channels removed;
 * ``uniform``: every group loses the same fraction;
 * ``latency``: a cubic schedule on *predicted latency* from the dense value to ``budget_ms``; at each
-  update channels are removed greedily, lowest ``score / marginal_ms`` first, where ``marginal_ms`` is
-  the table's latency saving per channel of removing a chunk of the group (1/16 of its active channels,
-  which steps over alignment plateaus). The plain score (no division) is used instead when a dry run on
+  update channel chunks are removed greedily, lowest ``importance / ms saved`` first: per group the
+  chunk is its lowest-scoring 1/16 of active channels, doubled until the table predicts a saving
+  (stepping over alignment plateaus); importance is the chunk's share of its group's total score. The plain score (no division) is used instead when a dry run on
   the dense model shows it keeps more total score at the budget ("divided where that scores better").
 
 Every group keeps at least one channel (the layer-collapse guard of this granularity).
@@ -183,31 +183,45 @@ def _greedy_to_ms(
     *,
     divide: bool,
 ) -> dict[int, torch.Tensor]:
-    """Remove channels (lowest score / marginal ms first) until the prediction is <= target_ms."""
+    """Remove channel chunks until the prediction is <= target_ms (masks only shrink).
+
+    Per group the candidate is its lowest-scoring active channels, a chunk of 1/16 of the active
+    channels doubled until the table predicts a positive saving (this steps over alignment plateaus).
+    Scores are normalised so each group's channels sum to 1 (a layer's total importance is the same
+    whatever its width). The chunk with the lowest importance (``divide``: importance per ms saved)
+    goes first. Every group keeps at least one channel.
+    """
     keep = {g: k.clone() for g, k in keep.items()}
+    norm = {g: s / (s.sum() + 1e-12) for g, s in scores.items()}
     cur = lat.ms(keep)
     while cur > target_ms:
-        best, best_val = None, math.inf
+        best, best_val, best_ms = None, math.inf, cur
         for gid, k in keep.items():
             active = torch.nonzero(k).flatten()
             if active.numel() <= 1:
                 continue
-            order = active[scores[gid][active].argsort()]
-            chunk = max(1, min(active.numel() - 1, math.ceil(active.numel() / 16)))
-            trial = dict(keep)
-            trial[gid] = k.clone()
-            trial[gid][order[:chunk]] = False
-            saving = (cur - lat.ms(trial)) / chunk
-            s = float(scores[gid][order[0]])
-            val = s / max(saving, 1e-9) if divide else s
-            if divide and saving <= 1e-9:
-                val = math.inf if s > 0 else 0.0
-            if best is None or val < best_val or (val == best_val and saving > 0):
-                best, best_val = (gid, int(order[0])), val
+            order = active[norm[gid][active].argsort()]
+            chunk = max(1, math.ceil(active.numel() / 16))
+            while True:
+                chunk = min(chunk, active.numel() - 1)
+                trial = dict(keep)
+                trial[gid] = k.clone()
+                trial[gid][order[:chunk]] = False
+                ms = lat.ms(trial)
+                if cur - ms > 1e-9 or chunk >= active.numel() - 1:
+                    break
+                chunk *= 2
+            saving = cur - ms
+            if saving <= 1e-9:
+                continue
+            importance = float(norm[gid][order[:chunk]].sum())
+            val = importance / saving if divide else importance
+            if val < best_val:
+                best, best_val, best_ms = (gid, order[:chunk]), val, ms
         if best is None:
             break
         keep[best[0]][best[1]] = False
-        cur = lat.ms(keep)
+        cur = best_ms
     return keep
 
 
@@ -278,7 +292,7 @@ def sparsify_channels(
         sc = cm.scores()
         kept_div = _greedy_to_ms(cm.keep, sc, lat, cfg.budget_ms, divide=True)
         kept_plain = _greedy_to_ms(cm.keep, sc, lat, cfg.budget_ms, divide=False)
-        norm = _normalised(sc)
+        norm = {g: v / (v.sum() + 1e-12) for g, v in sc.items()}
 
         def retained(keep):
             return sum(float(norm[g][k].sum()) for g, k in keep.items())
