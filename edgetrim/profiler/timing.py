@@ -47,7 +47,7 @@ class TimingConfig:
     min_runs: int = 10
     max_runs: int = 200
     rel_ci: float = 0.02
-    time_cap_s: float = 2.0
+    time_cap_s: float = 0.5
     min_sample_ms: float = 0.2
     inner_loops: int | None = None
 
