@@ -31,6 +31,7 @@ def _read(name: str) -> str:
 @pytest.mark.parametrize(
     ("name", "count", "avg_ms", "median_ms", "warmup"),
     [
+        ("tf1.15_legacy_average.txt", 50, 62.6191, 62.6191, 8),
         ("tf2.4_fully_connected.txt", 9434, 0.104105, 0.104105, 4232),
         ("tf2.13_conv2d_info.txt", 113, 8.87173, 8.87173, 53),
         ("litert2.16_depthwise_percentiles.txt", 50, 1.24027, 1.239, 5),

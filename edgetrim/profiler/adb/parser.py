@@ -4,7 +4,7 @@ The tool prints, per run phase, one statistics line in microseconds::
 
     count=50 first=2990275 curr=2913402 min=2727568 max=3189954 avg=2.95034e+06 std=109798
 
-Older releases (TF <= 2.12) print bare lines; later ones prefix every line with ``INFO: `` (or a
+Older releases (TF <= 2.12) print bare lines (TF 1.14-2.1 end with "Average inference timings"); later ones prefix every line with ``INFO: `` (or a
 logcat tag such as ``I tflite  : ``); from 2.16 the line ends with ``p5=.. median=.. p95=..``. A phase
 whose runs were all equal prints ``count=N curr=X(all same)``. With ``--enable_op_profiling=true`` the
 tool adds tables ("Run Order", "Top by Computation Time", "Summary by node type") for initialization
@@ -26,6 +26,10 @@ _FIELD_RE = re.compile(rf"(\w+)=({_NUM})")
 _SUMMARY_RE = re.compile(
     rf"Inference timings in us: Init: ({_NUM}), First inference: ({_NUM}), "
     rf"Warmup \(avg\): ({_NUM}), Inference \(avg\): ({_NUM})"
+)
+# TF 1.14-2.1: "Average inference timings in us: Warmup: 63120.4, Init: 45603, Inference: 62619.1"
+_LEGACY_SUMMARY_RE = re.compile(
+    rf"Average inference timings in us: Warmup: ({_NUM}), Init: ({_NUM}), Inference: ({_NUM})"
 )
 _PREFIX_RE = re.compile(r"^(?:INFO: |WARNING: |ERROR: |[VDIWEF] tflite\s*: )")
 _ERROR_RE = re.compile(r"(?:^|\s)(?:ERROR: .*|Benchmarking failed\.?)$")
@@ -222,6 +226,12 @@ def parse_benchmark_output(text: str) -> BenchmarkOutput:
         m = _SUMMARY_RE.search(line)
         if m:
             summary = tuple(float(g) for g in m.groups())
+            continue
+        m = _LEGACY_SUMMARY_RE.search(line)
+        if m:  # no "First inference" field: the warm-up phase's first run stands in for it
+            warm_us, init_us, inf_us = (float(g) for g in m.groups())
+            first_us = phases[0].first_us if phases else warm_us
+            summary = (init_us, first_us, warm_us, inf_us)
             continue
         if raw.startswith("ERROR") or "Benchmarking failed" in line or "Failed to" in line:
             errors.append(line.strip())
