@@ -127,14 +127,11 @@ def plan_points(
         if fitting:
             _, neg_lo, neg_li = max(fitting)
             ins, outs = in_sets[-neg_li], out_sets[-neg_lo]
-        else:
-            ins, outs = in_sets[-1], out_sets[-1]
-            logger.warning(
-                "budget %s is below the coarsest plan (%d points) for %s",
-                budget,
-                len(ins) * len(outs),
-                ctx.key(),
-            )
+        else:  # fewer geometric widths per axis (both ends of each axis are always kept)
+            n = max(2, int(budget**0.5) - 1)
+            ins, outs = _geometric(max_in, n), _geometric(max_out, n)
+            if len(ins) * len(outs) > budget:
+                logger.warning("budget %s is below the coarsest plan for %s", budget, ctx.key())
     pts = {(i, o) for i in ins for o in outs}
     pts.update(extra)
     return sorted(pts)

@@ -43,6 +43,8 @@ _RULE_SLACK = 0.003
 _LINEAR_MARGIN = 0.15
 _RULE_MARGIN = 0.05
 _MAX_LOO_LINES = 48
+_DENSE_AFTER = 32  # single-point queries before a context's dense grid is built
+_DENSE_MAX = 1 << 20  # largest dense grid (cells) kept per context
 
 
 class RuleKind(enum.StrEnum):
@@ -374,6 +376,8 @@ class SurfaceInterpolator:
         if not points:
             raise ValueError("SurfaceInterpolator needs at least one point")
         self.one_axis = one_axis
+        self._calls = 0
+        self._dense: np.ndarray | None = None
         rows: dict[int, dict[int, float]] = {}
         for i, o, v in points:
             rows.setdefault(int(i), {})[int(o)] = float(v)
@@ -426,9 +430,39 @@ class SurfaceInterpolator:
         return np.ones(len(self._rows), dtype=bool)
 
     def predict(self, x: float, y: float) -> tuple[float, bool]:
-        """``(ms, extrapolated)`` at input width ``x``, output width ``y``."""
+        """``(ms, extrapolated)`` at input width ``x``, output width ``y``.
+
+        After ``_DENSE_AFTER`` calls, integer queries inside the measured range are answered from a
+        lazily built dense grid (the same values :meth:`predict_grid` gives), so search loops that
+        query one context thousands of times stay fast.
+        """
+        self._calls += 1
+        if self._calls > _DENSE_AFTER and float(x).is_integer() and float(y).is_integer():
+            dense = self._dense_grid()
+            if dense is not None:
+                xi, yi = int(x), int(y) if not self.one_axis else 1
+                if (
+                    1 <= xi <= dense.shape[0]
+                    and 1 <= yi <= dense.shape[1]
+                    and np.isfinite(dense[xi - 1, yi - 1])
+                ):
+                    return float(dense[xi - 1, yi - 1]), False
         ms, ext = self.predict_grid(np.array([x]), np.array([y]))
         return float(ms[0, 0]), bool(ext[0, 0])
+
+    def _dense_grid(self) -> np.ndarray | None:
+        if self._dense is None:
+            hi_in = self.in_range[1]
+            hi_out = 1 if self.one_axis else self.out_range[1]
+            if hi_in * hi_out > _DENSE_MAX:
+                return None
+            # Only widths inside the measured range are served from it (never flagged extrapolated).
+            lo_in, lo_out = self.in_range[0], (1 if self.one_axis else self.out_range[0])
+            grid, _ = self.predict_grid(np.arange(1, hi_in + 1), np.arange(1, hi_out + 1))
+            grid[: lo_in - 1, :] = np.nan
+            grid[:, : lo_out - 1] = np.nan
+            self._dense = grid
+        return self._dense
 
     def predict_grid(self, in_axis: np.ndarray, out_axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictions on the product grid ``in_axis x out_axis``: ``(ms, extrapolated)`` arrays.

@@ -57,6 +57,8 @@ class ModelPrediction:
     every layer is covered); ``extrapolated_share`` the share of ``total_ms`` predicted outside the
     measured widths. ``overhead_ms`` is the runtime's per-invoke cost, included once in ``total_ms``
     when the profiler subtracted it from every op point (``meta["invoke_overhead_subtracted"]``).
+    ``dispatch_ms`` is the in-graph per-op cost (``meta["per_op_overhead_ms"]``, see
+    :func:`fit_per_op_overhead`) times the number of ops beyond the first, also in ``total_ms``.
     """
 
     total_ms: float
@@ -65,6 +67,7 @@ class ModelPrediction:
     extrapolated_share: float = 0.0
     device: str = ""
     overhead_ms: float = 0.0
+    dispatch_ms: float = 0.0
 
     @property
     def layers(self) -> list[LayerPrediction]:
@@ -77,6 +80,7 @@ class ModelPrediction:
             "extrapolated_share": self.extrapolated_share,
             "device": self.device,
             "overhead_ms": self.overhead_ms,
+            "dispatch_ms": self.dispatch_ms,
             "layers": [asdict(r) for r in self.rows],
         }
 
@@ -202,7 +206,10 @@ def predict_model(
     overhead = 0.0
     if table.meta.get("invoke_overhead_subtracted"):
         overhead = float(table.meta.get("invoke_overhead_ms") or 0.0)
-    total = layers_ms + overhead
+    # A one-op model pays the runtime's per-node dispatch once, and the profiler subtracted it with
+    # the invoke overhead; inside a model every further node pays it again.
+    dispatch = float(table.meta.get("per_op_overhead_ms") or 0.0) * max(len(rows) - 1, 0)
+    total = layers_ms + overhead + dispatch
     if not uncovered_est:
         share = 0.0
     elif all(np.isfinite(uncovered_est)) and total + sum(uncovered_est) > 0:
@@ -217,6 +224,7 @@ def predict_model(
         extrapolated_share=float(ext_ms / total) if total > 0 else 0.0,
         device=table.device.fingerprint(),
         overhead_ms=overhead,
+        dispatch_ms=dispatch,
     )
 
 
@@ -241,3 +249,27 @@ def fit_ms_per_mac(macs: Sequence[float], measured_ms: Sequence[float]) -> float
     # minimise sum((k*m/t - 1)^2): k = sum(m/t) / sum((m/t)^2)
     r = m[ok] / t[ok]
     return float(r.sum() / (r * r).sum())
+
+
+def fit_per_op_overhead(predictions: Sequence[ModelPrediction], measured_ms: Sequence[float]) -> float:
+    """Fit the in-graph per-op dispatch cost from models predicted *without* one and measured.
+
+    A one-op model's time minus the empty-invoke overhead misses the cost every further node of a
+    real graph pays to be dispatched (~1 us per node on onnxruntime CPU): tiny ops then predict ~0.
+    This fits ``c`` in ``measured = predicted + c * (n_ops - 1)`` minimising relative squared error,
+    clamped at >= 0. Store it as ``table.meta["per_op_overhead_ms"]`` to have :func:`predict_model`
+    add it. Fit it on calibration models, not on the models you evaluate (the benchmark uses
+    leave-one-out).
+    """
+    if len(predictions) != len(measured_ms) or not predictions:
+        raise ValueError("need one measured latency per prediction, at least one")
+    num = den = 0.0
+    for p, m in zip(predictions, measured_ms, strict=True):
+        if m <= 0:
+            raise ValueError(f"measured latencies must be > 0, got {m}")
+        k = max(len(p.rows) - 1, 0)
+        base = p.total_ms - p.dispatch_ms
+        # minimise sum(((base + c*k) - m)^2 / m^2) over c
+        num += k * (m - base) / (m * m)
+        den += k * k / (m * m)
+    return max(num / den, 0.0) if den > 0 else 0.0

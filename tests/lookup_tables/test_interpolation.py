@@ -198,3 +198,14 @@ def test_envelope_1d_is_the_cheapest_width_at_or_above_at_step_edges() -> None:
     steps = np.array([step_surface(4, int(x)) for x in w])
     env = envelope_1d(steps)
     assert (env <= steps + 1e-12).all() and env[63] == pytest.approx(steps[63])
+
+
+def test_repeated_queries_use_a_dense_cache_with_identical_answers() -> None:
+    t = table_from(residue_surface, CONV, plan_points(CONV, 40, 40))
+    interp = t.interpolator(CONV)
+    _, _, ref = t.surface_ms(CONV)
+    queries = [(i, o) for i in range(1, 41, 3) for o in range(1, 41, 2)]  # > _DENSE_AFTER calls
+    got = np.array([interp.predict(i, o)[0] for i, o in queries])
+    np.testing.assert_allclose(got, [ref[i - 1, o - 1] for i, o in queries], rtol=1e-12)
+    assert interp._dense is not None
+    assert interp.predict(45, 10)[1] and interp.predict(10, 45)[1]  # outside: still flagged

@@ -124,3 +124,20 @@ def test_invoke_overhead_is_added_once_per_model() -> None:
     assert pred.overhead_ms == 0.05 and pred.total_ms == pytest.approx(base + 0.05)
     t.meta["invoke_overhead_subtracted"] = False  # points still include it: nothing to add back
     assert predict_model(t, ops).total_ms == pytest.approx(base)
+
+
+def test_per_op_overhead_fit_and_use() -> None:
+    from edgetrim.lookup_tables.predict import fit_per_op_overhead
+
+    t = _table()
+    small = [LayerOp("stem", CONV, 3, 8), LayerOp("dw", DW, 8, 8)]
+    big = [*small, LayerOp("act", RELU, 8, 8), LayerOp("dw2", DW, 8, 8), LayerOp("act2", RELU, 8, 8)]
+    raw = [predict_model(t, small), predict_model(t, big)]
+    truth_c = 0.0015
+    measured = [p.total_ms + truth_c * (len(p.rows) - 1) for p in raw]
+    c = fit_per_op_overhead(raw, measured)
+    assert c == pytest.approx(truth_c, rel=1e-9)  # exact data: the fit recovers the constant
+    t.meta["per_op_overhead_ms"] = c
+    again = predict_model(t, big)
+    assert again.dispatch_ms == pytest.approx(4 * truth_c) and again.total_ms == pytest.approx(measured[1])
+    assert fit_per_op_overhead(raw, [p.total_ms * 0.5 for p in raw]) == 0.0  # never negative
