@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgetrim.profiler.adb.fingerprint import big_cores, cpu_mask, parse_phone_info, parse_temps_c
 from edgetrim.profiler.adb.parser import (
@@ -169,3 +171,23 @@ def test_runner_config_from_environment():
         RunnerConfig.from_env({"EDGETRIM_ADB_BATCH_SIZE": "many"})
     with pytest.raises(DeviceError, match="batch_size must be >= 1"):
         RunnerConfig.from_env({"EDGETRIM_ADB_BATCH_SIZE": "0"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    samples=st.lists(st.floats(min_value=1, max_value=5e6), min_size=1, max_size=40),
+    percentiles=st.booleans(),
+    prefix=st.sampled_from(["", "INFO: ", "I tflite  : "]),
+)
+def test_any_printed_statistic_parses_to_ordered_stats(samples: list[float], percentiles: bool, prefix: str):
+    """Whatever the tool prints for a phase (all-same form included), the stats come back ordered."""
+    from adb_sim.bench import _Stat
+
+    line = prefix + _Stat(samples).text(percentiles)
+    stat = parse_run_stat(line)
+    ints = [round(x) for x in samples]
+    assert stat is not None and stat.count == len(samples)
+    assert (stat.min_us, stat.max_us) == (min(ints), max(ints))
+    text = f"{line}\n{prefix}{line}\n{prefix}Inference timings in us: Init: 1, First inference: 2, Warmup (avg): 3, Inference (avg): {stat.avg_us}\n"
+    stats = to_latency_stats(parse_benchmark_output(text))  # LatencyStats itself checks p10 <= median <= p90
+    assert min(ints) / 1000 <= stats.p10_ms <= stats.p90_ms <= max(ints) / 1000

@@ -264,7 +264,6 @@ def to_latency_stats(out: BenchmarkOutput) -> LatencyStats:
     percentiles); both are clipped to [min, max] and ordered around the median.
     """
     s = out.inference
-    ms = 1e-3
     median = s.median_us if s.median_us is not None else min(max(s.avg_us, s.min_us), s.max_us)
     if s.p5_us is not None and s.p95_us is not None and s.median_us is not None:
         p10 = median - (median - s.p5_us) * _Z10 / _Z05
@@ -275,11 +274,11 @@ def to_latency_stats(out: BenchmarkOutput) -> LatencyStats:
     p10 = min(max(p10, s.min_us), median)
     p90 = max(min(p90, s.max_us), median)
     return LatencyStats(
-        median_ms=median * ms,
-        p10_ms=p10 * ms,
-        p90_ms=p90 * ms,
-        mean_ms=s.avg_us * ms,
-        std_ms=max(s.std_us, 0.0) * ms,
+        median_ms=median / 1000.0,
+        p10_ms=p10 / 1000.0,
+        p90_ms=p90 / 1000.0,
+        mean_ms=s.avg_us / 1000.0,
+        std_ms=max(s.std_us, 0.0) / 1000.0,
         n=max(s.count, 1),
         warmup=out.warmup.count if out.warmup is not None else 0,
     )
