@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edgetrim.commands import adb_device, deploy, profiling, safs_grow, sparse, tables
+from edgetrim.commands import adb_device, compress, deploy, profiling, safs_grow, sparse, tables
 
-COMMAND_MODULES: list[ModuleType] = [adb_device, deploy, profiling, safs_grow, sparse, tables]
+COMMAND_MODULES: list[ModuleType] = [adb_device, compress, deploy, profiling, safs_grow, sparse, tables]

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,20 +36,23 @@ from edgetrim.compress.graph import ChannelGroup, find_channel_groups, output_la
 from edgetrim.compress.latency_model import Extractor, LatencyModel, bind_layer_terms, default_extractor
 from edgetrim.compress.lowrank import LowRank, factorizable_layers, factorize_
 from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, quant_parametrizations
+from edgetrim.compress.run_folder import save_run
 from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
 from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy
+from edgetrim.io_utils import atomic_write_bytes
 from edgetrim.lookup_tables import LatencyTable
 from edgetrim.types import LayerOp, OpKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompressionReport", "CompressionResult", "compress", "model_latency_ms"]
+__all__ = ["CompressionReport", "CompressionResult", "compress", "model_latency_ms", "save_result"]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 CHECKPOINT_FILE = "checkpoint.pt"
+QUANTIZED_FILE = "quantized.pt"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,25 @@ class CompressionResult:
     example_inputs: tuple[Tensor, ...]
     report: CompressionReport
     quantized: list[Any] = field(default_factory=list)  # QuantizedWeight records (int codes + scale)
+
+
+def save_result(
+    path: str | Path, result: CompressionResult, extra_info: dict[str, Any] | None = None
+) -> Path:
+    """Write the RUN folder (``kind="compress"``); learned bit widths also get ``quantized.pt``.
+
+    ``quantized.pt`` maps layer name -> ``{"bits", "codes" (int8/int16), "scale"}``: the integer
+    representation of the dequantised fp32 weights stored in ``model.pt``.
+    """
+    info = result.report.to_info() | dict(extra_info or {})
+    root = save_run(path, result.model, result.example_inputs, info)
+    if result.quantized:
+        buf = io.BytesIO()
+        torch.save(
+            {q.name: {"bits": q.bits, "codes": q.codes, "scale": q.scale} for q in result.quantized}, buf
+        )
+        atomic_write_bytes(root / QUANTIZED_FILE, buf.getvalue())
+    return root
 
 
 def model_latency_ms(table: LatencyTable, ops: Sequence[LayerOp]) -> float:

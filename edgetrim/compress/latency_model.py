@@ -147,10 +147,15 @@ class LatencyModel:
         self._grids: dict[tuple[OpContext, int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self._term_grid: list[tuple[Tensor, Tensor, Tensor] | None] = []
         self._cache: dict[tuple[int, int, int], float] = {}
+        self._real: dict[OpContext, np.ndarray] = {}  # dense real-table surface per context
         known = set(table.contexts()) if table is not None else set()
         self.covered = [t.op.context in known for t in self.terms]
         if table is None:
             return
+        self._need: dict[OpContext, tuple[int, int]] = {}
+        for t in self.terms:  # one grid per context, wide enough for every term using it
+            a, b = self._need.get(t.op.context, (1, 1))
+            self._need[t.op.context] = (max(a, t.op.in_width), max(b, t.op.out_width))
         for t, covered in zip(self.terms, self.covered):
             if not covered:
                 if t.op.context.kind in _OPTIONAL_KINDS:
@@ -164,22 +169,28 @@ class LatencyModel:
 
     # ---- grids -----------------------------------------------------------------------------------
     def _grid(self, term: LayerTerm) -> tuple[Tensor, Tensor, Tensor]:
+        """Envelope grid of a term's context over widths ``0..max`` (width 0 costs 0 ms)."""
         assert self.table is not None
         ctx = term.op.context
         max_in, max_out = self.table.max_widths(ctx)
-        w_in = max(max_in, term.op.in_width)
-        w_out = 1 if ctx.one_axis else max(max_out, term.op.out_width)
+        need_in, need_out = self._need[ctx]
+        w_in = max(max_in, need_in)
+        w_out = 1 if ctx.one_axis else max(max_out, need_out)
         key = (ctx, w_in, w_out)
         if key not in self._grids:
             ia = np.arange(1, w_in + 1)
             oa = np.arange(1, w_out + 1)
-            _, _, env = self.table.envelope_ms(ctx, ia, oa)  # (w_in, w_out) monotone lower envelope
-            ms = np.zeros((w_in + 1, w_out + 1 if not ctx.one_axis else 1))
+            _, _, real = self.table.surface_ms(ctx, ia, oa)  # (w_in, w_out) staircase, = predict_ms
+            from edgetrim.lookup_tables.interpolation import envelope_ms
+
+            env = envelope_ms(real)  # monotone lower envelope: carries the gradients
+            self._real[ctx] = real
+            ms = np.zeros((w_in + 1, 1 if ctx.one_axis else w_out + 1))
             if ctx.one_axis:
                 ms[1:, 0] = env[:, 0]
                 out_axis = torch.tensor([1.0])
             else:
-                ms[1:, 1:] = env  # width 0: the op is gone, 0 ms
+                ms[1:, 1:] = env
                 out_axis = torch.arange(0, w_out + 1, dtype=torch.float32)
             self._grids[key] = (
                 torch.arange(0, w_in + 1, dtype=torch.float32),
@@ -207,6 +218,11 @@ class LatencyModel:
             return 0.0
         w_in = max(0, t.in_expr.hard(widths))
         w_out = w_in if t.op.context.one_axis else max(0, t.out_expr.hard(widths))
+        if w_in == 0 or w_out == 0:
+            return 0.0
+        real = self._real.get(t.op.context)
+        if real is not None and w_in <= real.shape[0] and (t.op.context.one_axis or w_out <= real.shape[1]):
+            return float(real[w_in - 1, 0 if t.op.context.one_axis else w_out - 1])
         key = (k, w_in, w_out)
         if key not in self._cache:
             self._cache[key] = float(self.table.predict_ms(t.op.context, w_in, w_out).ms)

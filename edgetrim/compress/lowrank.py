@@ -34,6 +34,27 @@ class LowRank(nn.Sequential):
         self.v = v
         self.u = u
 
+    # The replaced layer's width attributes, so code reading them (e.g. heads = q.out_features // d) works.
+    @property
+    def in_features(self) -> int:
+        return int(self.v.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.u.weight.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_features
+
+    @property
+    def out_channels(self) -> int:
+        return self.out_features
+
+    @property
+    def rank(self) -> int:
+        return int(self.v.weight.shape[0])
+
 
 def _svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``w (out, in) ~= a @ b`` with ``a (out, r) = U sqrt(S)``, ``b (r, in) = sqrt(S) V^T``."""

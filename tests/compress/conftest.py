@@ -61,6 +61,7 @@ def staircase_table(ops: Sequence[LayerOp], *, target: str = "ort-cpu") -> Laten
     return table
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_table():
+    """The :func:`staircase_table` builder."""
     return staircase_table

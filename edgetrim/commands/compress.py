@@ -1,0 +1,123 @@
+"""``edgetrim compress``: compress a model to a latency / FLOPs budget into a RUN folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgetrim.commands._common import cli_errors, echo_json
+from edgetrim.errors import EdgetrimError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress")(compress_cmd)
+
+
+def _load_model(model: str):  # -> (module, example_inputs, spec)
+    from edgetrim.compress.run_folder import load_run
+    from edgetrim.examples.models import MODEL_ZOO
+    from edgetrim.model_spec import load_model
+
+    if Path(model).is_dir():
+        run = load_run(model)
+        return run.model, run.example_inputs, str(model)
+    spec = f"edgetrim.examples.models:{model}" if model in MODEL_ZOO else model
+    loaded = load_model(spec)
+    return loaded.module, loaded.example_inputs, spec
+
+
+def _blocks(text: str) -> frozenset:
+    from edgetrim.compress.config import Block
+
+    try:
+        return frozenset(Block(b.strip()) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise EdgetrimError(
+            f"--blocks takes a comma list of {', '.join(b.value for b in Block)}, got {text!r}"
+        ) from None
+
+
+@cli_errors
+def compress_cmd(
+    model: Annotated[str, typer.Option("--model", help="zoo name, module:fn, file.py:fn, or a RUN folder")],
+    data: Annotated[str, typer.Option("--data", help="digits, digits_flat, digits_tokens, or module:fn")],
+    table: Annotated[Path, typer.Option("--table", help="latency table of the target (edgetrim profile)")],
+    out: Annotated[Path, typer.Option("--out", help="RUN folder to write")],
+    budget_ms: Annotated[
+        float | None, typer.Option("--budget-ms", help="latency budget on the table's target")
+    ] = None,
+    budget_flops: Annotated[
+        float | None, typer.Option("--budget-flops", help="FLOPs budget (2 x MACs)")
+    ] = None,
+    lam: Annotated[
+        float | None, typer.Option("--lambda", help="fixed penalty weight instead of a budget")
+    ] = None,
+    regularizer: Annotated[str | None, typer.Option("--regularizer", help="latency, flops or l1")] = None,
+    blocks: Annotated[
+        str, typer.Option("--blocks", help="comma list of prune, lowrank, quant, sparse")
+    ] = "prune",
+    epochs: Annotated[int, typer.Option("--epochs", help="penalised training epochs")] = 5,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", help="fine-tune epochs of the result")
+    ] = 2,
+    pretrain_epochs: Annotated[
+        int, typer.Option("--pretrain-epochs", help="train the model first (for untrained zoo models)")
+    ] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="weight learning rate")] = 1e-3,
+    gate_lr: Annotated[float, typer.Option("--gate-lr", help="mask / bit-gate learning rate")] = 0.05,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd")] = "adam",
+    bits_lambda: Annotated[
+        float, typer.Option("--bits-lambda", help="weight-storage penalty with quant")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint.pt")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+) -> None:
+    """Compress MODEL to a latency budget with the l1/l2 latency surrogate; write the RUN folder."""
+    from edgetrim.compress.api import compress, save_result
+    from edgetrim.compress.config import CompressConfig
+    from edgetrim.examples.data import load_data
+    from edgetrim.examples.training import train_classifier
+    from edgetrim.lookup_tables import load_table
+
+    try:
+        config = CompressConfig(
+            budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
+            blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, gate_lr=gate_lr,
+            optimizer=optimizer, bits_lambda=bits_lambda, seed=seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise EdgetrimError(str(exc)) from None
+    lat_table = load_table(table)
+    module, example, spec = _load_model(model)
+    train_loader, val_loader = load_data(data)
+    if pretrain_epochs > 0:
+        acc = train_classifier(module, train_loader, val_loader, epochs=pretrain_epochs, lr=lr, seed=seed)
+        typer.echo(f"pretrained {pretrain_epochs} epochs: accuracy {acc:.4f}", err=True)
+
+    def progress(row: dict) -> None:
+        typer.echo(
+            f"epoch {row['epoch']}/{config.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+            f"predicted {row['predicted_ms']:.4f} ms  lambda {row['lambda']:.4g}",
+            err=True,
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = compress(
+        module, example, config, table=lat_table, train_loader=train_loader, val_loader=val_loader,
+        checkpoint_dir=out, resume=resume, on_epoch=progress,
+    )  # fmt: skip
+    extra = {"model_spec": spec, "data_spec": data, "table": str(table)}
+    save_result(out, result, extra)
+    info = result.report.to_info() | extra
+    if json_out:
+        echo_json(info)
+        return
+    r = result.report
+    typer.echo(
+        f"{out}: predicted {r.predicted_ms:.4f} ms (dense {r.dense_predicted_ms:.4f} ms"
+        + (f", budget {r.budget_ms:.4f} ms" if r.budget_ms is not None else "")
+        + f"), accuracy {r.accuracy:.4f} (dense {r.dense_accuracy:.4f})"
+    )

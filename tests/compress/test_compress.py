@@ -1,0 +1,189 @@
+"""End-to-end compression on digits with synthetic staircase tables (no profiling)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from edgetrim.compress.api import compress, model_latency_ms
+from edgetrim.compress.config import Block, CompressConfig, config_from_dict
+from edgetrim.compress.gates import ChannelGates
+from edgetrim.compress.graph import find_channel_groups
+from edgetrim.compress.lowrank import factorize_
+from edgetrim.compress.quant import BITS, attach_quant_, bake_quant_
+from edgetrim.errors import BudgetError, EdgetrimError, UncoveredOpError
+from edgetrim.examples.data import digits_loaders
+from edgetrim.examples.models import mlp
+from edgetrim.examples.training import train_classifier
+from edgetrim.lookup_tables import LatencyTable
+from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(make_table):
+    torch.manual_seed(0)
+    model, example = mlp(widths=(40, 24))
+    train, val = digits_loaders(flat=True, batch_size=128)
+    train_classifier(model, train, val, epochs=4, lr=3e-3)
+    ops = extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
+    table = make_table(ops)
+    tiny, tiny_x = mlp(widths=(1, 1))
+    floor_ms = model_latency_ms(
+        table, extract_layer_ops(tiny, tiny_x, fusion=fusion_for_runtime("onnxruntime"))
+    )
+    dense_ms = model_latency_ms(table, ops)
+    # a budget 40% of the way from the smallest reachable latency to the dense one
+    return model, example, train, val, table, floor_ms + 0.4 * (dense_ms - floor_ms)
+
+
+def _fast_config(**kw) -> CompressConfig:
+    base = {"epochs": 2, "finetune_epochs": 1, "lr": 3e-3, "gate_lr": 0.1, "dual_lr": 1.0}
+    return CompressConfig(**(base | kw))
+
+
+def test_budget_met_on_a_staircase_table_and_widths_on_the_fast_side(trained_mlp) -> None:
+    model, example, train, val, table, budget = trained_mlp
+    result = compress(
+        model, example, _fast_config(budget_ms=budget), table=table, train_loader=train, val_loader=val
+    )
+    rep = result.report
+    assert rep.predicted_ms <= budget + 1e-12
+    # the real table's prediction of the materialised model is what the report says
+    ops = extract_layer_ops(result.model, example, fusion=fusion_for_runtime("onnxruntime"))
+    assert model_latency_ms(table, ops) == pytest.approx(rep.predicted_ms, rel=1e-9)
+    # fast side: widening any one group within its size costs strictly more on the real table
+    linears = [m for m in result.model.modules() if isinstance(m, nn.Linear)]
+    widths = [m.out_features for m in linears[:-1]]
+    dense = [40, 24]
+    for g, w in enumerate(widths):
+        for wider in range(w + 1, dense[g] + 1):
+            ws = list(widths)
+            ws[g] = wider
+            m2, ex2 = mlp(widths=tuple(ws))
+            ops2 = extract_layer_ops(m2, ex2, fusion=fusion_for_runtime("onnxruntime"))
+            assert model_latency_ms(table, ops2) > rep.predicted_ms + 1e-12, (g, w, wider)
+    assert rep.accuracy > 0.5
+    assert json.dumps(rep.to_info())  # JSON-serialisable run.json content
+
+
+def test_projection_gives_exact_zeros(trained_mlp) -> None:
+    model, example, train, val, table, _ = trained_mlp
+    result = compress(
+        model,
+        example,
+        _fast_config(lam=20.0, finetune_epochs=0),
+        table=table,
+        train_loader=train,
+        val_loader=val,
+    )
+    requested = result.report.widths_requested
+    assert any(w < 40 for w in requested.values()) or any(w < 24 for w in requested.values())
+    last = result.report.history[-1]["widths"]
+    assert last == list(requested.values())
+
+
+def test_projection_keeps_gates_non_negative_and_exact() -> None:
+    torch.manual_seed(0)
+    model, example = mlp(widths=(16, 8))
+    gates = ChannelGates(model, find_channel_groups(model, example))
+    with torch.no_grad():
+        for a in gates.alphas:
+            a.copy_(torch.linspace(-1, 1, a.numel()))
+    gates.project_()
+    for a in gates.alphas:
+        a = a.detach()
+        assert (a >= 0).all() and int((a == 0).sum()) == a.numel() // 2  # exact zeros, no threshold
+
+
+def test_unreachable_budget_says_the_smallest_reachable(trained_mlp) -> None:
+    model, example, train, val, table, budget = trained_mlp
+    with pytest.raises(BudgetError, match="smallest reachable latency"):
+        compress(
+            model,
+            example,
+            _fast_config(budget_ms=budget * 1e-3),
+            table=table,
+            train_loader=train,
+            val_loader=val,
+        )
+
+
+def test_missing_context_names_the_layer(trained_mlp) -> None:
+    model, example, train, val, table, budget = trained_mlp
+    partial = LatencyTable(table.device)
+    ctx = table.contexts()[0]
+    for i, o, s in table.points(ctx):
+        partial.record(ctx, i, o, s)
+    with pytest.raises(UncoveredOpError, match="needed by layer"):
+        compress(
+            model, example, _fast_config(budget_ms=budget), table=partial, train_loader=train, val_loader=val
+        )
+
+
+def test_data_that_does_not_fit_is_a_one_line_error(trained_mlp) -> None:
+    model, example, _, _, table, budget = trained_mlp
+    train, val = digits_loaders(flat=False)  # (N, 1, 8, 8) images for a flat MLP
+    with pytest.raises(EdgetrimError, match="data does not fit the model"):
+        compress(
+            model, example, _fast_config(budget_ms=budget), table=table, train_loader=train, val_loader=val
+        )
+
+
+def test_low_rank_at_full_rank_reconstructs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Conv2d(1, 1, 1))
+    net = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 7))
+    conv = nn.Sequential(nn.Conv2d(6, 9, 1, stride=2), nn.ReLU())
+    x, xc = torch.randn(5, 12), torch.randn(2, 6, 5, 5)
+    ref, refc = net(x), conv(xc)
+    factorize_(net, ["0", "2"])
+    factorize_(conv, ["0"])
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(conv(xc), refc, rtol=0, atol=1e-5)
+    assert model is not None
+
+
+def test_quantised_weights_bake_to_their_integer_codes() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 6)
+    q = attach_quant_(layer)
+    with torch.no_grad():
+        q.gates.copy_(torch.tensor([1.0, 0.0, 1.0]))  # 8 and 16 dropped: 4 bits
+    assert q.bits() == 4
+    out_masked = layer(torch.ones(1, 10))
+    (rec,) = bake_quant_(layer)
+    assert rec.bits == 4 and rec.bits in BITS
+    torch.testing.assert_close(layer.weight, rec.codes.float() * rec.scale)
+    assert rec.codes.abs().max() <= 7
+    torch.testing.assert_close(layer(torch.ones(1, 10)), out_masked, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_from_the_checkpoint(trained_mlp, tmp_path) -> None:
+    model, example, train, val, table, budget = trained_mlp
+    cfg1 = _fast_config(budget_ms=budget, epochs=1, finetune_epochs=0)
+    compress(model, example, cfg1, table=table, train_loader=train, val_loader=val, checkpoint_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    cfg2 = _fast_config(budget_ms=budget, epochs=2, finetune_epochs=0)
+    res = compress(
+        model,
+        example,
+        cfg2,
+        table=table,
+        train_loader=train,
+        val_loader=val,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
+    assert [h["epoch"] for h in res.report.history] == [1, 2]
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = CompressConfig(budget_ms=1.5, blocks=frozenset({Block.PRUNE, Block.QUANT}), ignore=("a",))
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="exactly one"):
+        CompressConfig(budget_ms=1.0, lam=0.1)
+    with pytest.raises(ValueError, match="budget_ms must be > 0"):
+        CompressConfig(budget_ms=-1.0)
