@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -255,7 +256,7 @@ def compress(
         if Block.PRUNE not in config.blocks:  # rank groups only
             rank_roots = {f"{n}.v" for n in factorized}
             groups = [g for g in groups if g.root_name in rank_roots]
-            groups = [ChannelGroup(i, g.size, g.root_name, g.members, g.unit) for i, g in enumerate(groups)]
+            groups = [dataclasses.replace(g, id=i) for i, g in enumerate(groups)]
 
     # 2. bind the cost model once
     terms = bind_layer_terms(work, example, groups, extract=extract)

@@ -75,6 +75,7 @@ class ChannelGroup:
     root_name: str  # the producer whose output channels index the group
     members: tuple[GroupMember, ...]
     unit: int = 1  # channels per mask entry: head_dim for attention heads, 1 otherwise
+    owner: str = ""  # attention module holding head_dim (and num_heads, updated when heads go)
 
     @property
     def num_units(self) -> int:
@@ -95,10 +96,10 @@ _MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
 _MATMUL_OPS = ("BmmBackward", "MmBackward0(", "MatmulBackward", "BaddbmmBackward")
 
 
-def _head_dim(model: nn.Module, producer_names: list[str]) -> int:
-    """``head_dim`` of the innermost module that contains every producer of an attention group."""
+def _head_dim(model: nn.Module, producer_names: list[str]) -> tuple[int, str]:
+    """``head_dim`` and name of the innermost module that contains every producer of an attention group."""
     if not producer_names:
-        return 0
+        return 0, ""
     parts = [n.split(".") for n in producer_names]
     common: list[str] = []
     for tokens in zip(*parts):
@@ -110,9 +111,9 @@ def _head_dim(model: nn.Module, producer_names: list[str]) -> int:
         module = by_name.get(".".join(common))
         value = getattr(module, "head_dim", None) if module is not None else None
         if isinstance(value, int) and value > 0:
-            return value
+            return value, ".".join(common)
         if not common:
-            return 0
+            return 0, ""
         common.pop()
 
 
@@ -260,9 +261,9 @@ def _raw_groups(
                     root=tuple(int(i) for i in item.root_idxs),
                 )
             )
-        unit = 1
+        unit, owner = 1, ""
         if through_matmul and not skip_reason:
-            unit = _head_dim(model, [m.name for m in members if m.role == Role.PRODUCER])
+            unit, owner = _head_dim(model, [m.name for m in members if m.role == Role.PRODUCER])
             if unit < 1 or size % unit:
                 skip_reason = "coupled through a matmul without a head_dim attribute on the attention module"
         if skip_reason:
@@ -272,7 +273,9 @@ def _raw_groups(
             logger.info("channel group rooted at %s has no consumer layer; left dense", root_name)
             continue
         groups.append(
-            ChannelGroup(id=len(groups), size=size, root_name=root_name, members=tuple(members), unit=unit)
+            ChannelGroup(
+                id=len(groups), size=size, root_name=root_name, members=tuple(members), unit=unit, owner=owner
+            )
         )
     return dg, groups
 
@@ -362,7 +365,17 @@ def materialize_channels(
             fn = dg.get_pruner_of_module(root).prune_out_channels
         tp_group = dg.get_pruning_group(root, fn, remove)
         tp_group.prune(record_history=False)
+        if group.unit > 1 and group.owner:
+            _set_num_heads(by_name[group.owner], len(kept_set) // group.unit)
     return clone
+
+
+def _set_num_heads(attn: nn.Module, heads: int) -> None:
+    """Keep an attention module's ``num_heads`` attribute in step with its sliced projections."""
+    current = getattr(type(attn), "num_heads", None)
+    if isinstance(current, property) or not hasattr(attn, "num_heads"):
+        return  # derived from the widths at run time, nothing to update
+    attn.num_heads = heads
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
