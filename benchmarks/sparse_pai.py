@@ -37,6 +37,9 @@ CRITERIA = {
     "snip": {"criterion": "snip"},
     "grasp": {"criterion": "grasp"},
     "synflow": {"criterion": "synflow", "pai_rounds": 100},
+    # the same two criteria with ERK layer ratios: global magnitude at init collapses high-fan-in layers
+    "random_erk": {"criterion": "random", "allocation": "erk"},
+    "magnitude_erk": {"criterion": "magnitude", "allocation": "erk"},
 }
 
 
@@ -58,11 +61,12 @@ def masks_at_init(factory, seed: int, sp: float, kw: dict, train, ex) -> dict:
     return sparsify(model, cfg, train_loader=train, val_loader=None, example_inputs=ex)
 
 
-def part_a(args, seeds: int, epochs: int, sparsities: list[float]) -> dict:
-    out: dict = {}
+def part_a(args, seeds: int, epochs: int, sparsities: list[float], only: list[str], out: dict) -> dict:
     for sp in sparsities:
         cell = out.setdefault(str(sp), {})
         for name, kw in CRITERIA.items():
+            if name not in only:
+                continue
             accs, shuffled, collapsed = [], [], 0
             for seed in range(seeds):
                 train, val = digits_loaders(flat=True, batch_size=64, seed=seed)
@@ -132,17 +136,26 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sparse_pai.json"))
+    ap.add_argument("--only", default=",".join(CRITERIA), help="criteria of part A to run")
+    ap.add_argument("--merge", action="store_true", help="add to an existing result file (part B kept)")
     args = ap.parse_args()
     epochs = args.epochs or (8 if args.quick else 20)
     sparsities = [0.5, 0.9, 0.98, 0.99] if args.quick else [0.5, 0.8, 0.9, 0.95, 0.98, 0.99]
     torch.set_num_threads(1)
     t0 = time.time()
-    collapse = part_b()
-    acc = part_a(args, args.seeds, epochs, sparsities)
+    prev = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else None
+    collapse = prev["collapse"] if prev else part_b()
+    acc = part_a(args, args.seeds, epochs, sparsities, args.only.split(","), prev["accuracy"] if prev else {})
     hi = [str(s) for s in sparsities if s >= 0.9]
     checks = {
         "magnitude_ge_random_at_high_sparsity": {
-            s: acc[s]["magnitude"]["accuracy"]["mean"] >= acc[s]["random"]["accuracy"]["mean"] for s in hi
+            s: {
+                alloc: acc[s][f"magnitude{sfx}"]["accuracy"]["mean"]
+                >= acc[s][f"random{sfx}"]["accuracy"]["mean"]
+                for alloc, sfx in (("global", ""), ("erk", "_erk"))
+                if f"magnitude{sfx}" in acc[s] and f"random{sfx}" in acc[s]
+            }
+            for s in hi
         },
         "synflow_compresses_further_than_snip_before_collapse": {
             net: (v["synflow"]["max_log10_compression_without_collapse"] or 0)
@@ -153,6 +166,7 @@ def main() -> None:
             s: {
                 c: acc[s][c]["accuracy"]["mean"] - acc[s][c]["shuffled_accuracy"]["mean"]
                 for c in ("snip", "grasp", "synflow")
+                if c in acc[s]
             }
             for s in map(str, sparsities)
         },
