@@ -246,7 +246,9 @@ def profile_table(
     cfg = config or ProfileConfig()
     timing = timing or TimingConfig()
     out = Path(out)
-    plans = plan_from_layer_ops(plan) if plan and isinstance(plan[0], LayerOp) else list(plan)  # type: ignore[arg-type]
+    if not plan:
+        raise EdgetrimError("nothing to profile: the model has no operators / the spec no contexts")
+    plans = plan_from_layer_ops(plan) if isinstance(plan[0], LayerOp) else list(plan)  # type: ignore[arg-type]
     table = _open_table(target, out, resume)
     session = _Session(target, table, out, timing, cfg)
 

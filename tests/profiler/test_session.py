@@ -142,3 +142,9 @@ def test_load_spec_round_trip_and_errors(tmp_path) -> None:
     bad.write_text(json.dumps({"contexts": [{"context": {"kind": "nope"}, "max_in": 4}]}))
     with pytest.raises(EdgetrimError, match="context #0 is invalid"):
         load_spec(bad)
+
+
+def test_empty_plan_is_a_clear_error(fast_timing, tmp_path) -> None:
+    with pytest.raises(EdgetrimError, match="nothing to profile"):
+        profile_table(get_target("ort-cpu"), [], out=tmp_path / "t.json", timing=fast_timing)
+    assert not (tmp_path / "t.json").exists()
