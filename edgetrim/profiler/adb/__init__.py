@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from edgetrim.errors import DeviceError
 from edgetrim.profiler.adb.fingerprint import PhoneInfo, big_cores, device_info, parse_phone_info
@@ -16,6 +17,9 @@ from edgetrim.profiler.adb.parser import BenchmarkOutput, parse_benchmark_output
 from edgetrim.profiler.adb.runner import BENCHMARK_ENV, RunnerConfig
 from edgetrim.profiler.adb.target import AdbTarget, make_adb_target
 from edgetrim.profiler.adb.transport import DeviceDisconnectedError, list_devices
+
+if TYPE_CHECKING:
+    from edgetrim.profiler.targets import TargetStatus
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ def register_targets() -> None:
     register_target("adb:", make_adb_target)
 
 
-def list_phones() -> list:
+def list_phones() -> list[TargetStatus]:
     """One ``TargetStatus`` per attached phone (``adb:SERIAL``), with its fingerprint when usable.
 
     Never raises for a missing adb or server: the listing then holds one unavailable ``adb:`` line
