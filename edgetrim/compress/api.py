@@ -34,7 +34,13 @@ from torch.nn.utils import parametrize
 from edgetrim.compress.config import Block, CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import ChannelGroup, find_channel_groups, output_layers
-from edgetrim.compress.latency_model import Extractor, LatencyModel, bind_layer_terms, default_extractor
+from edgetrim.compress.latency_model import (
+    Extractor,
+    LatencyModel,
+    bind_layer_terms,
+    default_extractor,
+    resolve_context,
+)
 from edgetrim.compress.lowrank import LowRank, factorizable_layers, factorize_
 from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, quant_parametrizations
 from edgetrim.compress.run_folder import save_run
@@ -120,15 +126,16 @@ def model_latency_ms(table: LatencyTable, ops: Sequence[LayerOp]) -> float:
     known = set(table.contexts())
     total = 0.0
     for op in ops:
-        if op.context not in known:
+        ctx = resolve_context(known, op.context)
+        if ctx is None:
             if op.context.kind is OpKind.OTHER:
                 continue
             raise UncoveredOpError(
                 f"the table has no context {op.context.key()} needed by layer {op.name!r}; "
                 f"profile this model into the table"
             )
-        out_w = op.in_width if op.context.one_axis else op.out_width
-        total += table.predict_ms(op.context, op.in_width, out_w).ms
+        out_w = op.in_width if ctx.one_axis else op.out_width
+        total += table.predict_ms(ctx, op.in_width, out_w).ms
     return total
 
 

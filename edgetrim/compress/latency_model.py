@@ -14,6 +14,7 @@ table's monotone lower envelope at the soft widths; :meth:`LatencyModel.hard_ms`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,15 @@ def bind_layer_terms(
     return terms
 
 
+def resolve_context(known: set[OpContext], ctx: OpContext) -> OpContext | None:
+    """``ctx`` itself, or the same op with the other bias setting (a factorised layer's first half has
+    no bias; its cost is that of the biased op), or None when the table cannot price it."""
+    if ctx in known:
+        return ctx
+    alt = dataclasses.replace(ctx, bias=not ctx.bias)
+    return alt if alt in known else None
+
+
 class LatencyModel:
     """Latency (and FLOPs) of a gated model as a function of its channel-group widths.
 
@@ -149,13 +159,15 @@ class LatencyModel:
         self._cache: dict[tuple[int, int, int], float] = {}
         self._real: dict[OpContext, np.ndarray] = {}  # dense real-table surface per context
         known = set(table.contexts()) if table is not None else set()
-        self.covered = [t.op.context in known for t in self.terms]
+        self.contexts = [resolve_context(known, t.op.context) for t in self.terms]  # as priced by the table
+        self.covered = [c is not None for c in self.contexts]
         if table is None:
             return
         self._need: dict[OpContext, tuple[int, int]] = {}
-        for t in self.terms:  # one grid per context, wide enough for every term using it
-            a, b = self._need.get(t.op.context, (1, 1))
-            self._need[t.op.context] = (max(a, t.op.in_width), max(b, t.op.out_width))
+        for t, c in zip(self.terms, self.contexts):  # one grid per context, wide enough for every user
+            if c is not None:
+                a, b = self._need.get(c, (1, 1))
+                self._need[c] = (max(a, t.op.in_width), max(b, t.op.out_width))
         for t, covered in zip(self.terms, self.covered):
             if not covered:
                 if t.op.context.kind in _OPTIONAL_KINDS:
@@ -165,13 +177,12 @@ class LatencyModel:
                     f"the table has no context {t.op.context.key()} needed by layer {t.op.name!r}; "
                     f"profile this model into the table (edgetrim profile --model ...)"
                 )
-            self._term_grid.append(self._grid(t) if t.groups else None)
+            self._term_grid.append(self._grid(t, self.contexts[len(self._term_grid)]) if t.groups else None)
 
     # ---- grids -----------------------------------------------------------------------------------
-    def _grid(self, term: LayerTerm) -> tuple[Tensor, Tensor, Tensor]:
-        """Envelope grid of a term's context over widths ``0..max`` (width 0 costs 0 ms)."""
+    def _grid(self, term: LayerTerm, ctx: OpContext) -> tuple[Tensor, Tensor, Tensor]:
+        """Envelope grid of a term's (table) context over widths ``0..max`` (width 0 costs 0 ms)."""
         assert self.table is not None
-        ctx = term.op.context
         max_in, max_out = self.table.max_widths(ctx)
         need_in, need_out = self._need[ctx]
         w_in = max(max_in, need_in)
@@ -220,12 +231,14 @@ class LatencyModel:
         w_out = w_in if t.op.context.one_axis else max(0, t.out_expr.hard(widths))
         if w_in == 0 or w_out == 0:
             return 0.0
-        real = self._real.get(t.op.context)
-        if real is not None and w_in <= real.shape[0] and (t.op.context.one_axis or w_out <= real.shape[1]):
-            return float(real[w_in - 1, 0 if t.op.context.one_axis else w_out - 1])
+        ctx = self.contexts[k]
+        assert ctx is not None
+        real = self._real.get(ctx)
+        if real is not None and w_in <= real.shape[0] and (ctx.one_axis or w_out <= real.shape[1]):
+            return float(real[w_in - 1, 0 if ctx.one_axis else w_out - 1])
         key = (k, w_in, w_out)
         if key not in self._cache:
-            self._cache[key] = float(self.table.predict_ms(t.op.context, w_in, w_out).ms)
+            self._cache[key] = float(self.table.predict_ms(ctx, w_in, w_out).ms)
         return self._cache[key]
 
     def hard_ms(self, widths: Sequence[int]) -> float:
