@@ -126,3 +126,22 @@ def test_stats_timing_device_import_without_torch() -> None:
         "from edgetrim.profiler.builders import build_onnx_op, build_tflite_op"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cores_pin_the_measuring_process_and_are_recorded() -> None:
+    import subprocess
+    import sys
+
+    from edgetrim.errors import EdgetrimError
+    from edgetrim.profiler.device import apply_affinity
+
+    # in a child process: pinning is process-wide and must not leak into the test session
+    code = (
+        "import os; from edgetrim.profiler.targets import get_target; "
+        "t = get_target('ort-cpu', cores=(0,)); "
+        "print(t.info().affinity, sorted(os.sched_getaffinity(0)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "(0,) [0]"
+    with pytest.raises(EdgetrimError, match="do not exist"):
+        apply_affinity((10_000,))
