@@ -1,6 +1,6 @@
 """``torch-cpu`` and ``torch-cuda``: eager PyTorch under ``inference_mode``.
 
-``torch.set_num_threads(threads)`` is process-wide; the target sets it when created and records it.
+``torch.set_num_threads(threads)`` is process-wide: the target sets it around each timing and restores it.
 CUDA timings synchronise the device before the clock stops.
 """
 
@@ -45,7 +45,6 @@ class TorchTarget(LocalTarget):
             )
         self._torch = torch
         super().__init__(name, threads=threads, cores=cores)
-        torch.set_num_threads(threads)
 
     @property
     def device(self) -> str:
@@ -70,8 +69,13 @@ class TorchTarget(LocalTarget):
         module = module.eval().to(self.device)
         inputs = tuple(t.to(self.device) for t in inputs)
         sync = torch.cuda.synchronize if self.cuda else None
-        with torch.inference_mode():
-            return time_callable(lambda: module(*inputs), timing, sync=sync)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # only while timing: creating a target changes nothing
+        try:
+            with torch.inference_mode():
+                return time_callable(lambda: module(*inputs), timing, sync=sync)
+        finally:
+            torch.set_num_threads(previous)
 
     def measure_ops(
         self, requests: Sequence[OpRequest], timing: TimingConfig
