@@ -27,7 +27,7 @@ import torch
 
 from edgetrim.compress.safs import SafsConfig, SearchConfig, pretrain_dense_, run_safs
 from edgetrim.compress.safs.hpo import HPOConfig
-from edgetrim.compress.safs.train import FinetuneConfig, evaluate
+from edgetrim.compress.safs.train import FinetuneConfig, PruneScope, evaluate
 from edgetrim.examples.data import digits_arrays
 from edgetrim.examples.models import lenet5
 from edgetrim.io_utils import atomic_write_json
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage2-epochs", type=int, default=None)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--sparsity", type=float, default=0.99)
+    ap.add_argument("--scope", default="layer", help="layer (SAFS reference) or global magnitude pruning")
     ap.add_argument("--sweep", default="0.9,0.95,0.99", help="ratios for the ReLU-vs-SAFS sweep ('' to skip)")
     ap.add_argument("--reduced", action="store_true", help="small budgets to prove the script works")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "safs_ablation.json")
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         s1, s2 = ARMS[arm]
         return SafsConfig(
             sparsity=ratio,
+            scope=PruneScope(args.scope),
             stage1=s1,
             stage2=s2,
             search=SearchConfig(max_evals=args.stage1_evals, min_steps=min(20, args.stage1_evals), seed=seed),
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "safs_ablation",
         "model": f"lenet5 (digits {args.image_size}x{args.image_size})",
-        "pruning": "one-shot layer-wise magnitude (every conv/linear weight, as the SAFS reference code)",
+        "pruning": f"one-shot {args.scope} magnitude (every conv/linear weight; layer-wise is the SAFS reference code's)",
         "metric": "test accuracy %, digits held-out split (never seen by search or HPO)",
         "args": vars(args) | {"out": str(args.out)},
         "ablation_at_sparsity": args.sparsity,

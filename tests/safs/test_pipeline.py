@@ -110,3 +110,31 @@ def test_safs_cli_one_line_error_on_bad_scope(tmp_path) -> None:
     )
     assert result.exit_code == 2
     assert "error: --scope must be one of" in result.output
+
+
+def _stats(ms: float):
+    from edgetrim.types import LatencyStats
+
+    return LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, n=1)
+
+
+def test_latency_model_uses_table_activation_contexts_and_calibrates_the_rest() -> None:
+    from edgetrim.lookup_tables import LatencyTable
+    from edgetrim.types import DeviceInfo, OpContext, OpKind
+
+    table = LatencyTable(
+        DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="x", device="cpu")
+    )
+    ctx = OpContext(kind=OpKind.ACTIVATION, variant="symlog")
+    for w in (8, 16, 32):
+        table.record(ctx, w, w, _stats(0.001 * w))  # 1 us per channel at spatial 1x1
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    res = replace_activations(net)
+    lat = ActivationLatencyModel(res.sites, activation_shapes(res.model, (torch.zeros(1, 8),)), table=table)
+    assert lat.site_ms(0, "symlog") == pytest.approx(0.016, rel=1e-6)  # read from the table at 16 channels
+    assert lat.calibrated
+    # swish has no context: per-element cost calibrated from symlog's ms / (elements * primitives)
+    per = 0.001 / 6  # symlog lowers to 6 primitives
+    assert lat.ms_per_primitive_element == pytest.approx(per)
+    assert lat.site_ms(0, "swish") == pytest.approx(16 * 3 * per)
+    assert lat.site_ms(0, "relu") == 0.0
