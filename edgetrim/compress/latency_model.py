@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from edgetrim.compress.graph import ChannelGroup, materialize_channels
-from edgetrim.compress.surrogate import bilinear_ms
+from edgetrim.compress.surrogate import bilinear_ms, bilinear_ms_batched
 from edgetrim.errors import UncoveredOpError
 from edgetrim.lookup_tables import LatencyTable
 from edgetrim.types import LayerOp, OpContext, OpKind
@@ -158,6 +158,7 @@ class LatencyModel:
         self._term_grid: list[tuple[Tensor, Tensor, Tensor] | None] = []
         self._cache: dict[tuple[int, int, int], float] = {}
         self._real: dict[OpContext, np.ndarray] = {}  # dense real-table surface per context
+        self._packed: tuple[Tensor, ...] | None = None
         known = set(table.contexts()) if table is not None else set()
         self.contexts = [resolve_context(known, t.op.context) for t in self.terms]  # as priced by the table
         self.covered = [c is not None for c in self.contexts]
@@ -211,8 +212,51 @@ class LatencyModel:
         return self._grids[key]
 
     # ---- latency ---------------------------------------------------------------------------------
+    def _pack(self) -> None:
+        """Stack the per-term grids (padded) and width expressions for one batched lookup per step."""
+        active = [k for k, g in enumerate(self._term_grid) if g is not None]
+        n_groups = len(self.units)
+        n_max = max((self._term_grid[k][0].numel() for k in active), default=1)
+        m_max = max((self._term_grid[k][1].numel() for k in active), default=1)
+        T = len(active)
+        in_axes = torch.zeros(T, n_max)
+        out_axes = torch.zeros(T, m_max)
+        grids = torch.zeros(T, n_max, m_max)
+        n_in = torch.ones(T, dtype=torch.long)
+        n_out = torch.ones(T, dtype=torch.long)
+        c_in, c_out = torch.zeros(T, n_groups), torch.zeros(T, n_groups)
+        k_in, k_out = torch.zeros(T), torch.zeros(T)
+        one_axis = torch.zeros(T, dtype=torch.bool)
+        for r, k in enumerate(active):
+            ia, oa, ms = self._term_grid[k]
+            n, m = ia.numel(), oa.numel()
+            pad = lambda a, size: torch.cat([a, a[-1] + torch.arange(1, size - a.numel() + 1)])  # noqa: E731
+            in_axes[r], out_axes[r] = pad(ia, n_max), pad(oa, m_max)
+            grids[r, :n, :m] = ms
+            n_in[r], n_out[r] = n, m
+            t = self.terms[k]
+            one_axis[r] = t.op.context.one_axis
+            k_in[r], k_out[r] = t.in_expr.const, t.out_expr.const
+            for g, c in t.in_expr.terms:
+                c_in[r, g] += c
+            for g, c in t.out_expr.terms:
+                c_out[r, g] += c
+        self._packed = (in_axes, out_axes, grids, n_in, n_out, c_in, c_out, k_in, k_out, one_axis)
+
     def soft_ms(self, counts: Sequence[Tensor]) -> Tensor:
         """Differentiable latency (envelope) of the width-dependent terms at soft widths (channels)."""
+        if self._packed is None:
+            self._pack()
+        in_axes, out_axes, grids, n_in, n_out, c_in, c_out, k_in, k_out, one_axis = self._packed
+        if grids.shape[0] == 0:
+            return torch.zeros(())
+        s = torch.stack([torch.as_tensor(c, dtype=torch.float32) for c in counts])  # (G,)
+        x = k_in + c_in @ s  # (T,) soft input widths
+        y = torch.where(one_axis, torch.ones_like(x), k_out + c_out @ s)  # (T,) soft output widths
+        return bilinear_ms_batched(x, y, in_axes, out_axes, grids, n_in, n_out).sum()
+
+    def soft_ms_reference(self, counts: Sequence[Tensor]) -> Tensor:
+        """:meth:`soft_ms` term by term with the scalar :func:`bilinear_ms` (for tests)."""
         total = torch.zeros(())
         for t, grid in zip(self.terms, self._term_grid):
             if grid is None:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bilinear_ms", "flops_term", "l1_penalty", "soft_count", "soft_count_dense"]
+__all__ = ["bilinear_ms", "bilinear_ms_batched", "flops_term", "l1_penalty", "soft_count", "soft_count_dense"]
 
 
 def soft_count(alpha: Tensor) -> Tensor:
@@ -95,6 +95,43 @@ def bilinear_ms(x: Tensor, y: Tensor, in_axis: Tensor, out_axis: Tensor, ms_grid
     j1 = (j + 1).clamp(max=m - 1)
     t00, t10 = ms_grid[i, j], ms_grid[i1, j]
     t01, t11 = ms_grid[i, j1], ms_grid[i1, j1]
+    t1 = t00 + (t10 - t00) * tx
+    t2 = t01 + (t11 - t01) * tx
+    return t1 + (t2 - t1) * ty
+
+
+def bilinear_ms_batched(
+    x: Tensor, y: Tensor, in_axes: Tensor, out_axes: Tensor, grids: Tensor, n_in: Tensor, n_out: Tensor
+) -> Tensor:
+    """:func:`bilinear_ms` for ``T`` terms at once (one kernel launch per step instead of ``T``).
+
+    Args:
+        x, y: ``(T,)`` soft widths.
+        in_axes: ``(T, N)`` increasing widths, padded past ``n_in[t]`` with larger values.
+        out_axes: ``(T, M)`` likewise with ``n_out``.
+        grids: ``(T, N, M)`` latency in ms (padding unused).
+        n_in, n_out: ``(T,)`` long, the used length of each axis (>= 1).
+
+    Returns:
+        ``(T,)`` interpolated latencies; each equals ``bilinear_ms`` on the unpadded grid.
+    """
+    t = torch.arange(x.numel())
+
+    def cell(axes: Tensor, v: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lo, hi = axes[t, 0], axes[t, (n - 1).clamp(min=0)]
+        vc = torch.minimum(torch.maximum(v, lo), hi)
+        i = torch.searchsorted(axes, vc.detach()[:, None], right=True)[:, 0] - 1
+        i = torch.minimum(i.clamp(min=0), (n - 2).clamp(min=0))
+        i1 = torch.minimum(i + 1, n - 1)
+        a0, a1 = axes[t, i], axes[t, i1]
+        span = torch.where(i1 > i, a1 - a0, torch.ones_like(a0))
+        frac = torch.where(i1 > i, (vc - a0) / span, torch.zeros_like(vc))
+        return i, i1, frac
+
+    i, i1, tx = cell(in_axes, x, n_in)
+    j, j1, ty = cell(out_axes, y, n_out)
+    t00, t10 = grids[t, i, j], grids[t, i1, j]
+    t01, t11 = grids[t, i, j1], grids[t, i1, j1]
     t1 = t00 + (t10 - t00) * tx
     t2 = t01 + (t11 - t01) * tx
     return t1 + (t2 - t1) * ty

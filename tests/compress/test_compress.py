@@ -187,3 +187,18 @@ def test_config_round_trip_and_validation() -> None:
         CompressConfig(budget_ms=1.0, lam=0.1)
     with pytest.raises(ValueError, match="budget_ms must be > 0"):
         CompressConfig(budget_ms=-1.0)
+
+
+def test_batched_surrogate_matches_term_by_term(trained_mlp) -> None:
+    from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms
+
+    model, example, _, _, table, _ = trained_mlp
+    extract = lambda m, x: extract_layer_ops(m, x, fusion=fusion_for_runtime("onnxruntime"))  # noqa: E731
+    groups = find_channel_groups(model, example)
+    cost = LatencyModel(
+        table, bind_layer_terms(model, example, groups, extract=extract), [g.unit for g in groups]
+    )
+    counts = [torch.tensor(17.3), torch.tensor(9.6)]
+    torch.testing.assert_close(cost.soft_ms(counts), cost.soft_ms_reference(counts), rtol=1e-6, atol=1e-9)
+    # at the dense widths the envelope never exceeds the real staircase
+    assert float(cost.soft_ms([torch.tensor(40.0), torch.tensor(24.0)])) <= cost.hard_ms([40, 24]) + 1e-9

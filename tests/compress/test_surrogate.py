@@ -91,3 +91,30 @@ def test_flops_term_with_all_ones_masks_is_dense_flops() -> None:
     assert float(flops_term(soft_count(a_in), soft_count(a_out), k * k * h * w)) == pytest.approx(
         16 * 32 * 9 * 25
     )
+
+
+def test_batched_bilinear_equals_the_scalar_lookup_and_gradchecks() -> None:
+    from edgetrim.compress.surrogate import bilinear_ms_batched
+
+    in_axis, out_axis, ms = _grid()
+    one_axis = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    one_ms = torch.tensor([[1.0], [2.0], [4.0]], dtype=torch.float64)
+    # pad both terms to (2, 5, 4)
+    in_axes = torch.stack([in_axis, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)])
+    out_axes = torch.stack([out_axis, torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)])
+    grids = torch.zeros(2, 5, 4, dtype=torch.float64)
+    grids[0] = ms
+    grids[1, :3, :1] = one_ms
+    n_in, n_out = torch.tensor([5, 3]), torch.tensor([4, 1])
+    x = torch.tensor([5.5, 2.25], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([9.0, 1.0], dtype=torch.float64, requires_grad=True)
+    got = bilinear_ms_batched(x, y, in_axes, out_axes, grids, n_in, n_out)
+    want = torch.stack(
+        [
+            bilinear_ms(x[0], y[0], in_axis, out_axis, ms),
+            bilinear_ms(x[1], y[1], one_axis, torch.tensor([1.0], dtype=torch.float64), one_ms),
+        ]
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    fn = lambda a, b: bilinear_ms_batched(a, b, in_axes, out_axes, grids, n_in, n_out)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, y))
