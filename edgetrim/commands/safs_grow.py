@@ -91,6 +91,10 @@ def register(app: typer.Typer) -> None:
         pretrain_epochs: Annotated[
             int, typer.Option("--pretrain-epochs", help="dense training of a factory model")
         ] = 20,
+        mask_from_model: Annotated[
+            bool,
+            typer.Option("--mask-from-model", help="keep the model's own zeros as the mask (a sparsify RUN)"),
+        ] = False,
         no_stage1: Annotated[bool, typer.Option("--no-stage1")] = False,
         no_stage2: Annotated[bool, typer.Option("--no-stage2")] = False,
         table: Annotated[
@@ -114,7 +118,7 @@ def register(app: typer.Typer) -> None:
             run_safs,
         )
         from edgetrim.compress.safs.hpo import HPOBackend, HPOConfig
-        from edgetrim.compress.safs.train import FinetuneConfig, PruneScope
+        from edgetrim.compress.safs.train import FinetuneConfig, PruneScope, masks_from_weights
         from edgetrim.examples.data import load_data
         from edgetrim.model_spec import load_model
 
@@ -151,12 +155,14 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         out.mkdir(parents=True, exist_ok=True)
+        masks = masks_from_weights(dense) if mask_from_model else None
         final, report = run_safs(
             dense,
             example,
             train,
             test,
             cfg,
+            masks=masks,
             table=tab,
             base_ms=base_ms,
             state_dir=out,
@@ -166,7 +172,7 @@ def register(app: typer.Typer) -> None:
             "kind": "safs",
             "model_spec": model,
             "data_spec": data,
-            "budget": {"sparsity": sparsity, "latency_ms": budget_ms},
+            "budget": {"sparsity": report.sparsity, "latency_ms": budget_ms},
             "predicted_ms": report.predicted_ms,
             "dense_predicted_ms": base_ms if tab is not None else None,
             "accuracy": report.test_accuracy,

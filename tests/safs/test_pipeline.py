@@ -31,8 +31,8 @@ def digits_small():
 
 
 def _cfg(stage1: bool, stage2: bool, **kw) -> SafsConfig:
+    kw.setdefault("sparsity", 0.9)
     return SafsConfig(
-        sparsity=0.9,
         stage1=stage1,
         stage2=stage2,
         search=SearchConfig(max_evals=3, min_steps=2, space=("relu", "symlog", "swish")),
@@ -138,3 +138,25 @@ def test_latency_model_uses_table_activation_contexts_and_calibrates_the_rest() 
     assert lat.ms_per_primitive_element == pytest.approx(per)
     assert lat.site_ms(0, "swish") == pytest.approx(16 * 3 * per)
     assert lat.site_ms(0, "relu") == 0.0
+
+
+def test_external_mask_from_a_sparse_model_is_kept(digits_small) -> None:
+    import copy
+
+    from edgetrim.compress.safs.train import magnitude_masks, masks_from_weights
+
+    dense, train, test = digits_small
+    sparse = copy.deepcopy(dense)
+    given = magnitude_masks(sparse, 0.8, scope="global")
+    with torch.no_grad():
+        for name, p in sparse.named_parameters():
+            if name in given:
+                p.mul_(given[name])
+    masks = masks_from_weights(sparse)
+    assert all(torch.equal(masks[n], given[n]) for n in given)
+    _, rep = run_safs(
+        sparse, (torch.zeros(1, 64),), train, test, _cfg(False, False, sparsity=0.99), masks=masks
+    )
+    assert rep.kept_weights == sum(int(m.sum()) for m in given.values())
+    assert rep.sparsity == pytest.approx(0.8, abs=0.01)  # the given mask, not the 0.99 magnitude ratio
+    assert rep.masks_intact

@@ -113,6 +113,15 @@ def magnitude_masks(
     return masks
 
 
+def masks_from_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The mask a sparse model already carries: every conv / linear weight's nonzero pattern.
+
+    This is how SAFS takes a mask from the sparse-training passes (a ``sparsify`` RUN folder) instead
+    of pruning by magnitude itself.
+    """
+    return {name: w.detach() != 0 for name, w in prunable_weights(model).items()}
+
+
 def _topk_mask(scores: Tensor, keep: int) -> Tensor:
     flat = scores.flatten()
     idx = flat.topk(min(keep, flat.numel())).indices
