@@ -51,7 +51,7 @@ class ChannelGates(nn.Module):
         super().__init__()
         self.groups = list(groups)
         self.alphas = nn.ParameterList(
-            [nn.Parameter(torch.full((g.size,), float(init))) for g in self.groups]
+            [nn.Parameter(torch.full((g.num_units,), float(init))) for g in self.groups]
         )
         # consumer name -> list of (group index, local input indices, root indices)
         plan: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}

@@ -56,6 +56,9 @@ def test_attention_heads_form_one_group_of_head_dim_units() -> None:
     heads = [g for g in groups if g.unit > 1]
     assert len(heads) == 2  # one per encoder layer
     assert all(g.unit == model.layers[0].attn.head_dim and g.num_units == 4 for g in heads)
+    gates = ChannelGates(model, groups)
+    assert [a.numel() for g, a in zip(groups, gates.alphas) if g.unit > 1] == [4, 4]  # one gate per head
+    gates.detach_hooks()
     small = materialize_channels(model, example, {heads[0].id: torch.arange(heads[0].unit * 2)})
     layer = dict(small.named_modules())[heads[0].root_name.rsplit(".", 1)[0]]
     assert layer.num_heads == 2
