@@ -41,6 +41,7 @@ class FusionRules:
     Args:
         name: label stored in reports.
         fold_bn: BatchNorm right after a conv is folded into the conv's weights (no BN cost).
+        fold_bn_linear: BatchNorm1d right after a linear layer (2-D activations) is folded into it.
         conv_activations: activations fused into conv / depthwise conv kernels.
         linear_activations: activations fused into linear (Gemm / FULLY_CONNECTED) kernels.
         add_activations: activations fused into elementwise ADD kernels.
@@ -48,6 +49,7 @@ class FusionRules:
 
     name: str
     fold_bn: bool = False
+    fold_bn_linear: bool = False
     conv_activations: frozenset[str] = field(default_factory=frozenset)
     linear_activations: frozenset[str] = field(default_factory=frozenset)
     add_activations: frozenset[str] = field(default_factory=frozenset)
@@ -63,19 +65,22 @@ class FusionRules:
 
 # torch eager runs every module as written.
 TORCH_EAGER = FusionRules(name="torch-eager")
-# onnxruntime CPU EP, ORT_ENABLE_ALL: Conv+BN folded; Conv fuses Relu/Clip/Sigmoid/Tanh/HardSigmoid/
+# onnxruntime CPU EP, ORT_ENABLE_ALL, on torch's dynamo ONNX export (which already folds BatchNorm1d
+# after a Linear into the Gemm): Conv+BN folded; Conv fuses Relu/Clip/Sigmoid/Tanh/HardSigmoid/
 # LeakyRelu; Gemm fuses the same except Clip (relu6 stays a Clip node); Add fuses nothing.
 ONNXRUNTIME = FusionRules(
     name="onnxruntime",
     fold_bn=True,
+    fold_bn_linear=True,
     conv_activations=frozenset({"relu", "relu6", "sigmoid", "tanh", "hardsigmoid", "leaky_relu"}),
     linear_activations=frozenset({"relu", "sigmoid", "tanh", "hardsigmoid", "leaky_relu"}),
 )
-# LiteRT (litert-torch + converter): BN folded; RELU/RELU6 fused into CONV_2D, DEPTHWISE_CONV_2D,
+# LiteRT (litert-torch + converter): BN folded (after convs and linears); RELU/RELU6 fused into CONV_2D, DEPTHWISE_CONV_2D,
 # FULLY_CONNECTED and ADD; HARD_SWISH, LOGISTIC, TANH, GELU stay separate ops.
 LITERT = FusionRules(
     name="litert",
     fold_bn=True,
+    fold_bn_linear=True,
     conv_activations=frozenset({"relu", "relu6"}),
     linear_activations=frozenset({"relu", "relu6"}),
     add_activations=frozenset({"relu", "relu6"}),
@@ -365,14 +370,17 @@ class _Extractor:
         self.consumed.add(j)
         return act, self.calls[j].out
 
-    def _take_bn(self, out: _T | None) -> tuple[bool, _T | None]:
-        if not self.fusion.fold_bn:
+    def _take_bn(self, out: _T | None, *, linear: bool = False) -> tuple[bool, _T | None]:
+        if not (self.fusion.fold_bn_linear if linear else self.fusion.fold_bn):
+            return False, out
+        if linear and (out is None or len(out.shape) != 2):  # BN1d over (N, C, L) is not per-feature
             return False, out
         j = self._sole_next(out)
         if j is None:
             return False, out
         c = self.calls[j]
-        if (c.op == "module" and isinstance(c.module, (nn.BatchNorm2d,))) or c.op == "batch_norm":
+        bn_type = nn.BatchNorm1d if linear else nn.BatchNorm2d
+        if (c.op == "module" and isinstance(c.module, bn_type)) or c.op == "batch_norm":
             self.consumed.add(j)
             return True, c.out
         return False, out
@@ -423,8 +431,9 @@ class _Extractor:
 
     def linear(self, c: _Call, x: _T, in_f: int, out_f: int, bias: bool) -> None:
         tokens = max(1, math.prod(x.shape[:-1]))
-        act, _ = self._take_activation(c.out, self.fusion.linear_activations)
-        ctx = OpContext(OpKind.LINEAR, tokens=tokens, activation=act, bias=bias)
+        folded, out = self._take_bn(c.out, linear=True)
+        act, _ = self._take_activation(out, self.fusion.linear_activations)
+        ctx = OpContext(OpKind.LINEAR, tokens=tokens, activation=act, bias=bias or folded)
         self.emit(c.name, ctx, in_f, out_f, tokens * in_f * out_f)
 
     def matmul(self, name: str, a: _T, b: _T) -> None:

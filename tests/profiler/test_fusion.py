@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgetrim.model_ops import LITERT, ONNXRUNTIME, extract_layer_ops
+from edgetrim.profiler.targets.onnxruntime_target import export_onnx_for_timing
 from edgetrim.types import OpKind
 
 # layout plumbing that neither the runtime's kernels nor the tables count
@@ -35,7 +36,7 @@ class Mixed(nn.Module):
         )
         self.c = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Sigmoid())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.fc1 = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU())
         self.fc2 = nn.Sequential(nn.Linear(16, 8), nn.ReLU6())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ def test_onnxruntime_rules_match_the_optimised_graph(tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
     model, x = Mixed().eval(), torch.randn(1, 3, 8, 8)
     src, opt = tmp_path / "m.onnx", tmp_path / "opt.onnx"
-    torch.onnx.export(model, (x,), str(src), dynamo=False, opset_version=17)
+    export_onnx_for_timing(model, (x,), src)  # the export ort-cpu's measure_model uses (dynamo)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(opt)
