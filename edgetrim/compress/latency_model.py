@@ -67,10 +67,14 @@ class LayerTerm:
     op: LayerOp
     in_expr: WidthExpr
     out_expr: WidthExpr
+    # (group, size): the op's *context* changes with that group (attention matmuls / softmax whose
+    # token count includes the heads); its cost is taken proportional to the group's kept fraction.
+    scale: tuple[int, int] | None = None
 
     @property
     def groups(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.in_expr.groups) | set(self.out_expr.groups)))
+        extra = {self.scale[0]} if self.scale is not None else set()
+        return tuple(sorted(set(self.in_expr.groups) | set(self.out_expr.groups) | extra))
 
 
 def default_extractor(runtime: str) -> Extractor:
@@ -109,6 +113,7 @@ def bind_layer_terms(
     base = extract(model, example_inputs)
     in_terms: list[list[tuple[int, float]]] = [[] for _ in base]
     out_terms: list[list[tuple[int, float]]] = [[] for _ in base]
+    scales: list[tuple[int, int] | None] = [None for _ in base]
     for gi, g in enumerate(groups):
         if g.num_units < 2:
             continue  # a one-unit group can never shrink
@@ -116,6 +121,9 @@ def bind_layer_terms(
         narrowed = materialize_channels(model, example_inputs, {gi: keep}, groups=groups)
         probe = _match(base, extract(narrowed, example_inputs))
         for k, (b, p) in enumerate(zip(base, probe)):
+            if b.context != p.context:
+                scales[k] = (gi, g.size)
+                continue
             if b.in_width != p.in_width:
                 in_terms[k].append((gi, (b.in_width - p.in_width) / g.unit))
             if b.out_width != p.out_width:
@@ -125,7 +133,7 @@ def bind_layer_terms(
     for k, op in enumerate(base):
         ie = WidthExpr(op.in_width - sum(c * sizes[g] for g, c in in_terms[k]), tuple(in_terms[k]))
         oe = WidthExpr(op.out_width - sum(c * sizes[g] for g, c in out_terms[k]), tuple(out_terms[k]))
-        terms.append(LayerTerm(op=op, in_expr=ie, out_expr=oe))
+        terms.append(LayerTerm(op=op, in_expr=ie, out_expr=oe, scale=scales[k]))
     return terms
 
 
@@ -227,6 +235,8 @@ class LatencyModel:
         c_in, c_out = torch.zeros(T, n_groups), torch.zeros(T, n_groups)
         k_in, k_out = torch.zeros(T), torch.zeros(T)
         one_axis = torch.zeros(T, dtype=torch.bool)
+        scale_idx = torch.full((T,), -1, dtype=torch.long)
+        scale_size = torch.ones(T)
         for r, k in enumerate(active):
             ia, oa, ms = self._term_grid[k]
             n, m = ia.numel(), oa.numel()
@@ -237,23 +247,42 @@ class LatencyModel:
             t = self.terms[k]
             one_axis[r] = t.op.context.one_axis
             k_in[r], k_out[r] = t.in_expr.const, t.out_expr.const
+            if t.scale is not None:
+                scale_idx[r], scale_size[r] = t.scale[0], float(t.scale[1])
             for g, c in t.in_expr.terms:
                 c_in[r, g] += c
             for g, c in t.out_expr.terms:
                 c_out[r, g] += c
-        self._packed = (in_axes, out_axes, grids, n_in, n_out, c_in, c_out, k_in, k_out, one_axis)
+        self._packed = (
+            in_axes,
+            out_axes,
+            grids,
+            n_in,
+            n_out,
+            c_in,
+            c_out,
+            k_in,
+            k_out,
+            one_axis,
+            scale_idx,
+            scale_size,
+        )
 
     def soft_ms(self, counts: Sequence[Tensor]) -> Tensor:
         """Differentiable latency (envelope) of the width-dependent terms at soft widths (channels)."""
         if self._packed is None:
             self._pack()
-        in_axes, out_axes, grids, n_in, n_out, c_in, c_out, k_in, k_out, one_axis = self._packed
+        in_axes, out_axes, grids, n_in, n_out, c_in, c_out, k_in, k_out, one_axis, sc_idx, sc_size = (
+            self._packed
+        )
         if grids.shape[0] == 0:
             return torch.zeros(())
         s = torch.stack([torch.as_tensor(c, dtype=torch.float32) for c in counts])  # (G,)
         x = k_in + c_in @ s  # (T,) soft input widths
         y = torch.where(one_axis, torch.ones_like(x), k_out + c_out @ s)  # (T,) soft output widths
-        return bilinear_ms_batched(x, y, in_axes, out_axes, grids, n_in, n_out).sum()
+        ms = bilinear_ms_batched(x, y, in_axes, out_axes, grids, n_in, n_out)  # (T,)
+        frac = torch.where(sc_idx >= 0, s[sc_idx.clamp(min=0)] / sc_size, torch.ones_like(ms))  # (T,)
+        return (ms * frac).sum()
 
     def soft_ms_reference(self, counts: Sequence[Tensor]) -> Tensor:
         """:meth:`soft_ms` term by term with the scalar :func:`bilinear_ms` (for tests)."""
@@ -263,11 +292,19 @@ class LatencyModel:
                 continue
             x = t.in_expr.soft(counts)
             y = x if t.op.context.one_axis else t.out_expr.soft(counts)
-            total = total + bilinear_ms(x, y, *grid)
+            frac = counts[t.scale[0]] / t.scale[1] if t.scale is not None else 1.0
+            total = total + bilinear_ms(x, y, *grid) * frac
         return total
 
     def term_ms(self, k: int, widths: Sequence[int]) -> float:
         """Real-table latency of term ``k`` at integer group widths."""
+        t = self.terms[k]
+        if t.scale is not None:
+            g, size = t.scale
+            return self._term_ms(k, widths) * widths[g] / size
+        return self._term_ms(k, widths)
+
+    def _term_ms(self, k: int, widths: Sequence[int]) -> float:
         t = self.terms[k]
         if self.table is None or not self.covered[k]:
             return 0.0
