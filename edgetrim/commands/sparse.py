@@ -8,7 +8,11 @@ unstructured sparsity buys anything on that runtime.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +37,29 @@ def _model_spec(model: str) -> str:
     raise EdgetrimError(
         f"--model {model!r} is neither a path/file.py:fn or module:fn spec nor a zoo model ({', '.join(MODEL_ZOO)})"
     )
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Keep converters' chatter (litert-torch prints progress) off stdout while ``--json`` is on."""
+    sys.stdout.flush()
+    saved = None
+    try:
+        if sys.stdout is sys.__stdout__:
+            saved = os.dup(1)
+            os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            for stream in (sys.stdout, sys.__stdout__):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _enum(value: str, enum_type: Any, flag: str) -> Any:
