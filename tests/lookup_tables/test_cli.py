@@ -102,7 +102,9 @@ def test_plot_one_context_and_all(files, tmp_path) -> None:  # type: ignore[no-u
     )
     assert data["files"] == [str(png)] and png.read_bytes()[:4] == b"\x89PNG"
     data = _json(  # every context into a folder (the one-context table keeps this fast)
-        runner.invoke(app, ["tables", "plot", str(files["partial"]), "--out", str(tmp_path / "all"), "--json"])
+        runner.invoke(
+            app, ["tables", "plot", str(files["partial"]), "--out", str(tmp_path / "all"), "--json"]
+        )
     )
     assert len(data["files"]) == len(load_table(files["partial"]).contexts()) == 1
     assert Path(data["files"][0]).parent == tmp_path / "all"
