@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgetrim.lookup_tables.grid import axis_widths, plan_points
 from edgetrim.lookup_tables.interpolation import (
@@ -209,3 +211,19 @@ def test_repeated_queries_use_a_dense_cache_with_identical_answers() -> None:
     np.testing.assert_allclose(got, [ref[i - 1, o - 1] for i, o in queries], rtol=1e-12)
     assert interp._dense is not None
     assert interp.predict(45, 10)[1] and interp.predict(10, 45)[1]  # outside: still flagged
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pts=st.dictionaries(
+        st.tuples(st.integers(1, 40), st.integers(1, 40)), st.floats(0.001, 10.0), min_size=1, max_size=60
+    )
+)
+def test_scattered_points_are_reproduced_exactly(pts: dict[tuple[int, int], float]) -> None:
+    """Any scattered set (a partial or resumed profile): every measured point predicts itself."""
+    interp = SurfaceInterpolator([(i, o, v) for (i, o), v in pts.items()], one_axis=False)
+    for (i, o), v in list(pts.items())[:15]:
+        ms, ext = interp.predict(i, o)
+        assert ms == pytest.approx(v, rel=1e-9) and not ext
+    env = envelope_ms(interp.predict_grid(np.arange(1, 41), np.arange(1, 41))[0])
+    assert (np.diff(env, axis=0) >= -1e-12).all() and (np.diff(env, axis=1) >= -1e-12).all()
