@@ -137,7 +137,6 @@ def _residue_interp(
     out = np.empty(q.shape, dtype=float)
     if period == 1:
         out[~extrap] = np.interp(q[~extrap], xs, ys)
-        todo_ext = extrap
     else:
         qi = np.rint(q).astype(np.int64)
         xi = xs.astype(np.int64)
@@ -164,10 +163,8 @@ def _residue_interp(
                     if lo.any():
                         out[lo] = _line(cx[0], cy[0], cx[1], cy[1], q[lo])
                         unresolved &= ~lo
-        todo_ext = extrap
-    if todo_ext.any():
-        for idx in np.flatnonzero(todo_ext):
-            out[idx] = _residue_extrapolate(xs, ys, q[idx], period)
+    for idx in np.flatnonzero(extrap):
+        out[idx] = _residue_extrapolate(xs, ys, q[idx], period)
     return out
 
 
