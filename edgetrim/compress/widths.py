@@ -5,8 +5,8 @@ Training asks for a width per group (its non-zero gates). The real table then de
 1. :func:`fast_side_widths`: for each group take the cheapest width at or above the request, the widest
    among equally cheap ones. Channels within a latency step cost nothing extra, so they are kept.
 2. :func:`fit_budget`: while the predicted cost is over budget, move the group whose next step down
-   buys the most cost per unit of importance lost (the lowest-|alpha| units go first) to the widest
-   width of that cheaper step.
+   buys the most cost per share of the group's remaining importance lost (the lowest-|alpha| units go
+   first) to the widest width of that cheaper step.
 
 Both take cost callables, so they serve latency (ms) and FLOPs budgets alike.
 """
@@ -108,8 +108,10 @@ def fit_budget(
                 continue
             w, saved = step
             u_now, u_new = widths[g] // units[g], w // units[g]
-            norm = cum[g][-1] if cum[g][-1] > 0 else 1.0
-            lost = (cum[g][u_now] - cum[g][u_new]) / norm
+            # share of the group's *remaining* importance that would go: thinning an already thin
+            # group costs more than trimming the tail of a wide one
+            kept = cum[g][u_now]
+            lost = (kept - cum[g][u_new]) / kept if kept > 0 else (u_now - u_new) / u_now
             score = lost / saved
             if best is None or score < best[0]:
                 best = (score, g, w)
