@@ -177,7 +177,8 @@ def export_tflite(
                 assert calibration is not None
                 seen = _calibrate(prepared, calibration, int(inputs[0].shape[0]), max_calibration_samples)
                 converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-                move_exported_model_to_eval(converted)
+                move_exported_model_to_eval(converted)  # swaps the BN / dropout ops to their eval forms
+                converted.training = False  # the flag litert-torch checks (exported modules refuse .eval())
                 edge = litert_torch.convert(
                     converted, inputs, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
                 )
