@@ -177,3 +177,12 @@ def test_collapse_is_reported_by_name() -> None:
     masks = WeightMasks(model)
     masks.set_masks({"3.weight": torch.zeros_like(masks.masks["3.weight"])})
     assert masks.collapsed() == ["3.weight"]
+
+
+def test_gale_uniform_keeps_classifier_at_point_two_and_total() -> None:
+    shapes = {"a": (300, 64), "b": (100, 300), "fc": (10, 100)}
+    numel = {n: math.prod(s) for n, s in shapes.items()}
+    d = alloc.gale_uniform_densities(shapes, 0.95, classifier="fc")
+    assert d["fc"] == 0.2 and d["a"] == d["b"] < 0.05
+    assert sum(d[n] * numel[n] for n in shapes) == pytest.approx(0.05 * sum(numel.values()))
+    assert alloc.gale_uniform_densities(shapes, 0.5, classifier="fc") == {n: 0.5 for n in shapes}

@@ -2,7 +2,9 @@
 
 Presets (``Method``):
 * ``gmp``: gradual magnitude pruning, Zhu & Gupta cubic schedule from ``prune_start`` to ``prune_end``
-  (fractions of training), global (default) or layer-wise (uniform / ERK / map) magnitude.
+  (fractions of training), global (default) or layer-wise (uniform / ERK / map) magnitude. Uniform
+  follows GraNet_uniform: from sparsity 0.8 the classifier (last masked layer) keeps density 0.2 and the
+  other layers are rebalanced to the same total (Gale et al.).
 * ``granet``: ``gmp`` + zero-cost neuroregeneration (per layer, gradient regrowth, cosine death rate
   0.5 -> 0.005 over the whole run). ``init_sparsity=0.5`` starts from a random ERK mask at density 0.5
   (sparse-to-sparse). ``regrow=False`` turns it into ``gmp`` exactly.
@@ -390,7 +392,13 @@ def sparsify(
                 _rescale(masks)
         allocation = cfg.effective_allocation
         layer_d = None
-        if allocation is not alloc.Allocation.GLOBAL:
+        if (
+            allocation is alloc.Allocation.UNIFORM
+        ):  # GraNet_uniform / GMP_uniform: Gale et al. classifier rule
+            layer_d = alloc.gale_uniform_densities(
+                _shapes(masks), cfg.sparsity, classifier=list(masks.params)[-1]
+            )
+        elif allocation is not alloc.Allocation.GLOBAL:
             layer_d = alloc.densities_for(allocation, _shapes(masks), density, layer_map=cfg.layer_densities)
         scheduler = MaskScheduler(
             total_steps=T, update_every=dt, prune=True, s_i=cfg.init_sparsity, s_f=cfg.sparsity,
