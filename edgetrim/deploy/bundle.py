@@ -16,7 +16,7 @@ from torch import nn
 
 from edgetrim.compress.run_folder import INFO_FILE, MODEL_FILE, load_run
 from edgetrim.deploy.artifact import ExportArtifact, ExportFormat, Precision
-from edgetrim.deploy.data import RealData, check_input_spec, load_real_data
+from edgetrim.deploy.data import RealData, check_artifact_inputs, check_input_spec, load_real_data
 from edgetrim.deploy.manifest import build_manifest, write_manifest
 from edgetrim.deploy.onnx_export import DEFAULT_OPSET, OnnxRunner, export_onnx, quantize_onnx_int8
 from edgetrim.deploy.parity import ParityConfig, check_parity
@@ -229,6 +229,7 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
                 data=data,
                 fp32=fp32,
             )
+            check_artifact_inputs(art.inputs, [tuple(t.shape) for t in inputs], path=art.path.name)
             report = check_parity(model, inputs, art, _runner(art), data=data, config=cfg.parity)
             art = _with_parity(art, report.to_dict())
             if precision is Precision.FP32:

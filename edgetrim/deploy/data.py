@@ -101,3 +101,21 @@ def rebatch(arrays: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
             part = [np.concatenate([p, np.repeat(p[-1:], short, axis=0)]) for p in part]
         chunks.append(part)
     return chunks
+
+
+def check_artifact_inputs(
+    specs: Sequence[TensorSpec], example_shapes: Sequence[tuple[int, ...]], *, path: str
+) -> None:
+    """Raise a one-line ExportError when an artifact's inputs are not the model's (count, rank, sizes).
+
+    A dynamic (``-1``) dimension matches any size. This catches layout changes (NHWC vs NCHW) and
+    artifacts that belong to another model before they are timed or shipped.
+    """
+    if len(specs) != len(example_shapes):
+        raise ExportError(f"{path} takes {len(specs)} input(s) but the model takes {len(example_shapes)}")
+    for spec, shape in zip(specs, example_shapes):
+        if not spec.matches(tuple(shape)):
+            raise ExportError(
+                f"{path} input {spec.name!r} has shape {spec.shape} but the model's example input is "
+                f"{tuple(shape)}; re-export the artifact from this run"
+            )

@@ -241,6 +241,9 @@ def remeasure(
         overhead_ms: per-invoke runtime overhead kept out of the per-layer split.
         profile_runs: profiled runs for per-node medians.
     """
+    from edgetrim.deploy.data import check_artifact_inputs
+
+    check_artifact_inputs(artifact.inputs, [tuple(t.shape) for t in example_inputs], path=artifact.path.name)
     measured = target.measure_artifact(artifact.path, timing)
     layers: list[LayerComparison] = [LayerComparison(n, ms, None) for n, ms in predicted]
     method = "total only"

@@ -3,6 +3,7 @@ LiteRT totals, and the sparse-vs-dense-twin comparison (no timing assertions: on
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,17 @@ def test_sparsity_payoff_measures_both_twins(trained_net, tmp_path: Path) -> Non
     assert check.sparse_ms > 0 and check.dense_ms > 0
     assert check.speedup == pytest.approx(check.dense_ms / check.sparse_ms)
     assert ("paid off" in check.verdict) == check.paid_off
+
+
+def test_artifact_whose_input_spec_does_not_match_is_one_line_error(onnx_art) -> None:
+    from edgetrim.deploy.artifact import TensorSpec
+    from edgetrim.errors import ExportError
+    from edgetrim.profiler.targets import get_target
+    from edgetrim.profiler.timing import TimingConfig
+
+    nhwc = replace(onnx_art, inputs=(TensorSpec("input_0", (1, 8, 8, 1), "float32"),))  # channel-last
+    with pytest.raises(
+        ExportError, match=r"has shape \(1, 8, 8, 1\) but the model's example input is"
+    ) as err:
+        remeasure(nhwc, get_target("ort-cpu"), timing=TimingConfig.quick(), example_inputs=X)
+    assert "\n" not in str(err.value)
