@@ -58,7 +58,7 @@ def measured(target, model, example, timing) -> dict:
 
 
 def bisect_ratio(make, fits, lo: float = 0.0, hi: float = 0.95, steps: int = 8):
-    """Largest pruning ratio in [lo, hi] whose model ``fits`` -> (ratio, model); smallest ratio that fits."""
+    """Smallest pruning ratio in [lo, hi] whose model ``fits`` -> (ratio, model); ValueError if none does."""
     best = None
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
@@ -68,7 +68,7 @@ def bisect_ratio(make, fits, lo: float = 0.0, hi: float = 0.95, steps: int = 8):
         else:
             lo = mid
     if best is None:
-        best = (hi, make(hi))
+        raise ValueError(f"no pruning ratio up to {hi:.2f} meets the budget on the table")
     return best
 
 

@@ -11,70 +11,53 @@ from edgetrim.compress.run_folder import load_run
 from edgetrim.examples.models import mlp
 from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
 
+MODEL_FILE = """
+from edgetrim.examples.models import mlp
+
+
+def small():
+    return mlp(widths=(24, 16))
+"""
+
 
 def _table(tmp_path, make_table):
-    model, example = mlp()
+    """A tiny model file and a staircase table covering it; returns (model spec, table path)."""
+    (tmp_path / "small_mlp.py").write_text(MODEL_FILE)
+    model, example = mlp(widths=(24, 16))
     table = make_table(extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime")))
     path = tmp_path / "table.json"
     table.save(path)
-    return path
+    return f"{tmp_path / 'small_mlp.py'}:small", path
+
+
+def _args(spec: str, table, out) -> list[str]:
+    return ["compress", "--model", spec, "--data", "digits_flat", "--table", str(table), "--out", str(out)]
 
 
 def test_cli_compress_writes_a_run_within_budget(tmp_path, make_table) -> None:
-    table = _table(tmp_path, make_table)
+    spec, table = _table(tmp_path, make_table)
     out = tmp_path / "run"
-    args = ["compress", "--model", "mlp", "--data", "digits_flat", "--table", str(table), "--out", str(out)]
-    args += [
-        "--budget-ms",
-        "0.03",
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--pretrain-epochs",
-        "2",
-        "--json",
-    ]
-    result = CliRunner().invoke(app, args)
+    args = [*_args(spec, table, out), "--budget-ms", "0.017", "--epochs", "1", "--finetune-epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--pretrain-epochs", "2", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert info["kind"] == "compress" and info["budget"]["ms"] == 0.03
-    assert info["predicted_ms"] <= 0.03 < info["dense_predicted_ms"]
+    assert info["kind"] == "compress" and info["budget"]["ms"] == 0.017
+    assert info["predicted_ms"] <= 0.017 < info["dense_predicted_ms"]
     run = load_run(out)
     assert run.info["widths_after"] == info["widths_after"]
     assert (out / "checkpoint.pt").is_file()
 
 
 def test_cli_unreachable_budget_is_a_one_line_error(tmp_path, make_table) -> None:
-    table = _table(tmp_path, make_table)
-    args = [
-        "compress",
-        "--model",
-        "mlp",
-        "--data",
-        "digits_flat",
-        "--table",
-        str(table),
-        "--out",
-        str(tmp_path / "r"),
-    ]
-    result = CliRunner().invoke(app, [*args, "--budget-ms", "0.00001", "--epochs", "1"])
+    spec, table = _table(tmp_path, make_table)
+    result = CliRunner().invoke(
+        app, [*_args(spec, table, tmp_path / "r"), "--budget-ms", "0.00001", "--epochs", "1"]
+    )
     assert result.exit_code == 2
     assert "error: latency budget" in result.output and "smallest reachable latency" in result.output
 
 
 def test_cli_needs_exactly_one_budget(tmp_path, make_table) -> None:
-    table = _table(tmp_path, make_table)
-    args = [
-        "compress",
-        "--model",
-        "mlp",
-        "--data",
-        "digits_flat",
-        "--table",
-        str(table),
-        "--out",
-        str(tmp_path / "r"),
-    ]
-    result = CliRunner().invoke(app, args)
+    spec, table = _table(tmp_path, make_table)
+    result = CliRunner().invoke(app, _args(spec, table, tmp_path / "r"))
     assert result.exit_code == 2 and "exactly one of budget_ms" in result.output
