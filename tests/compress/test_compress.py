@@ -202,3 +202,41 @@ def test_batched_surrogate_matches_term_by_term(trained_mlp) -> None:
     torch.testing.assert_close(cost.soft_ms(counts), cost.soft_ms_reference(counts), rtol=1e-6, atol=1e-9)
     # at the dense widths the envelope never exceeds the real staircase
     assert float(cost.soft_ms([torch.tensor(40.0), torch.tensor(24.0)])) <= cost.hard_ms([40, 24]) + 1e-9
+
+
+def test_all_blocks_together_save_bits_and_integer_codes(trained_mlp, tmp_path) -> None:
+    from edgetrim.compress.api import QUANTIZED_FILE, save_result
+    from edgetrim.compress.run_folder import load_run
+
+    model, example, train, val, table, _ = trained_mlp
+    # a factorised layer adds a second kernel's fixed cost, so use a fixed lambda rather than a budget
+    cfg = _fast_config(
+        lam=5.0, blocks=frozenset({Block.PRUNE, Block.LOWRANK, Block.QUANT}), bits_lambda=1.0,
+        lowrank_min_width=16,
+    )  # fmt: skip
+    res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+    rep = res.report
+    assert rep.factorized == ["features.0", "features.2"]  # the classifier is never factorised
+    assert rep.bits and set(rep.bits.values()) <= set(BITS)
+    root = save_result(tmp_path / "run", res)
+    codes = torch.load(root / QUANTIZED_FILE)
+    run = load_run(root)
+    for name, rec in codes.items():
+        weight = run.model.get_submodule(name).weight
+        torch.testing.assert_close(weight, rec["codes"].float() * rec["scale"])  # fp32 holds the grid values
+    assert run.info["kind"] == "compress" and run.info["bits"] == rep.bits
+
+
+def test_low_rank_plus_pruning_materialises_with_parity() -> None:
+    torch.manual_seed(0)
+    model, example = mlp(widths=(40, 24))
+    factorize_(model, ["features.0", "features.2"])
+    groups = find_channel_groups(model, example)
+    gates = ChannelGates(model, groups)
+    with torch.no_grad():
+        for a in gates.alphas:
+            a.copy_(torch.rand_like(a) * (torch.rand_like(a) > 0.4))
+            a[0] = 1.0
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(gates.materialize(example)(x), model(x), rtol=1e-4, atol=1e-5)
