@@ -211,6 +211,7 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
             [_spec_of(t) for t in inputs],
             data.calibration[0][0],
             what=f"data {data.spec!r} for run {root.name}",
+            against="the model",
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,6 +323,9 @@ def _measure(
     elif table is not None:
         notes.append(f"no prediction: the table was made on {table.device.target}, measured on {target_name}")
     rows = [(r["name"], r["ms"]) for r in predicted["rows"]] if predicted else []
+    others = sorted({a.format.value for a in artifacts if a.format is not fmt})
+    if others:
+        notes.append(f"{', '.join(others)} artifacts not re-measured: {target_name} runs {fmt.value} files")
     measured: list[RemeasureReport] = []
     for art in artifacts:
         if art.format is not fmt:

@@ -72,19 +72,21 @@ def load_real_data(spec: str, *, calib_batches: int = 16, eval_batches: int | No
     return data
 
 
-def check_input_spec(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], *, what: str) -> None:
+def check_input_spec(
+    specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], *, what: str, against: str = "the artifact"
+) -> None:
     """Raise a one-line ExportError when ``arrays`` do not fit the artifact's input ``specs``.
 
     The batch dimension may differ (inputs are re-batched); every other dimension must agree.
     """
     if len(specs) != len(arrays):
-        raise ExportError(f"{what} gives {len(arrays)} input(s) but the artifact takes {len(specs)}")
+        raise ExportError(f"{what} gives {len(arrays)} input(s) but {against} takes {len(specs)}")
     for spec, arr in zip(specs, arrays):
         want = ("B", *spec.shape[1:])
         got = tuple(arr.shape)
         if len(got) != len(spec.shape) or any(s != -1 and s != g for s, g in zip(spec.shape[1:], got[1:])):
             raise ExportError(
-                f"{what} has input {spec.name!r} of shape {got} but the artifact expects {want}; "
+                f"{what} has input {spec.name!r} of shape {got} but {against} expects {want}; "
                 f"use data shaped like the model's example inputs"
             )
 

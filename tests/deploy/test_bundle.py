@@ -100,7 +100,7 @@ def test_run_folder_without_model_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_data_whose_shape_does_not_match_is_one_line_error(run_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"expects \('B', 1, 8, 8\)") as err:
+    with pytest.raises(ExportError, match=r"the model expects \('B', 1, 8, 8\)") as err:
         export_run(run_dir, tmp_path / "out", ExportConfig(formats=("onnx",), data="digits_flat"))
     assert "\n" not in str(err.value)
 
