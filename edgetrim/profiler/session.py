@@ -113,6 +113,8 @@ class ProfileConfig:
         max_points: cap on the points in the table (initial plan and refinement together).
         refine_tol: relative interpolation miss that triggers refinement.
         refine_rounds: at most this many refinement rounds.
+        refine_max_new: at most this many new points per context per refinement round (noise
+            alone makes many cells "miss"; this keeps refinement from exploding the table).
         subtract_overhead: subtract the runtime's empty-invoke cost from every point.
     """
 
@@ -123,6 +125,7 @@ class ProfileConfig:
     max_points: int | None = None
     refine_tol: float = 0.05
     refine_rounds: int = 3
+    refine_max_new: int = 24
     subtract_overhead: bool = True
 
     def __post_init__(self) -> None:
@@ -136,6 +139,8 @@ class ProfileConfig:
             raise ValueError(f"max_points must be >= 1, got {self.max_points}")
         if not 0 < self.refine_tol < 1:
             raise ValueError(f"refine_tol must be in (0, 1), got {self.refine_tol}")
+        if self.refine_max_new < 1:
+            raise ValueError(f"refine_max_new must be >= 1, got {self.refine_max_new}")
         if self.refine_rounds < 0:
             raise ValueError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
 
@@ -296,7 +301,9 @@ def profile_table(
                     continue
                 new.extend(
                     (p.context, i, o)
-                    for i, o in refine_points(table, p.context, tol=cfg.refine_tol)
+                    for i, o in refine_points(
+                        table, p.context, tol=cfg.refine_tol, max_new=cfg.refine_max_new
+                    )
                     if not table.has(p.context, i, o)
                 )
             if not new or session.room() == 0:
