@@ -7,12 +7,14 @@ quantize -> parity) -> re-measure the artifacts the target runs -> sparsity chec
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from edgetrim.compress.run_folder import INFO_FILE, MODEL_FILE, load_run
 from edgetrim.deploy.artifact import ExportArtifact, ExportFormat, Precision
@@ -217,9 +219,11 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
     out.mkdir(parents=True, exist_ok=True)
     precisions = (Precision.FP32, Precision.INT8) if cfg.int8 else (Precision.FP32,)
     artifacts: list[ExportArtifact] = []
+    bar = tqdm(total=len(cfg.formats) * len(precisions), desc="export + parity", unit="file", file=sys.stderr)
     for fmt in cfg.formats:
         fp32: ExportArtifact | None = None
         for precision in precisions:
+            bar.set_postfix_str(f"{fmt.value}-{precision.value}")
             art = _export(
                 model,
                 inputs,
@@ -237,6 +241,8 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
                 fp32 = art
             artifacts.append(art)
             logger.info("%s: parity ok (%s)", art.label, report.gate)
+            bar.update()
+    bar.close()
     remeasured, device, predicted, notes = _measure(cfg, root, info, model, inputs, artifacts, data)
     manifest = build_manifest(
         run_path=root.resolve(),

@@ -8,16 +8,27 @@ one thread; the table covers exactly the operator contexts of the digits CNN.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from edgetrim.deploy.artifact import ExportFormat
 
 logger = logging.getLogger(__name__)
 
 TARGET = "ort-cpu"
+STAGES = ("train", "profile table", "compress", "export + re-measure", "report", "dense vs compressed")
+
+
+def _advance(bar: Any) -> None:
+    """Count the finished stage and name the next one on the progress bar (stderr)."""
+    bar.update()
+    if bar.n < len(STAGES):
+        bar.set_description_str(f"demo: {STAGES[bar.n]}")
 
 
 @dataclass(frozen=True)
@@ -138,11 +149,14 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResul
 
     model, inputs = digits_cnn(widths=cfg.widths)
     train, val = digits_loaders(batch_size=64)
+    stages = tqdm(total=len(STAGES), unit="stage", file=sys.stderr, dynamic_ncols=True)
+    stages.set_description_str(f"demo: {STAGES[0]}")
     logger.info("training the digits CNN %s for %d epochs", cfg.widths, cfg.train_epochs)
     dense_acc = train_classifier(model, train, val, epochs=cfg.train_epochs, lr=3e-3)
 
     table_path = out / "table.json"
     ops = extract_layer_ops(model, inputs, fusion=target.fusion)
+    _advance(stages)
     logger.info("profiling %d operators of the model on %s", len(ops), TARGET)
     table = profile_table(
         target,
@@ -154,6 +168,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResul
         config=ProfileConfig(points_per_context=cfg.points_per_context, refine_rounds=1),
     )
 
+    _advance(stages)
     dense_measured = target.measure_model(model, inputs, timing).median_ms
     dense_run = save_run(
         out / "runs" / "dense",
@@ -215,6 +230,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResul
         timing=timing,
         profile_runs=cfg.profile_runs,
     )
+    _advance(stages)
     bundle = export_run(comp_run, out / "deploy", export_cfg)
     dense_bundle = export_run(
         dense_run,
@@ -228,6 +244,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResul
             profile_runs=cfg.profile_runs,
         ),
     )
+    _advance(stages)
     files = write_report(
         [load_manifest(dense_bundle.out_dir), load_manifest(bundle.out_dir)], out / "report", table=table
     )
@@ -235,6 +252,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResul
     onnx_rm = next(r for r in bundle.remeasured if r.label == "onnx-fp32")
     # the headline ratio: dense and compressed ONNX files timed interleaved, round after round, so
     # load on a shared machine hits both alike (the two export folders were measured minutes apart)
+    _advance(stages)
     dense_ms, comp_ms = side_by_side_ms(
         target,
         [dense_bundle.out_dir / "model.onnx", bundle.out_dir / "model.onnx"],
@@ -254,6 +272,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> DemoResul
         "widths_after": result.report.widths_after,
         "seconds": time.perf_counter() - start,
     }
+    stages.update()
+    stages.close()
     return DemoResult(
         out_dir=out,
         table=table_path,
