@@ -44,10 +44,11 @@ def _stdout_to_stderr() -> Iterator[None]:
     """Keep converters' chatter (litert-torch prints progress) off stdout while ``--json`` is on."""
     sys.stdout.flush()
     saved = None
+    with contextlib.suppress(Exception):
+        sys.__stdout__.flush()
     try:
-        if sys.stdout is sys.__stdout__:
-            saved = os.dup(1)
-            os.dup2(2, 1)
+        saved = os.dup(1)
+        os.dup2(2, 1)
     except (OSError, ValueError, AttributeError):
         saved = None
     try:
@@ -416,9 +417,15 @@ def sparsity_check(
         dens = [1.0, *dens]
     if rounds < 1:
         raise EdgetrimError(f"--rounds must be >= 1, got {rounds}")
-    result = run_sparsity_check(
-        target, dens, width=width, tokens=tokens, threads=threads, quick=quick, rounds=rounds
-    )
+    if json_out and target.startswith("litert"):
+        with contextlib.suppress(Exception):  # litert-torch prints conversion progress with rich
+            from litert_torch import _config as litert_config
+
+            litert_config.config.show_progress = False
+    with _stdout_to_stderr() if json_out else contextlib.nullcontext():
+        result = run_sparsity_check(
+            target, dens, width=width, tokens=tokens, threads=threads, quick=quick, rounds=rounds
+        )
     if json_out:
         echo_json(result)
         return
