@@ -180,10 +180,17 @@ def part_latency(args: argparse.Namespace, spec: GrowNetSpec, train, test) -> di
     for seed in range(args.latency_seeds):
         full_pred = float(predict_model(table, ops).total_ms)
         budget_ms = args.latency_fraction * full_pred
-        cfg = GrowConfig(budget=BudgetKind.LATENCY, budget_value=budget_ms, epochs=args.epochs, seed=seed)
+        cfg = GrowConfig(
+            budget=BudgetKind.LATENCY,
+            budget_value=budget_ms,
+            epochs=args.epochs,
+            seed=seed,
+            lambda1_base=args.latency_lambda_base,
+            logit_jitter=args.logit_jitter,
+        )
         meter = ResourceMeter(spec, cfg, table=table, fusion=target.fusion)
         torch.manual_seed(seed)
-        net = GrowNet(spec)
+        net = GrowNet(spec, logit_jitter=cfg.logit_jitter)
         rep = grow_(net, train, cfg, meter=meter)
         grown = net.materialize()
         measured = target.measure_model(grown, example, meas_timing)
@@ -202,6 +209,9 @@ def part_latency(args: argparse.Namespace, spec: GrowNetSpec, train, test) -> di
             "predicted_vs_budget_rel_error": abs(predicted - budget_ms) / budget_ms,
             "accuracy": accuracy(grown, test),
             "training_macs_ratio": rep.training_macs / rep.dense_training_macs,
+            "history": [
+                {k: h[k] for k in ("epoch", "widths", "kept_widths", "u_G", "lambda1")} for h in rep.history
+            ],
         }
         rows.append(row)
         print(
@@ -235,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--skip-params", action="store_true")
+    ap.add_argument("--lambda-base", type=float, default=1.0)
+    ap.add_argument("--latency-lambda-base", type=float, default=1.0)
+    ap.add_argument("--logit-jitter", type=float, default=0.5)
     ap.add_argument("--latency-seeds", type=int, default=1)
     ap.add_argument(
         "--latency-fraction", type=float, default=0.5, help="budget = this x full net's predicted ms"

@@ -272,7 +272,13 @@ def register(app: typer.Typer) -> None:
         )
         tab = _load_table(table)
         meter = ResourceMeter(spec, cfg, table=tab, fusion=_fusion_for(tab) if tab is not None else None)
-        net = GrowNet(spec, seed_units=cfg.seed_units, logit_on=cfg.logit_on, logit_off=cfg.logit_off)
+        net = GrowNet(
+            spec,
+            seed_units=cfg.seed_units,
+            logit_on=cfg.logit_on,
+            logit_off=cfg.logit_off,
+            logit_jitter=cfg.logit_jitter,
+        )
         report = grow_(net, train, cfg, val=test, meter=meter)
         model = net.materialize()
         example = net.example_inputs()

@@ -90,7 +90,13 @@ class GrowNet(nn.Module):
     """Gated plain CNN (conv-BN-ReLU[-maxpool] x n, global average pool, linear)."""
 
     def __init__(
-        self, spec: GrowNetSpec, *, seed_units: int = 1, logit_on: float = 2.0, logit_off: float = -3.0
+        self,
+        spec: GrowNetSpec,
+        *,
+        seed_units: int = 1,
+        logit_on: float = 2.0,
+        logit_off: float = -3.0,
+        logit_jitter: float = 0.5,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -106,15 +112,23 @@ class GrowNet(nn.Module):
             prev = width
         self.fc = nn.Linear(prev, spec.num_classes)
         # Seed: the first `seed_units` filters of every group are on, the rest off; gated layers start off.
+        # Dormant logits get a small uniform jitter: with identical logits every dormant unit receives the
+        # same regulariser gradient and crosses zero in the same step (all-or-nothing growth).
         self.channel_logits = nn.ParameterList(
             [
-                nn.Parameter(torch.where(torch.arange(w) < seed_units, logit_on, logit_off))
+                nn.Parameter(
+                    torch.where(
+                        torch.arange(w) < seed_units,
+                        torch.tensor(logit_on),
+                        logit_off + logit_jitter * (2 * torch.rand(w) - 1),
+                    )
+                )
                 for w in self.group_width
             ]
         )
         gated = [j for j in range(len(spec.widths)) if spec.layer_gated[j]]
         self.gated_layers = gated
-        self.layer_logits = nn.Parameter(torch.full((len(gated),), logit_off))
+        self.layer_logits = nn.Parameter(logit_off + logit_jitter * (2 * torch.rand(len(gated)) - 1))
         self.register_buffer("gamma", torch.tensor(1.0))
         self.channel_counts = [torch.zeros(w) for w in self.group_width]
         self.layer_counts = torch.zeros(len(gated))

@@ -67,6 +67,7 @@ class GrowConfig:
     seed_units: int = 1
     logit_on: float = 2.0
     logit_off: float = -3.0
+    logit_jitter: float = 0.5  # uniform spread of the dormant logits (breaks all-at-once growth)
     measure_final: bool = True  # u_G of the architecture kept now (s > 0); False: of the sampled network
     seed: int = 0
 
