@@ -148,3 +148,16 @@ def test_empty_plan_is_a_clear_error(fast_timing, tmp_path) -> None:
     with pytest.raises(EdgetrimError, match="nothing to profile"):
         profile_table(get_target("ort-cpu"), [], out=tmp_path / "t.json", timing=fast_timing)
     assert not (tmp_path / "t.json").exists()
+
+
+def test_artifacts_per_target(tiny_model, fast_timing, tmp_path) -> None:
+    import torch
+
+    module, example = tiny_model
+    pt2 = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(module, example), str(pt2))
+    assert get_target("torch-cpu").measure_artifact(pt2, fast_timing).median_ms > 0
+    with pytest.raises(EdgetrimError, match=r"runs \.onnx files"):
+        get_target("ort-cpu").measure_artifact(pt2, fast_timing)
+    with pytest.raises(EdgetrimError, match="does not exist"):
+        get_target("litert-cpu").measure_artifact(tmp_path / "none.tflite", fast_timing)

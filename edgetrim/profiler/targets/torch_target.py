@@ -64,9 +64,12 @@ class TorchTarget(LocalTarget):
             extra=extra,
         )
 
-    def _time(self, module: Any, inputs: tuple[Any, ...], timing: TimingConfig) -> LatencyStats:
+    def _time(
+        self, module: Any, inputs: tuple[Any, ...], timing: TimingConfig, *, prepared: bool = False
+    ) -> LatencyStats:
         torch = self._torch
-        module = module.eval().to(self.device)
+        if not prepared:  # exported programs' modules refuse .eval(); they are already inference graphs
+            module = module.eval().to(self.device)
         inputs = tuple(t.to(self.device) for t in inputs)
         sync = torch.cuda.synchronize if self.cuda else None
         previous = torch.get_num_threads()
@@ -109,4 +112,8 @@ class TorchTarget(LocalTarget):
         if not example:
             raise EdgetrimError(f"{path.name} carries no example inputs; re-export it with torch.export")
         args, _kwargs = example
-        return self._time(program.module(), tuple(args), timing)
+        if self.cuda:  # an exported program is pinned to the device it was exported on
+            raise EdgetrimError(
+                f"{self.name} does not time .pt2 programs; use torch-cpu or measure the model"
+            )
+        return self._time(program.module(), tuple(args), timing, prepared=True)
