@@ -65,7 +65,7 @@ def report(
     runs: Annotated[list[Path], typer.Argument(help="RUN folders and/or 'edgetrim export' folders")],
     out: Annotated[Path, typer.Option("--out", help="folder for report.html and report.json")],
     table: Annotated[
-        Path | None, typer.Option("--table", help="latency table whose surfaces to plot")
+        Path | None, typer.Option("--table", help="latency table whose surfaces to plot (default: the runs')")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print report.json's content")] = False,
 ) -> None:
@@ -73,13 +73,13 @@ def report(
     import json
 
     from edgetrim.deploy.report import run_entry, write_report
+    from edgetrim.lookup_tables import load_table
 
-    tab = None
-    if table is not None:
-        from edgetrim.lookup_tables import load_table
-
-        tab = load_table(table)
-    files = write_report([run_entry(r) for r in runs], out, table=tab)
+    entries = [run_entry(r) for r in runs]
+    if table is None:  # the first run that names a table still on disk
+        named = (Path(str(e.get("run", {}).get("table") or "")) for e in entries)
+        table = next((p for p in named if p.name and p.is_file()), None)
+    files = write_report(entries, out, table=load_table(table) if table is not None else None)
     if json_out:
         echo_json(json.loads(files.json.read_text()))
         return

@@ -49,6 +49,7 @@ COMPRESSION_KEYS = (
     "widths_before",
     "widths_after",
     "config",
+    "table",
 )
 
 

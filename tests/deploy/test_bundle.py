@@ -130,3 +130,12 @@ def test_cli_export_and_report(run_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "error: run folder" in res.output
     res = runner.invoke(app, ["export", str(run_dir), "--format", "coreml", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown format 'coreml'" in res.output
+
+
+def test_cli_report_plots_the_surfaces_of_the_runs_table(bundle, tmp_path: Path) -> None:
+    from edgetrim.cli import app
+
+    res = CliRunner().invoke(app, ["report", str(bundle.out_dir), "--out", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["surfaces"] and all(f"surface:{k}" in data["images"] for k in data["surfaces"])
