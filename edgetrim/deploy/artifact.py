@@ -6,7 +6,7 @@ Torch-free value types shared by the exporters, the parity check, the manifest a
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,6 @@ class ExportArtifact:
     dynamic_batch: bool = False
     notes: tuple[str, ...] = ()
     parity: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -113,5 +112,4 @@ class ExportArtifact:
             "dynamic_batch": self.dynamic_batch,
             "notes": list(self.notes),
             "parity": self.parity,
-            "extra": dict(self.extra),
         }
