@@ -36,6 +36,9 @@ from edgetrim.types import LayerOp, OpContext
 
 logger = logging.getLogger(__name__)
 
+# The invoke overhead is subtracted from every point, so it is measured once, carefully (~1 s at most).
+OVERHEAD_TIMING = TimingConfig(warmup=20, min_runs=30, max_runs=500, rel_ci=0.01, time_cap_s=1.0)
+
 
 @dataclass(frozen=True)
 class ContextPlan:
@@ -275,7 +278,7 @@ def profile_table(
     if "invoke_overhead_ms" not in meta:
         overhead = getattr(target, "invoke_overhead", None)
         if cfg.subtract_overhead and callable(overhead):
-            meta["invoke_overhead_ms"] = float(overhead(timing).median_ms)
+            meta["invoke_overhead_ms"] = float(overhead(OVERHEAD_TIMING).median_ms)
         else:
             meta["invoke_overhead_ms"] = 0.0
         meta["invoke_overhead_subtracted"] = bool(cfg.subtract_overhead and meta["invoke_overhead_ms"] > 0)
