@@ -86,7 +86,7 @@ def compress_cmd(
         config = CompressConfig(
             budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
             blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, gate_lr=gate_lr,
-            optimizer=optimizer, bits_lambda=bits_lambda, seed=seed,
+            optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, seed=seed,
         )  # fmt: skip
     except ValueError as exc:
         raise EdgetrimError(str(exc)) from None

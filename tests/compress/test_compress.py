@@ -240,3 +240,14 @@ def test_low_rank_plus_pruning_materialises_with_parity() -> None:
     x = torch.randn(4, 64)
     with torch.no_grad():
         torch.testing.assert_close(gates.materialize(example)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_block_keeps_the_l1l2_count_of_weights_exactly(trained_mlp) -> None:
+    model, example, train, val, table, _ = trained_mlp
+    cfg = _fast_config(lam=0.0, blocks=frozenset({Block.SPARSE}), sparse_lambda=1.0)
+    res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+    assert res.report.sparsity and all(0.0 < s < 1.0 for s in res.report.sparsity.values())
+    # the zeros survive the fine-tune exactly; the classifier stays dense
+    first = res.model.features[0].weight
+    assert float((first == 0).float().mean()) == pytest.approx(res.report.sparsity["features.0.weight"])
+    assert "classifier.weight" not in res.report.sparsity
