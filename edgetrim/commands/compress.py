@@ -71,6 +71,9 @@ def compress_cmd(
     bits_lambda: Annotated[
         float, typer.Option("--bits-lambda", help="weight-storage penalty with quant")
     ] = 0.0,
+    sparse_lambda: Annotated[
+        float, typer.Option("--sparse-lambda", help="l1/l2 weight penalty with sparse")
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint.pt")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
