@@ -319,10 +319,11 @@ def _measure(
     threads = table.device.threads if table is not None and table.device.target == target_name else 1
     target = get_target(target_name, threads=threads)
     timing = cfg.timing or TimingConfig()
-    fmt = _format_for_runtime(target.info().runtime)
+    device = target.info()
+    fmt = _format_for_runtime(device.runtime)
     if fmt is None:
         notes.append(f"not re-measured: target {target_name} runs no exported format")
-        return [], target.info().to_dict(), None, notes
+        return [], device.to_dict(), None, notes
     predicted = None
     if table is not None and table.device.target == target_name:
         predicted = _prediction(table, model, inputs, target)
@@ -364,4 +365,4 @@ def _measure(
 
             rep = replace(rep, sparsity=sparsity_payoff(model, export_twin, target, timing=timing))
         measured.append(rep)
-    return measured, target.info().to_dict(), predicted, notes
+    return measured, device.to_dict(), predicted, notes

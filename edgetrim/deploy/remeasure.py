@@ -248,7 +248,8 @@ def remeasure(
     layers: list[LayerComparison] = [LayerComparison(n, ms, None) for n, ms in predicted]
     method = "total only"
     scale: float | None = None
-    runtime = getattr(target.info(), "runtime", "")
+    device = target.info()  # once: remote targets answer it over the wire
+    runtime = device.runtime
     if (
         artifact.format is ExportFormat.ONNX
         and runtime == "onnxruntime"
@@ -262,13 +263,13 @@ def remeasure(
             overhead_ms=overhead_ms,
             predicted=predicted,
             profile_runs=profile_runs,
-            threads=getattr(target.info(), "threads", 1),
+            threads=device.threads,
         )
         method = "onnxruntime profiler (optimisation off), node times scaled to the measured total"
     return RemeasureReport(
         label=artifact.label,
         target=target.name,
-        device=target.info(),
+        device=device,
         measured=measured,
         predicted_ms=predicted_ms,
         layers=tuple(layers),
