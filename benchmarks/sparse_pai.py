@@ -112,6 +112,7 @@ def part_b() -> dict:
             ("snip", {"criterion": "snip"}),
             ("magnitude", {"criterion": "magnitude"}),
             ("synflow", {"criterion": "synflow", "pai_rounds": 100}),
+            ("synflow_zero_bias", {"criterion": "synflow", "pai_rounds": 100, "synflow_zero_bias": True}),
         ):
             best, first_collapse = None, None
             for x in xs:
@@ -138,14 +139,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sparse_pai.json"))
     ap.add_argument("--only", default=",".join(CRITERIA), help="criteria of part A to run")
     ap.add_argument("--merge", action="store_true", help="add to an existing result file (part B kept)")
+    ap.add_argument("--collapse-only", action="store_true", help="with --merge: recompute only part B")
     args = ap.parse_args()
     epochs = args.epochs or (8 if args.quick else 20)
     sparsities = [0.5, 0.9, 0.98, 0.99] if args.quick else [0.5, 0.8, 0.9, 0.95, 0.98, 0.99]
     torch.set_num_threads(1)
     t0 = time.time()
     prev = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else None
-    collapse = prev["collapse"] if prev else part_b()
-    acc = part_a(args, args.seeds, epochs, sparsities, args.only.split(","), prev["accuracy"] if prev else {})
+    collapse = prev["collapse"] if prev and not args.collapse_only else part_b()
+    only = [] if args.collapse_only else args.only.split(",")
+    acc = part_a(args, args.seeds, epochs, sparsities, only, prev["accuracy"] if prev else {})
     hi = [str(s) for s in sparsities if s >= 0.9]
     checks = {
         "magnitude_ge_random_at_high_sparsity": {

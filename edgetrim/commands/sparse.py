@@ -108,6 +108,9 @@ def sparsify(
     pai_rounds: Annotated[
         int, typer.Option("--pai-rounds", help="1 one-shot; >1 iterative (SynFlow: 100)")
     ] = 1,
+    synflow_zero_bias: Annotated[
+        bool, typer.Option("--synflow-zero-bias", help="score SynFlow with biases zeroed")
+    ] = False,
     rewind: Annotated[str, typer.Option("--rewind", help="lottery: init, iteration, lr")] = "init",
     rewind_iteration: Annotated[int, typer.Option("--rewind-iteration")] = 0,
     imp_rounds: Annotated[
@@ -149,6 +152,7 @@ def sparsify(
             init_sparsity=init_sparsity,
             criterion=_enum(criterion, Criterion, "--criterion"),
             pai_rounds=pai_rounds,
+            synflow_zero_bias=synflow_zero_bias,
             rewind=_enum(rewind, Rewind, "--rewind"),
             rewind_iteration=rewind_iteration,
             imp_rounds=imp_rounds,

@@ -102,6 +102,15 @@ def test_synflow_conserves_per_layer_saliency_bias_free() -> None:
     assert all(p.min() < 0 for p in params.values())  # the real weights keep their signs
 
 
+def test_synflow_zero_bias_conserves_with_biases() -> None:
+    model = _mlp(bias=True)
+    params = WeightMasks(model).params
+    sums = [float(s.double().sum()) for s in synflow_scores(model, params, (1, 12), zero_bias=True).values()]
+    assert (max(sums) - min(sums)) / (sum(sums) / len(sums)) < 1e-5
+    biased = [float(s.double().sum()) for s in synflow_scores(model, params, (1, 12)).values()]
+    assert (max(biased) - min(biased)) / (sum(biased) / len(biased)) > 1e-3  # biases break conservation
+
+
 def test_synflow_needs_no_data_but_snip_does() -> None:
     from edgetrim.errors import EdgetrimError
 

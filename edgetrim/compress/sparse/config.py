@@ -127,6 +127,7 @@ class SparsifyConfig:
     criterion: Criterion = Criterion.SNIP
     pai_rounds: int = 1  # 1: one-shot; > 1: iterative with an exponential density schedule
     score_batches: int = 1  # mini-batches used for data-driven scores
+    synflow_zero_bias: bool = False  # score SynFlow with biases zeroed (exact per-layer conservation)
     # lottery tickets
     imp_rounds: int | None = None  # None: enough 20% rounds to reach ``sparsity``
     imp_per_round: float = 0.2

@@ -178,15 +178,25 @@ def synflow_scores(
     input_shape: Sequence[int],
     *,
     masks: Mapping[str, torch.Tensor] | None = None,
+    zero_bias: bool = False,
 ) -> dict[str, torch.Tensor]:
     """SynFlow saliency ``|θ ⊙ dR/dθ|`` on an abs-valued float64 copy, all-ones input, eval mode.
 
     ``masks`` (by the same keys) are applied to the copy first (iterative SynFlow). Biases and
     normalisation buffers take part as their absolute values, as in the reference code; on a
-    bias-free, BN-free net each layer's total saliency equals R (conservation).
+    bias-free, BN-free net each layer's total saliency equals R (conservation). ``zero_bias`` zeroes
+    every bias (and BN shift / running mean) of the copy, which restores exact conservation on nets
+    with biases.
     """
     names = _param_names(model, params)
     work = _abs_copy(model)
+    if zero_bias:
+        with torch.no_grad():
+            for mod in work.modules():
+                for attr in ("bias", "running_mean"):
+                    t = getattr(mod, attr, None)
+                    if isinstance(t, torch.Tensor):
+                        t.zero_()
     wparams = dict(work.named_parameters())
     wp = {n: wparams[names[n]] for n in params}
     if masks is not None:
@@ -213,6 +223,7 @@ def keep_scores(
     input_shape: Sequence[int] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    synflow_zero_bias: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Scores where higher means keep, for any criterion (GraSP is negated, see module doc)."""
     loss_fn = loss_fn or nn.functional.cross_entropy
@@ -229,5 +240,5 @@ def keep_scores(
     if criterion is Criterion.SYNFLOW:
         if input_shape is None:
             raise EdgetrimError("synflow needs the model's input shape (example inputs)")
-        return synflow_scores(model, params, input_shape, masks=masks)
+        return synflow_scores(model, params, input_shape, masks=masks, zero_bias=synflow_zero_bias)
     raise ValueError(f"unknown criterion {criterion}")

@@ -204,6 +204,7 @@ def prune_at_init(
             input_shape=input_shape,
             masks=masks.masks,
             generator=generator,
+            synflow_zero_bias=cfg.synflow_zero_bias,
         )
         masks.set_masks(_masks_from_scores(scores, masks, cfg, d_k))
         if cost is not None:
