@@ -36,7 +36,8 @@ from edgetrim.compress.sparse.config import SparsifyConfig
 from edgetrim.compress.sparse.loop import CostTracker, evaluate, layer_macs, make_optimizer, train_loop
 from edgetrim.compress.sparse.schedules import cubic_sparsity
 from edgetrim.compress.weight_masks import WeightMasks
-from edgetrim.errors import BudgetError, EdgetrimError
+from edgetrim.errors import BudgetError, EdgetrimError, TableError
+from edgetrim.types import OpKind
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,11 @@ class LatencyModel:
         self.ops = extract_layer_ops(model, tuple(example_inputs), fusion=fusion)
         self.covered = [op for op in self.ops if op.context in known]
         self.uncovered = [op.name for op in self.ops if op.context not in known]
+        if not any(op.context.kind in (OpKind.CONV2D, OpKind.LINEAR) for op in self.covered):
+            raise TableError(
+                f"the latency table covers none of the model's conv / linear layers ({', '.join(self.uncovered[:4])}"
+                f"{' ...' if len(self.uncovered) > 4 else ''}); profile this model into the table"
+            )
         if self.uncovered:
             log.info("latency table lacks contexts for %s; they count as constant", self.uncovered)
         # per op: group -> (#in features per channel index, #out per channel)
@@ -395,6 +401,9 @@ def sparsify_channels(
             f"channel granularity: materialised to {params_after} of {params_before} parameters",
             f"latency allocation scored channels {'divided by' if divide else 'without dividing by'} marginal latency"
             if allocation is Allocation.LATENCY
+            else "",
+            f"latency table lacks {', '.join(lat.uncovered)}: predicted as constant (not part of predicted_ms)"
+            if lat is not None and lat.uncovered
             else "",
         ],
     )
