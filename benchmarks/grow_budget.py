@@ -186,7 +186,7 @@ def part_latency(args: argparse.Namespace, spec: GrowNetSpec, train, test) -> di
             epochs=args.epochs,
             seed=seed,
             lambda1_base=args.latency_lambda_base,
-            logit_jitter=args.logit_jitter,
+            logit_jitter=args.latency_logit_jitter,
         )
         meter = ResourceMeter(spec, cfg, table=table, fusion=target.fusion)
         torch.manual_seed(seed)
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--skip-params", action="store_true")
     ap.add_argument("--lambda-base", type=float, default=1.0)
-    ap.add_argument("--latency-lambda-base", type=float, default=1.0)
+    ap.add_argument("--latency-lambda-base", type=float, default=0.5)
+    ap.add_argument("--latency-logit-jitter", type=float, default=1.5)
     ap.add_argument("--logit-jitter", type=float, default=0.5)
     ap.add_argument("--latency-seeds", type=int, default=1)
     ap.add_argument(
