@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgetrim.compress.sparse.allocation import Allocation
@@ -138,7 +138,6 @@ class SparsifyConfig:
     exclude: tuple[str, ...] = ()  # module names kept dense
     collapse: CollapsePolicy | None = None  # None: DEFAULT_COLLAPSE[method]
     seed: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, enum_type in (
@@ -243,7 +242,6 @@ class SparsifyConfig:
             if isinstance(v, enum.Enum):
                 d[k] = v.value
         d["layer_densities"] = dict(self.layer_densities) if self.layer_densities else None
-        d["extra"] = dict(self.extra)
         d["lr_milestones"] = list(self.lr_milestones)
         d["exclude"] = list(self.exclude)
         return d
