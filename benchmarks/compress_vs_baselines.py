@@ -1,7 +1,8 @@
 """Acceptance 2-3: latency-regularised pruning vs baselines, measured on ort-cpu, side by side.
 
-For each model (trained on digits) and each budget (a fraction of the dense model's *measured*
-ort-cpu latency), one process runs:
+For each model (trained on digits) and each budget fraction ``f`` (of the dense model's latency:
+``f x`` the table's dense prediction is the budget the methods see, ``f x`` the dense *measured* ort-cpu
+latency is what the result must meet within 10%), one process runs:
 
 * ``ours``: ``compress`` with the latency regulariser (Eq. 6) and widths chosen on the real table;
 * ``flops_reg``: the same loop with the FLOPs regulariser (Eq. 4) and the same final table fit;
@@ -106,6 +107,13 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--points-per-context", type=int, default=120)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--budget-scale",
+        choices=("table", "measured"),
+        default="table",
+        help="table: methods get frac x the table's dense prediction (the table's scale); measured: frac x "
+        "the dense measured ms. Adherence is always checked against frac x dense measured.",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     target = get_target("ort-cpu", threads=1)
@@ -127,7 +135,8 @@ def main() -> None:
         dense_pred = predicted(table, target, model, example)
         total_epochs = args.epochs + args.finetune_epochs
         for frac in [float(f) for f in args.fractions.split(",")]:
-            budget = frac * dense_meas["median_ms"]
+            target_ms = frac * dense_meas["median_ms"]  # what the measured model must meet (x 1.10)
+            budget = frac * dense_pred if args.budget_scale == "table" else target_ms
 
             def fits(m: nn.Module, budget: float = budget, table=table, example=example) -> bool:
                 try:
@@ -161,9 +170,9 @@ def main() -> None:
                     meas = measured(target, small, example, timing)
                     row = {
                         "model": name, "fraction": frac, "budget_ms": budget, "method": method,
-                        "accuracy": acc, "predicted_ms": pred, "measured": meas,
-                        "measured_vs_budget": meas["median_ms"] / budget,
-                        "adheres_1_10": meas["median_ms"] <= 1.10 * budget,
+                        "target_ms": target_ms, "accuracy": acc, "predicted_ms": pred, "measured": meas,
+                        "measured_vs_budget": meas["median_ms"] / target_ms,
+                        "adheres_1_10": meas["median_ms"] <= 1.10 * target_ms,
                         "params": sum(q.numel() for q in small.parameters()),
                         "seconds": time.perf_counter() - t,
                     }  # fmt: skip

@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from edgetrim.compress.config import Block, CompressConfig
 from edgetrim.compress.gates import ChannelGates
-from edgetrim.compress.graph import ChannelGroup, find_channel_groups, output_layers
+from edgetrim.compress.graph import ChannelGroup, Role, find_channel_groups, output_layers
 from edgetrim.compress.latency_model import (
     Extractor,
     LatencyModel,
@@ -270,6 +270,11 @@ def compress(
     cost = LatencyModel(table, terms, [g.unit for g in groups])
     sizes = [g.size for g in groups]
     units = [g.unit for g in groups]
+    # a depthwise conv cut to one channel turns into a plain conv (another kernel, another context)
+    min_widths = [
+        min(g.size, 2 * g.unit if any(m.role is Role.DEPTHWISE for m in g.members) else g.unit)
+        for g in groups
+    ]
 
     def partial_ms(g: int, widths: Sequence[int]) -> float:
         return sum(cost.term_ms(k, widths) for k in cost.terms_of_group(g))
@@ -289,7 +294,11 @@ def compress(
         cost_fn, partial, what, unit_name = cost.hard_flops, partial_flops, "FLOPs", "FLOPs"
         dense_cost = cost.hard_flops(sizes)
     if budget is not None:
-        floor = smallest_reachable(units, sizes, partial, cost_fn) if groups else cost_fn(sizes)
+        floor = (
+            smallest_reachable(units, sizes, partial, cost_fn, min_widths=min_widths)
+            if groups
+            else cost_fn(sizes)
+        )
         if budget < floor - 1e-12:
             raise BudgetError(
                 f"{what} budget {budget:.4g} {unit_name} is below the smallest reachable {what} "
@@ -345,11 +354,12 @@ def compress(
 
     # 4. final widths with the real table
     requested = gates.widths()
-    final = fast_side_widths(requested, units, sizes, partial) if groups else []
+    final = fast_side_widths(requested, units, sizes, partial, min_widths=min_widths) if groups else []
     if budget is not None and groups:
         final = fit_budget(
-            final, units, _importance(gates, work), partial, cost_fn, budget, what=what, unit_name=unit_name
-        )
+            final, units, _importance(gates, work), partial, cost_fn, budget, what=what, unit_name=unit_name,
+            min_widths=min_widths,
+        )  # fmt: skip
     for q in quants.values():
         q.harden_()
     bits = {n: q.bits() for n, q in quants.items()}
@@ -372,7 +382,9 @@ def compress(
         # The bound terms and the extracted model disagree (should not happen): shrink and re-check.
         tighten += 1
         target = cost.hard_ms(final) - (predicted_ms - config.budget_ms)
-        final = fit_budget(final, units, _importance(gates, work), partial, cost.hard_ms, target)
+        final = fit_budget(
+            final, units, _importance(gates, work), partial, cost.hard_ms, target, min_widths=min_widths
+        )
         small = gates.materialize(example, widths=final, prepare=_strip_quant)
         predicted_ms = check_ms(small)
     if config.budget_ms is not None and predicted_ms > config.budget_ms + 1e-9:

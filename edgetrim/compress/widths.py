@@ -36,7 +36,12 @@ def _with(widths: Sequence[int], g: int, w: int) -> list[int]:
 
 
 def fast_side_widths(
-    requested: Sequence[int], units: Sequence[int], sizes: Sequence[int], partial: PartialCost
+    requested: Sequence[int],
+    units: Sequence[int],
+    sizes: Sequence[int],
+    partial: PartialCost,
+    *,
+    min_widths: Sequence[int] | None = None,
 ) -> list[int]:
     """Per group, the cheapest width >= the requested one (ties: the widest). Widths in channels.
 
@@ -45,7 +50,8 @@ def fast_side_widths(
         >>> fast_side_widths([3], [1], [8], cost)
         [8]
     """
-    widths = [max(u, min(s, -(-int(r) // u) * u)) for r, u, s in zip(requested, units, sizes)]
+    floor = list(units) if min_widths is None else list(min_widths)
+    widths = [max(f, min(s, -(-int(r) // u) * u)) for r, u, s, f in zip(requested, units, sizes, floor)]
     for g in range(len(widths)):
         best_w, best_c = widths[g], partial(g, widths)
         for w in range(widths[g] + units[g], sizes[g] + 1, units[g]):
@@ -57,11 +63,11 @@ def fast_side_widths(
 
 
 def _next_step_down(
-    g: int, widths: Sequence[int], unit: int, partial: PartialCost
+    g: int, widths: Sequence[int], unit: int, partial: PartialCost, floor: int
 ) -> tuple[int, float] | None:
-    """Widest width below ``widths[g]`` that is strictly cheaper, and the cost it saves."""
+    """Widest width in ``[floor, widths[g])`` that is strictly cheaper, and the cost it saves."""
     here = partial(g, widths)
-    for w in range(widths[g] - unit, unit - 1, -unit):
+    for w in range(widths[g] - unit, floor - 1, -unit):
         c = partial(g, _with(widths, g, w))
         if c < here - _EPS:
             return w, here - c
@@ -78,6 +84,7 @@ def fit_budget(
     *,
     what: str = "latency",
     unit_name: str = "ms",
+    min_widths: Sequence[int] | None = None,
 ) -> list[int]:
     """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first.
 
@@ -93,6 +100,7 @@ def fit_budget(
         reachable cost).
     """
     widths = list(widths)
+    floor = list(units) if min_widths is None else list(min_widths)
     cum = []
     for imp in importance:
         acc, c = 0.0, [0.0]
@@ -103,7 +111,7 @@ def fit_budget(
     while total(widths) > budget + _EPS:
         best: tuple[float, int, int] | None = None
         for g in range(len(widths)):
-            step = _next_step_down(g, widths, units[g], partial)
+            step = _next_step_down(g, widths, units[g], partial, floor[g])
             if step is None:
                 continue
             w, saved = step
@@ -126,7 +134,13 @@ def fit_budget(
 
 
 def smallest_reachable(
-    units: Sequence[int], sizes: Sequence[int], partial: PartialCost, total: TotalCost
+    units: Sequence[int],
+    sizes: Sequence[int],
+    partial: PartialCost,
+    total: TotalCost,
+    *,
+    min_widths: Sequence[int] | None = None,
 ) -> float:
-    """The cost with every group at its narrowest fast-side width (one unit, rounded up a step)."""
-    return total(fast_side_widths(list(units), units, sizes, partial))
+    """The cost with every group at its narrowest fast-side width (``min_widths``, rounded up a step)."""
+    start = list(units) if min_widths is None else list(min_widths)
+    return total(fast_side_widths(start, units, sizes, partial, min_widths=min_widths))
