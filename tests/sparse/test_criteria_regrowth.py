@@ -169,3 +169,20 @@ def test_regeneration_preserves_per_layer_nnz_and_zero_init() -> None:
             assert (p[grown] == 0).all() and (opt.state[p]["momentum_buffer"][grown] == 0).all()
             stayed = masks.masks[n] & old[n]
             assert torch.equal(p[stayed], values[n][stayed])  # survivors keep their values
+
+
+def test_cost_tracker_counts_dense_gradient_steps() -> None:
+    from edgetrim.compress.sparse.loop import CostTracker, layer_macs
+
+    model = _mlp()
+    macs = layer_macs(model, (torch.randn(1, 12),))
+    assert macs == {"0.weight": 12 * 20, "2.weight": 20 * 16, "4.weight": 16 * 5}
+    cost = CostTracker(macs=macs, masked=list(macs))
+    dens = {n: 0.1 for n in macs}
+    f_d = 2.0 * sum(macs.values())
+    f_s = 0.1 * f_d
+    cost.add_step(8, dens)
+    assert cost.train_flops == pytest.approx(8 * 3 * f_s)
+    cost.add_step(8, dens, dense_grad=True)  # RigL update step: weight gradient is dense
+    assert cost.train_flops == pytest.approx(8 * 3 * f_s + 8 * (2 * f_s + f_d))
+    assert cost.dense_grad_steps == 1
