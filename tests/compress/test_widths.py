@@ -1,0 +1,42 @@
+"""Width selection on a staircase cost (pure functions, hand-built costs with known answers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
+from edgetrim.errors import BudgetError
+
+
+def stair(w: int) -> float:
+    return float(math.ceil(w / 8))  # 1..8 cost 1, 9..16 cost 2, ...
+
+
+def partial(g: int, widths) -> float:
+    return stair(widths[g]) * (g + 1)  # group 1 costs twice as much per step
+
+
+def total(widths) -> float:
+    return sum(partial(g, widths) for g in range(len(widths)))
+
+
+def test_fast_side_takes_the_widest_width_of_the_requested_step() -> None:
+    assert fast_side_widths([3, 9], [1, 1], [32, 32], partial) == [8, 16]
+    assert fast_side_widths([17, 32], [1, 1], [20, 32], partial) == [20, 32]  # capped at the size
+    assert fast_side_widths([3], [4], [32], partial) == [8]  # whole units (heads of 4)
+
+
+def test_fit_budget_moves_to_the_fast_side_of_cheaper_steps_until_it_fits() -> None:
+    imp = [[1.0] * 32, [1.0] * 32]
+    widths = fit_budget([32, 32], [1, 1], imp, partial, total, budget=6.0)
+    assert total(widths) <= 6.0
+    assert all(w % 8 == 0 for w in widths)  # never on the slow side of a step
+
+
+def test_fit_budget_respects_minimum_widths_and_reports_the_floor() -> None:
+    imp = [[1.0] * 32, [1.0] * 32]
+    assert smallest_reachable([1, 1], [32, 32], partial, total, min_widths=[9, 1]) == pytest.approx(4.0)
+    with pytest.raises(BudgetError, match="smallest reachable latency 4"):
+        fit_budget([32, 32], [1, 1], imp, partial, total, budget=3.5, min_widths=[9, 1])
