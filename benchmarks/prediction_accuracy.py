@@ -11,9 +11,11 @@ For each target (ort-cpu and litert-cpu by default, 1 thread) this script
 3. measures every model on the target, interleaved: ``--rounds`` rounds, each timing every model once
    in a shuffled order; a model's latency is the median of its round medians (spread: min..max of
    the round medians);
-4. predicts every model from the table (``predict_model``), from the table plus the in-graph
-   per-op dispatch cost (``fit_per_op_overhead``, fitted leave-one-out on the other models), and with
-   the FLOPs baseline (``ms_per_mac x MACs``, ``ms_per_mac`` fitted leave-one-out likewise);
+4. predicts every model from the table (``predict_model``: per-op costs, the per-node dispatch
+   cost and, on onnxruntime, NCHWc layout reorders and blocked-conv fusions, all measured by the
+   profiler, nothing fitted on these models), for comparison with the dispatch cost instead fitted
+   leave-one-out on the other models (``fit_per_op_overhead``), and with the FLOPs baseline
+   (``ms_per_mac x MACs``, ``ms_per_mac`` fitted leave-one-out likewise);
 5. writes JSON: per model rows, share within +-10%, MAPE, Spearman for both predictors, build time.
 
 Usage::
@@ -210,7 +212,6 @@ def run_target(
 
     rows = []
     preds = []
-    table.meta.pop("per_op_overhead_ms", None)  # raw table prediction first
     for m in models:
         pred = predict_model(table, m["ops"])
         preds.append(pred)
@@ -224,19 +225,24 @@ def run_target(
                 "predicted_ms": pred.total_ms,
                 "uncovered_share": pred.uncovered_share,
                 "extrapolated_share": pred.extrapolated_share,
+                "dispatch_ms": pred.dispatch_ms,
+                "layout_ms": sum(r.ms for r in pred.rows if r.method == "layout"),
+                "fused_rows": sum(1 for r in pred.rows if r.method == "fused"),
                 "n_ops": len(m["ops"]),
                 "macs": total_macs(m["ops"]),
             }
         )
     measured = [r["measured_ms"] for r in rows]
     baseline = _leave_one_out_baseline([r["macs"] for r in rows], measured)
-    # Table + per-op dispatch cost fitted on the *other* models (leave-one-out).
+    # Table + per-op dispatch cost fitted on the *other* models (leave-one-out), replacing the
+    # measured one: a comparison, not the table's prediction.
     calibrated = []
     for k, pred in enumerate(preds):
         c = fit_per_op_overhead(
             [p for j, p in enumerate(preds) if j != k], [t for j, t in enumerate(measured) if j != k]
         )
-        calibrated.append(pred.total_ms + c * max(len(pred.rows) - 1, 0))
+        nodes = sum(1 for r in pred.rows if r.method != "fused")
+        calibrated.append(pred.total_ms - pred.dispatch_ms + c * max(nodes - 1, 0))
     per_op_all = fit_per_op_overhead(preds, measured)
     for r, b, cal in zip(rows, baseline, calibrated, strict=True):
         r["flops_baseline_ms"] = b
@@ -244,8 +250,6 @@ def run_target(
         r["rel_err"] = (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"]
         r["calibrated_rel_err"] = (cal - r["measured_ms"]) / r["measured_ms"]
         r["flops_rel_err"] = (b - r["measured_ms"]) / r["measured_ms"]
-    table.meta["per_op_overhead_ms"] = per_op_all
-    table.save(table_path)
     return {
         "target": target_name,
         "fingerprint": info.fingerprint(),
@@ -256,10 +260,12 @@ def run_target(
             "points": table.n_points(),
             "build_time_s": build_s,
             "invoke_overhead_ms": table.meta.get("invoke_overhead_ms"),
+            "per_op_overhead_ms": table.meta.get("per_op_overhead_ms"),
+            "ort_nchwc_block": table.meta.get("ort_nchwc_block"),
             "skipped_contexts": table.meta.get("skipped_contexts", {}),
         },
         "measure_time_s": measure_s,
-        "per_op_overhead_ms_all_models": per_op_all,
+        "per_op_overhead_ms_fitted_all_models": per_op_all,
         "table_prediction": summary([r["predicted_ms"] for r in rows], measured),
         "table_prediction_dispatch_loo": summary(calibrated, measured),
         "flops_baseline": summary(baseline, measured),

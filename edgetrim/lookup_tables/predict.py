@@ -14,6 +14,19 @@ Coverage policy, per :class:`~edgetrim.types.LayerOp`:
 
 Conv / linear / depthwise layers (:data:`TABLED_KINDS`) are never estimated: with no context in the
 table they raise :class:`~edgetrim.errors.UncoveredOpError` naming the layer.
+
+Runtime structure the per-op sum would miss, applied when the table's ``meta`` records it:
+
+* ``per_op_overhead_ms``: the in-graph dispatch cost of one node (measured by the profiler on a chain
+  of trivial nodes). Every point had the empty-invoke overhead (one node's dispatch included)
+  subtracted, so a model of ``n`` executed nodes adds ``(n - 1) x per_op_overhead_ms``.
+* ``ort_nchwc_block``: onnxruntime's NCHWc layout (see :func:`_nchwc_layout`). A conv / depthwise /
+  pool whose widths suit the block runs in the blocked layout; its one-op graph paid a
+  ReorderInput / ReorderOutput that inside a model happen only where a blocked region starts or
+  ends. Reorder costs come from the table's ``other/nchwc<B>_in|out`` contexts (a per-element fit);
+  they are taken off the op and added back at region boundaries. Inside a region onnxruntime fuses a
+  residual Add (and the activation after it) and a following HardSwish / other activation into the
+  blocked conv: those rows cost nothing (``method == "fused"``) and run no node.
 """
 
 from __future__ import annotations
@@ -37,7 +50,11 @@ TABLED_KINDS = frozenset({OpKind.CONV2D, OpKind.LINEAR, OpKind.DEPTHWISE_CONV2D}
 
 @dataclass(frozen=True)
 class LayerPrediction:
-    """One row of a model prediction. ``method`` is ``"table"``, ``"calibrated"`` or ``"uncovered"``."""
+    """One row of a model prediction.
+
+    ``method``: ``"table"``, ``"calibrated"``, ``"uncovered"``, ``"fused"`` (runs inside the previous
+    kernel, 0 ms) or ``"layout"`` (a layout conversion the runtime inserts, e.g. an NCHWc reorder).
+    """
 
     name: str
     context_key: str
@@ -147,6 +164,116 @@ class _Calibrations:
         return self._cache[key]
 
 
+#: Activations onnxruntime fuses into a blocked (NCHWc) conv, including after a fused residual Add.
+_NCHWC_FUSED_ACTS = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh", "leaky_relu"})
+#: Kinds that stay in the blocked layout when their input is blocked (elementwise on NCHWc).
+_NCHWC_FOLLOWERS = frozenset({OpKind.ADD, OpKind.ACTIVATION, OpKind.BATCH_NORM})
+
+
+def _out_spatial(ctx: OpContext) -> tuple[int, int]:
+    if ctx.kind in (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.POOL):
+        if ctx.kind is OpKind.POOL and ctx.variant.startswith("global"):
+            return (1, 1)
+        return tuple(  # type: ignore[return-value]
+            max((n + 2 * p - k) // s + 1, 1)
+            for n, k, s, p in zip(ctx.spatial, ctx.kernel, ctx.stride, ctx.padding, strict=True)
+        )
+    return ctx.spatial
+
+
+def nchwc_eligible(ctx: OpContext, in_w: int, block: int) -> tuple[bool, bool]:
+    """(runs blocked, its one-op graph reordered its input) for onnxruntime's NCHWc transformer.
+
+    Rules read off onnxruntime 1.32's optimised one-op graphs: a groups=1 conv is blocked when its
+    input width is a multiple of the block (input reordered) or below the block (NCHW input, no
+    reorder), whatever its output width; depthwise convs and max/avg pools when the width is a
+    multiple of the block. Global pools export as ReduceMean, which is never blocked.
+    """
+    if ctx.kind is OpKind.CONV2D:
+        if in_w % block == 0:
+            return True, True
+        return in_w < block, False
+    if ctx.kind is OpKind.DEPTHWISE_CONV2D or (ctx.kind is OpKind.POOL and ctx.variant in ("avg", "max")):
+        ok = in_w % block == 0
+        return ok, ok
+    return False, False
+
+
+def _nchwc_layout(
+    table: LatencyTable, cal: _Calibrations, ops: Sequence[LayerOp], rows: list[LayerPrediction], block: int
+) -> list[LayerPrediction]:
+    """Rows re-priced for onnxruntime's NCHWc layout (see the module docstring), in execution order.
+
+    The ops are walked as a chain (the order torch executes them): a blocked region starts at the
+    first blocked op and ends at the first op that cannot run blocked (global pool, broadcast
+    multiply, reshape, linear, ...) or at the model's end. Branches that re-join (residual adds) are
+    priced as the chain sees them.
+    """
+    reorder_ctx = {d: OpContext(OpKind.OTHER, variant=f"nchwc{block}_{d}") for d in ("in", "out")}
+    if not any(
+        c.variant in (reorder_ctx["in"].variant, reorder_ctx["out"].variant) for c in table.contexts()
+    ):
+        return rows  # no reorder costs measured: leave the table's one-op prices as they are
+
+    def reorder_ms(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
+        c = cal.for_context(reorder_ctx[direction])
+        ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant=reorder_ctx[direction].variant)
+        return 0.0 if c is None else c(elements(ctx, width, width))
+
+    out: list[LayerPrediction] = []
+    blocked = False
+    cur: tuple[int, tuple[int, int], int] = (0, (1, 1), 1)  # width, spatial, tokens of the last output
+    fusable = False  # the previous row is a blocked conv with no activation (Add / act can fuse)
+    act_fusable = False
+    for op, row in zip(ops, rows, strict=True):
+        ctx = op.context
+        elig, paid_in = nchwc_eligible(ctx, op.in_width, block)
+        if ctx.kind in (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.POOL) and elig:
+            paid = reorder_ms("out", op.out_width, _out_spatial(ctx), ctx.tokens)
+            if paid_in:
+                paid += reorder_ms("in", op.in_width, ctx.spatial, ctx.tokens)
+            if not blocked and paid_in:
+                out.append(_layout_row(f"{op.name}:reorder_in", reorder_ctx["in"], op.in_width,
+                                       reorder_ms("in", op.in_width, ctx.spatial, ctx.tokens)))  # fmt: skip
+            out.append(_replace_ms(row, max(row.ms - paid, 0.0)))
+            blocked = True
+            fusable = act_fusable = ctx.kind is not OpKind.POOL and ctx.activation == "none"
+        elif blocked and ctx.kind in _NCHWC_FOLLOWERS:
+            if ctx.kind is OpKind.ADD and fusable and ctx.activation == "none":
+                out.append(_replace_ms(row, 0.0, method="fused"))
+                fusable = False  # one Sum per conv; the activation after it may still fuse
+            elif ctx.kind is OpKind.ACTIVATION and act_fusable and ctx.variant in _NCHWC_FUSED_ACTS:
+                out.append(_replace_ms(row, 0.0, method="fused"))
+                fusable = act_fusable = False
+            else:
+                out.append(row)
+                fusable = act_fusable = False
+        else:
+            if blocked:
+                w, sp, tok = cur
+                out.append(_layout_row(f"{op.name}:reorder_out", reorder_ctx["out"], w,
+                                       reorder_ms("out", w, sp, tok)))  # fmt: skip
+            blocked = fusable = act_fusable = False
+            out.append(row)
+        cur = (op.out_width, _out_spatial(ctx), ctx.tokens)
+    if blocked:
+        w, sp, tok = cur
+        out.append(_layout_row("output:reorder_out", reorder_ctx["out"], w, reorder_ms("out", w, sp, tok)))
+    return out
+
+
+def _replace_ms(row: LayerPrediction, ms: float, method: str | None = None) -> LayerPrediction:
+    d = asdict(row)
+    d["ms"] = float(ms)
+    if method is not None:
+        d["method"] = method
+    return LayerPrediction(**d)
+
+
+def _layout_row(name: str, ctx: OpContext, width: int, ms: float) -> LayerPrediction:
+    return LayerPrediction(name, ctx.key(), width, width, float(ms), True, False, method="layout")
+
+
 def predict_model(
     table: LatencyTable,
     layer_ops: Sequence[LayerOp],
@@ -202,13 +329,17 @@ def predict_model(
         rows.append(LayerPrediction(op.name, key, op.in_width, op.out_width, 0.0, False, False, "uncovered"))
         g = cal.generic()
         uncovered_est.append(g(elements(ctx, op.in_width, op.out_width)) if g is not None else float("nan"))
+    block = table.meta.get("ort_nchwc_block")
+    if block:
+        rows = _nchwc_layout(table, cal, layer_ops, rows, int(block))
     layers_ms = float(sum(r.ms for r in rows))
     overhead = 0.0
     if table.meta.get("invoke_overhead_subtracted"):
         overhead = float(table.meta.get("invoke_overhead_ms") or 0.0)
     # A one-op model pays the runtime's per-node dispatch once, and the profiler subtracted it with
     # the invoke overhead; inside a model every further node pays it again.
-    dispatch = float(table.meta.get("per_op_overhead_ms") or 0.0) * max(len(rows) - 1, 0)
+    nodes = sum(1 for r in rows if r.method != "fused")
+    dispatch = float(table.meta.get("per_op_overhead_ms") or 0.0) * max(nodes - 1, 0)
     total = layers_ms + overhead + dispatch
     if not uncovered_est:
         share = 0.0
@@ -267,7 +398,7 @@ def fit_per_op_overhead(predictions: Sequence[ModelPrediction], measured_ms: Seq
     for p, m in zip(predictions, measured_ms, strict=True):
         if m <= 0:
             raise ValueError(f"measured latencies must be > 0, got {m}")
-        k = max(len(p.rows) - 1, 0)
+        k = max(sum(1 for r in p.rows if r.method != "fused") - 1, 0)
         base = p.total_ms - p.dispatch_ms
         # minimise sum(((base + c*k) - m)^2 / m^2) over c
         num += k * (m - base) / (m * m)

@@ -11,6 +11,11 @@ Invoke overhead: the runtime's cost of one empty invoke is measured once per tab
 from every op point (``shift_stats``, clamped at 0), and stored as ``meta["invoke_overhead_ms"]``, so
 summing the ops of a model counts the per-invoke cost once (add it back once per model), not once
 per op.
+
+Runtime facts: a target may offer ``table_meta(timing) -> dict`` (onnxruntime: the per-node dispatch
+cost ``per_op_overhead_ms`` and the NCHWc block ``ort_nchwc_block``), stored in the table's meta for
+the predictor; with an NCHWc block the session also measures the layout reorders
+(:func:`nchwc_reorder_requests`) for every spatial shape the plan's convs and pools use.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from edgetrim.errors import EdgetrimError, TableError
 from edgetrim.lookup_tables import LatencyTable, load_table
 from edgetrim.lookup_tables.grid import plan_points, refine_points
 from edgetrim.profiler.builders import UnsupportedOpError, validate_context
+from edgetrim.profiler.builders._common import conv_out_hw
 from edgetrim.profiler.stats import shift_stats
 from edgetrim.profiler.targets.base import OpRequest, Target
 from edgetrim.profiler.timing import TimingConfig
-from edgetrim.types import LayerOp, OpContext
+from edgetrim.types import LayerOp, OpContext, OpKind
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +228,42 @@ def _open_table(target: Target, out: Path, resume: bool) -> LatencyTable:
     return LatencyTable(info, meta={})
 
 
+#: Widths (in multiples of the NCHWc block) at which layout reorders are measured; the predictor fits
+#: ``a + b x elements`` through them, so a few sizes per spatial shape are enough.
+_REORDER_BLOCKS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def nchwc_reorder_requests(plans: Sequence[ContextPlan], block: int) -> list[OpRequest]:
+    """onnxruntime NCHWc ReorderInput / ReorderOutput points for the spatial shapes of ``plans``.
+
+    Every conv / depthwise / (avg, max) pool context contributes its input shape (ReorderInput, block
+    multiples only: the kernel requires them) and its output shape (ReorderOutput, also at widths
+    off the block, which convs may produce), each up to the context's widest layer.
+    """
+
+    shapes: dict[tuple[str, tuple[int, int], int], int] = {}
+    for p in plans:
+        ctx = p.context
+        if ctx.kind not in (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D) and not (
+            ctx.kind is OpKind.POOL and ctx.variant in ("avg", "max")
+        ):
+            continue
+        for direction, spatial, max_w in (
+            ("in", ctx.spatial, p.max_in),
+            ("out", conv_out_hw(ctx), p.max_out),
+        ):
+            key = (direction, spatial, ctx.tokens)
+            shapes[key] = max(shapes.get(key, 0), max_w)
+    reqs: list[OpRequest] = []
+    for (direction, spatial, tokens), max_w in sorted(shapes.items()):
+        ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant=f"nchwc{block}_{direction}")
+        widths = {block * k for k in _REORDER_BLOCKS if block * k <= max(max_w, block)}
+        if direction == "out":
+            widths |= {w + block // 2 + 1 for w in widths if w + block // 2 + 1 <= max_w}
+        reqs.extend((ctx, w, w) for w in sorted(widths))
+    return reqs
+
+
 def profile_table(
     target: Target,
     plan: Sequence[ContextPlan] | Sequence[LayerOp],
@@ -283,8 +325,15 @@ def profile_table(
             meta["invoke_overhead_ms"] = 0.0
         meta["invoke_overhead_subtracted"] = bool(cfg.subtract_overhead and meta["invoke_overhead_ms"] > 0)
     session.overhead_ms = float(meta["invoke_overhead_ms"])
+    runtime_meta = getattr(target, "table_meta", None)
+    if callable(runtime_meta) and "per_op_overhead_ms" not in meta:
+        meta.update(runtime_meta(OVERHEAD_TIMING))
 
     todo: list[OpRequest] = []
+    if meta.get("ort_nchwc_block"):
+        todo.extend(
+            r for r in nchwc_reorder_requests(usable, int(meta["ort_nchwc_block"])) if not table.has(*r)
+        )
     for p in usable:
         points = plan_points(p.context, p.max_in, p.max_out, budget=cfg.points_per_context, include=p.include)
         todo.extend((p.context, i, o) for i, o in points if not table.has(p.context, i, o))

@@ -141,3 +141,84 @@ def test_per_op_overhead_fit_and_use() -> None:
     again = predict_model(t, big)
     assert again.dispatch_ms == pytest.approx(4 * truth_c) and again.total_ms == pytest.approx(measured[1])
     assert fit_per_op_overhead(raw, [p.total_ms * 0.5 for p in raw]) == 0.0  # never negative
+
+
+def _nchwc_table():  # type: ignore[no-untyped-def]
+    """Conv / depthwise points, constant reorder costs per element, onnxruntime NCHWc meta."""
+    from edgetrim.lookup_tables import LatencyTable
+
+    from .synth import DEVICE
+
+    t = LatencyTable(DEVICE, meta={"ort_nchwc_block": 8})
+    for i in range(1, 33):
+        for o in range(1, 33):
+            t.record(CONV, i, o, stats(0.1))
+    for w in range(1, 33):
+        t.record(DW, w, w, stats(0.05))
+        t.record(ADD, w, w, stats(0.003))
+        t.record(OpContext(OpKind.ACTIVATION, spatial=(8, 8), variant="relu"), w, w, stats(0.002))
+        t.record(RELU, w, w, stats(0.004))  # hardswish
+    for d in ("in", "out"):  # reorder cost = 1e-5 ms per element (w x 8 x 8), no intercept
+        rctx = OpContext(OpKind.OTHER, spatial=(8, 8), variant=f"nchwc8_{d}")
+        for w in (8, 16, 24, 32):
+            t.record(rctx, w, w, stats(1e-5 * w * 64))
+    pool = OpContext(OpKind.POOL, spatial=(8, 8), variant="global_avg")
+    for w in range(1, 33):
+        t.record(pool, w, w, stats(0.001))
+    return t, pool
+
+
+def test_nchwc_layout_moves_reorders_to_region_boundaries_and_fuses() -> None:
+    t, pool = _nchwc_table()
+    conv_none = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(8, 8))
+    for i in range(1, 33):
+        for o in range(1, 33):
+            t.record(conv_none, i, o, stats(0.1))
+    act_relu = OpContext(OpKind.ACTIVATION, spatial=(8, 8), variant="relu")
+    ops = [
+        LayerOp("c1", CONV, 16, 16),  # blocked, input reordered: region starts here
+        LayerOp("c2", conv_none, 16, 16),  # blocked, no activation: the Add and relu fuse into it
+        LayerOp("add", ADD, 16, 16),
+        LayerOp("relu", act_relu, 16, 16),
+        LayerOp("dw", DW, 16, 16),
+        LayerOp("hs", RELU, 16, 16),  # hardswish after a blocked depthwise: fused
+        LayerOp("pool", pool, 16, 16),  # global pool (ReduceMean): region ends before it
+    ]
+    pred = predict_model(t, ops)
+    by_name = {r.name: r for r in pred.rows}
+    reorder = 1e-5 * 16 * 64  # one reorder of a 16 x 8 x 8 tensor
+    assert [r.method for r in pred.rows].count("layout") == 2
+    assert by_name["c1:reorder_in"].ms == pytest.approx(reorder, rel=1e-6)
+    assert by_name["pool:reorder_out"].ms == pytest.approx(reorder, rel=1e-6)
+    for name in ("c1", "c2"):  # one-op graphs paid both reorders; inside the region they do not
+        assert by_name[name].ms == pytest.approx(0.1 - 2 * reorder, rel=1e-6)
+    assert by_name["dw"].ms == pytest.approx(0.05 - 2 * reorder, rel=1e-6)
+    assert {r.name for r in pred.rows if r.method == "fused"} == {"add", "relu", "hs"}
+    assert all(by_name[n].ms == 0.0 for n in ("add", "relu", "hs"))
+    # odd widths: nothing is blocked, nothing moves or fuses
+    odd = [LayerOp("c1", CONV, 13, 13), LayerOp("c2", conv_none, 13, 13), LayerOp("add", ADD, 13, 13)]
+    plain = predict_model(t, odd)
+    assert [r.method for r in plain.rows] == ["table"] * 3
+    assert plain.total_ms == pytest.approx(0.1 + 0.1 + 0.003)
+
+
+def test_nchwc_fused_rows_run_no_node_and_meta_off_changes_nothing() -> None:
+    t, _ = _nchwc_table()
+    ops = [LayerOp("c", CONV, 9, 16), LayerOp("hs", RELU, 16, 16)]  # 9 % 8 != 0 and 9 >= 8: not blocked
+    t.meta["per_op_overhead_ms"] = 0.001
+    pred = predict_model(t, ops)
+    assert [r.method for r in pred.rows] == ["table", "table"]
+    assert pred.dispatch_ms == pytest.approx(0.001)
+    assert [r.method for r in predict_model(t, [LayerOp("c", CONV, 4, 16), *ops[1:]]).rows] == [
+        "table",
+        "table",  # the conv already has its relu: the hardswish cannot fuse
+        "layout",
+    ]
+    conv_none = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(8, 8))
+    t.record(conv_none, 4, 16, stats(0.1))
+    small = [LayerOp("c", conv_none, 4, 16), LayerOp("hs", RELU, 16, 16)]  # input below the block:
+    pred = predict_model(t, small)  # blocked, no input reorder paid, output reordered at the end
+    assert [r.method for r in pred.rows] == ["table", "fused", "layout"]
+    assert pred.dispatch_ms == pytest.approx(0.001)  # two nodes run: conv and the final reorder
+    del t.meta["ort_nchwc_block"]
+    assert [r.method for r in predict_model(t, small).rows] == ["table", "table"]

@@ -23,6 +23,22 @@ ACTIVATIONS = frozenset(
 )
 POOL_VARIANTS = frozenset({"avg", "max", "global_avg", "global_max"})
 OTHER_VARIANTS = frozenset({"reshape", "transpose", "cat"})
+# onnxruntime's NCHWc layout conversions (com.microsoft.nchwc ReorderInput / ReorderOutput), priced
+# as their own one-axis contexts on ort targets: ``nchwc8_in`` is NCHW -> NCHWc with block 8.
+NCHWC_REORDER_PREFIX = "nchwc"
+
+
+def nchwc_reorder(ctx: OpContext) -> tuple[int, str] | None:
+    """(block, "in" | "out") of an NCHWc reorder context (``variant == "nchwc<block>_<in|out>"``)."""
+    v = ctx.variant
+    if ctx.kind is not OpKind.OTHER or not v.startswith(NCHWC_REORDER_PREFIX) or "_" not in v:
+        return None
+    block, _, direction = v[len(NCHWC_REORDER_PREFIX) :].partition("_")
+    if not block.isdigit() or int(block) < 1 or direction not in ("in", "out"):
+        return None
+    return int(block), direction
+
+
 LEAKY_RELU_SLOPE = 0.01
 LAYER_NORM_EPS = 1e-5
 
@@ -104,6 +120,11 @@ def output_shape(ctx: OpContext, in_w: int, out_w: int) -> tuple[int, ...]:
             return (shape[0], *shape[2:], shape[1])
         if ctx.variant == "cat":
             return (shape[0], 2 * in_w, *shape[2:])
+        reorder = nchwc_reorder(ctx)
+        if reorder is not None:
+            block, direction = reorder
+            padded = -(-in_w // block) * block
+            return (ctx.tokens, padded if direction == "in" else in_w, *ctx.spatial)
         raise UnsupportedOpError(
             f"OTHER op {ctx.variant!r} ({ctx.key()}) has no one-op model; known: {sorted(OTHER_VARIANTS)}"
         )

@@ -21,6 +21,7 @@ from edgetrim.profiler.builders._common import (
     check_widths,
     elementwise_shape,
     matmul_batch,
+    nchwc_reorder,
     output_shape,
 )
 from edgetrim.types import OpContext, OpKind
@@ -69,9 +70,9 @@ class _Graph:
         self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], domain: str = "", **attrs: object) -> str:
         out = self.name(op.lower() + "_")
-        self.nodes.append(self.helper.make_node(op, inputs, [out], **attrs))
+        self.nodes.append(self.helper.make_node(op, inputs, [out], domain=domain or None, **attrs))
         return out
 
     def activation(self, x: str, act: str) -> str:
@@ -107,7 +108,10 @@ class _Graph:
         graph = self.helper.make_graph(self.nodes, "edgetrim_op", self.inputs, [y], initializer=self.inits)
         model = self.helper.make_model(
             graph,
-            opset_imports=[self.helper.make_opsetid("", OPSET)],
+            opset_imports=[
+                self.helper.make_opsetid("", OPSET),
+                self.helper.make_opsetid("com.microsoft.nchwc", 1),
+            ],
             producer_name="edgetrim",
             doc_string=doc,
         )
@@ -171,8 +175,8 @@ def build_onnx_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
     elif kind is OpKind.POOL:
         x = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
         pads = [ctx.padding[0], ctx.padding[1], ctx.padding[0], ctx.padding[1]]
-        if ctx.variant == "global_avg":
-            y = g.node("GlobalAveragePool", [x])
+        if ctx.variant == "global_avg":  # torch's ONNX export of mean / adaptive_avg_pool2d((1, 1))
+            y = g.node("ReduceMean", [x, g.const(np.array([2, 3], np.int64), "axes")], keepdims=1)
         elif ctx.variant == "global_max":
             y = g.node("GlobalMaxPool", [x])
         elif ctx.variant == "avg":
@@ -199,6 +203,14 @@ def build_onnx_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         x = g.input("x", (b, ctx.tokens, in_w))
         x2 = g.input("x2", (b, in_w, out_w))
         y = g.node("MatMul", [x, x2])
+    elif kind is OpKind.OTHER and nchwc_reorder(ctx) is not None:
+        block, direction = nchwc_reorder(ctx)  # type: ignore[misc]
+        if direction == "in":
+            x = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
+            y = g.node("ReorderInput", [x], domain="com.microsoft.nchwc")
+        else:
+            x = g.input("x", (ctx.tokens, -(-in_w // block) * block, *ctx.spatial))
+            y = g.node("ReorderOutput", [x], domain="com.microsoft.nchwc", channels=in_w)
     elif kind is OpKind.OTHER:
         shape = elementwise_shape(ctx, in_w)
         x = g.input("x", shape)

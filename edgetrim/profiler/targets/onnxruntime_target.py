@@ -179,6 +179,77 @@ class OrtTarget(LocalTarget):
         model.ir_version = 9
         return self.time_session(self.session(model.SerializeToString()), timing)
 
+    def dispatch_overhead(self, timing: TimingConfig, *, nodes: int = 33) -> float:
+        """In-graph cost of one more node (ms): a chain of ``nodes`` Relu on one float vs one Relu.
+
+        The profiler subtracts the empty-invoke overhead (which includes one node's dispatch) from
+        every one-op point, so a model of ``n`` nodes pays this ``n - 1`` more times.
+        """
+
+        def chain(n: int) -> LatencyStats:
+            from onnx import TensorProto, helper
+
+            names = ["x", *(f"t{k}" for k in range(n - 1)), "y"]
+            graph = helper.make_graph(
+                [helper.make_node("Relu", [names[k]], [names[k + 1]]) for k in range(n)],
+                "relu_chain",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+            )
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            model.ir_version = 9
+            return self.time_session(self.session(model.SerializeToString()), timing)
+
+        one, many = chain(1), chain(nodes)
+        return max((many.median_ms - one.median_ms) / (nodes - 1), 0.0)
+
+    def nchwc_block(self) -> int | None:
+        """Channel block of onnxruntime's NCHWc layout on this CPU (8 on AVX2, 16 on AVX-512), or None.
+
+        Read off the optimised graph of a one-op 1x1 conv: the NCHWc transformer rewrites it into a
+        ``com.microsoft.nchwc`` Conv wrapped in ReorderInput / ReorderOutput when the width is a
+        multiple of the block. None on CUDA or when nothing is rewritten.
+        """
+        if self.cuda:
+            return None
+        if hasattr(self, "_nchwc_block"):
+            return self._nchwc_block  # type: ignore[has-type]
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        found = None
+        for block in (8, 16):
+            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, block, 4, 4])
+            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, block, 4, 4])
+            w = numpy_helper.from_array(np.zeros((block, block, 1, 1), np.float32), "w")
+            graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            model.ir_version = 9
+            ort = self._ort
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            with tempfile.TemporaryDirectory(prefix="edgetrim-ort-") as tmp:
+                so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+                ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+                domains = {n.domain for n in onnx.load(so.optimized_model_filepath).graph.node}
+            if "com.microsoft.nchwc" in domains:
+                found = block
+                break
+        self._nchwc_block = found
+        return found
+
+    def table_meta(self, timing: TimingConfig) -> dict[str, Any]:
+        """Runtime facts the predictor needs: per-node dispatch cost and the NCHWc block size."""
+        meta: dict[str, Any] = {
+            "per_op_overhead_ms": self.dispatch_overhead(timing),
+            "per_op_overhead_source": "measured: Relu chain slope",
+        }
+        block = self.nchwc_block()
+        if block:
+            meta["ort_nchwc_block"] = block
+        return meta
+
     def measure_model(
         self, module: Any, example_inputs: tuple[Any, ...], timing: TimingConfig
     ) -> LatencyStats:

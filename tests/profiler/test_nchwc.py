@@ -1,0 +1,88 @@
+"""onnxruntime NCHWc layout facts the predictor relies on, checked against the real runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetrim.lookup_tables.predict import nchwc_eligible
+from edgetrim.profiler.builders import build_onnx_op
+from edgetrim.profiler.session import ContextPlan, nchwc_reorder_requests
+from edgetrim.profiler.timing import TimingConfig
+from edgetrim.types import OpContext, OpKind
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def target():  # type: ignore[no-untyped-def]
+    from edgetrim.profiler.targets import get_target
+
+    return get_target("ort-cpu", threads=1)
+
+
+def _optimised_ops(data: bytes, tmp_path) -> list[str]:  # type: ignore[no-untyped-def]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return [(n.op_type, n.domain) for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+CONV = OpContext(OpKind.CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(6, 6), activation="relu")
+DW = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(6, 6))
+POOL = OpContext(OpKind.POOL, kernel=(2, 2), stride=(2, 2), spatial=(6, 6), variant="max")
+GPOOL = OpContext(OpKind.POOL, spatial=(6, 6), variant="global_avg")
+
+
+@pytest.mark.parametrize(
+    ("ctx", "in_w", "out_w"),
+    [(CONV, 3, 8), (CONV, 8, 8), (CONV, 16, 13), (CONV, 13, 16), (CONV, 9, 8), (CONV, 24, 24),
+     (DW, 8, 8), (DW, 13, 13), (POOL, 16, 16), (POOL, 13, 13), (GPOOL, 16, 16)],
+)  # fmt: skip
+def test_eligibility_rules_match_the_optimised_graph(target, tmp_path, ctx, in_w, out_w) -> None:  # type: ignore[no-untyped-def]
+    block = target.nchwc_block()
+    if block is None:
+        pytest.skip("onnxruntime does not use the NCHWc layout on this CPU")
+    ops = _optimised_ops(build_onnx_op(ctx, in_w, out_w), tmp_path)
+    blocked = any(d == "com.microsoft.nchwc" and t not in ("ReorderInput", "ReorderOutput") for t, d in ops)
+    reordered_in = ("ReorderInput", "com.microsoft.nchwc") in ops
+    assert (blocked, reordered_in) == nchwc_eligible(ctx, in_w, block), ops
+
+
+def test_reorder_contexts_build_and_run(target) -> None:  # type: ignore[no-untyped-def]
+    block = target.nchwc_block()
+    if block is None:
+        pytest.skip("onnxruntime does not use the NCHWc layout on this CPU")
+    plans = [ContextPlan(CONV, 2 * block, 2 * block + 3), ContextPlan(GPOOL, 16, 16)]
+    reqs = nchwc_reorder_requests(plans, block)
+    keys = {(c.variant, c.spatial) for c, _, _ in reqs}
+    assert keys == {(f"nchwc{block}_in", (6, 6)), (f"nchwc{block}_out", (6, 6))}  # the global pool adds none
+    assert all(i % block == 0 for c, i, _ in reqs if c.variant.endswith("_in"))  # kernel needs multiples
+    assert any(i % block for c, i, _ in reqs if c.variant.endswith("_out"))
+    for ctx, w in ((OpContext(OpKind.OTHER, spatial=(3, 5), variant=f"nchwc{block}_out"), block + 3),
+                   (OpContext(OpKind.OTHER, spatial=(3, 5), variant=f"nchwc{block}_in"), block)):  # fmt: skip
+        sess = target.session(build_onnx_op(ctx, w, w))
+        shape = sess.get_inputs()[0].shape
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        (y,) = sess.run(None, {"x": x})
+        if ctx.variant.endswith("_in"):  # round trip through the blocked layout
+            back = target.session(build_onnx_op(ctx.__class__(OpKind.OTHER, spatial=(3, 5),
+                                                              variant=f"nchwc{block}_out"), w, w))  # fmt: skip
+            np.testing.assert_allclose(back.run(None, {"x": y})[0], x, rtol=0, atol=0)
+        else:
+            assert y.shape == (1, w, 3, 5)
+
+
+def test_global_avg_pool_builder_is_a_mean(target) -> None:  # type: ignore[no-untyped-def]
+    sess = target.session(build_onnx_op(GPOOL, 5, 5))
+    x = np.random.default_rng(1).standard_normal((1, 5, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x.mean(axis=(2, 3), keepdims=True), atol=1e-6)
+
+
+def test_table_meta_has_dispatch_cost_and_block(target) -> None:  # type: ignore[no-untyped-def]
+    meta = target.table_meta(TimingConfig.quick())
+    assert meta["per_op_overhead_ms"] >= 0.0
+    assert meta.get("ort_nchwc_block") in (None, 8, 16)
