@@ -138,13 +138,13 @@ def _convert(target_name: str, module: Any, inputs: Any, stem: Path) -> Path | N
         if target_name.startswith("ort-"):
             from edgetrim.profiler.targets.onnxruntime_target import export_onnx_for_timing
 
-            path = stem.with_suffix(".onnx")
+            path = stem.parent / f"{stem.name}.onnx"  # not with_suffix: labels contain dots
             export_onnx_for_timing(module, tuple(inputs), path)
             return path
         if target_name == "litert-cpu":
             from edgetrim.profiler.targets.litert_target import convert_tflite_for_timing
 
-            path = stem.with_suffix(".tflite")
+            path = stem.parent / f"{stem.name}.tflite"
             convert_tflite_for_timing(module, tuple(inputs), path)
             return path
     return None

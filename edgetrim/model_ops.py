@@ -599,6 +599,11 @@ class _Extractor:
             and math.prod(out_shape) == math.prod(ins[0].shape[:2])
         ):
             self.pool(c.name, ins[0], "global_avg")
+        elif op == "mean" and ins and len(ins[0].shape) == 3 and self._mean_dims(c) == (1,):
+            # token pooling (B, S, H) -> (B, H): priced as a global average pool over an S x 1 map
+            b, s, h = ins[0].shape
+            ctx = OpContext(OpKind.POOL, spatial=(s, 1), tokens=b, variant="global_avg")
+            self.emit(c.name, ctx, h, h)
         elif op == "scaled_dot_product_attention" and len(ins) >= 3:
             q, k = ins[0], ins[1]
             b = max(1, math.prod(q.shape[:-2]))
@@ -618,6 +623,18 @@ class _Extractor:
         elif ins:
             logger.info("no latency model for %s (%s); recorded as OTHER", c.name, op)
             self.elementwise(c.name, OpKind.OTHER, out_shape, variant=op)
+
+    @staticmethod
+    def _mean_dims(c: _Call) -> tuple[int, ...] | None:
+        """The reduced dims of a ``mean`` call (normalised non-negative for a 3-D input), or None."""
+        dims = c.args[1] if len(c.args) > 1 else c.kwargs.get("dim")
+        if dims is None:
+            return None
+        dims = dims if isinstance(dims, (list, tuple)) else (dims,)
+        try:
+            return tuple(sorted(int(d) % 3 for d in dims))
+        except (TypeError, ValueError):
+            return None
 
     def run(self) -> list[LayerOp]:
         for i, c in enumerate(self.calls):

@@ -188,3 +188,28 @@ def test_zoo_models_extract(name: str) -> None:
 def test_fusion_rules_validate() -> None:
     with pytest.raises(ValueError, match="unknown activations"):
         FusionRules(name="x", conv_activations=frozenset({"swish2"}))
+
+
+def test_token_mean_is_a_global_pool_over_the_sequence() -> None:
+    class TokenPool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.mean(dim=1))
+
+    ops = extract_layer_ops(TokenPool(), (torch.randn(2, 7, 12),), fusion=ONNXRUNTIME)
+    pool = ops[0]
+    assert pool.context.kind is OpKind.POOL and pool.context.variant == "global_avg"
+    assert (pool.context.spatial, pool.context.tokens, pool.in_width) == ((7, 1), 2, 12)
+    assert ops[1].context.kind is OpKind.LINEAR and ops[1].context.tokens == 2
+
+
+def test_feature_axis_mean_stays_other() -> None:
+    class FeatureMean(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=-1)
+
+    (op,) = extract_layer_ops(FeatureMean(), (torch.randn(2, 7, 12),))
+    assert op.context.kind is OpKind.OTHER and op.context.variant == "mean"
