@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--points-per-context", type=int, default=120)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--refine", action="store_true", help="adaptive table refinement while profiling")
     p.add_argument(
         "--budget-scale",
         choices=("table", "measured"),
@@ -128,7 +129,7 @@ def main() -> None:
         dense_acc = train_classifier(model, train, val, epochs=args.pretrain_epochs, lr=args.lr)
         ops = extract_layer_ops(model, example, fusion=target.fusion)
         table = profile_table(
-            target, ops, out=OUT / f"compress_table_{name}.json", resume=True, timing=prof_timing, refine=False,
+            target, ops, out=OUT / f"compress_table_{name}.json", resume=True, timing=prof_timing, refine=args.refine,
             config=ProfileConfig(points_per_context=args.points_per_context),
         )  # fmt: skip
         dense_meas = measured(target, model, example, timing)
