@@ -17,10 +17,20 @@ exporter's module metadata), and profiling itself slows every run (reported upst
    minus the runtime's per-invoke overhead (``table.meta["invoke_overhead_ms"]`` when the table has it).
    The shares between layers come from the profile, the absolute scale from the honest total.
 
-TFLite per-op times need the C++ ``benchmark_model`` tool (not on PyPI), so local ``litert-cpu`` gives
-totals only. adb targets give totals too: their per-op tables (``--enable_op_profiling``) are parsed by
-``edgetrim.profiler.adb.parser`` but ``measure_artifact`` returns only the whole-model statistics, so a
-per-layer split for phones is not wired up yet.
+Per-layer times (TFLite on a phone, ``adb:...``): ``AdbTarget.measure_artifact_per_op`` runs
+``benchmark_model`` once plain (the total) and once with ``--enable_op_profiling=true`` (the "Run
+Order" table), and scales the op times to the plain median minus the per-invoke overhead, as in
+step 3 above. Each op row is matched to a node of the .tflite graph (read on the host with the LiteRT
+interpreter, no delegate) by its output tensor names (rows are named ``[outputs]:INDEX``), else by
+its index when the op type agrees; rows of a delegate's internal ops (``Delegate/Convolution (NHWC,
+F32) IGEMM:0``, what XNNPACK prints) carry no tensor names and are aligned in order with graph nodes
+of a matching op type. Nodes are attributed to layers as for ONNX, the module of a node coming from
+the location litert-torch writes into tensor names (``pkg.Net/torch.nn.modules.conv.Conv2d_conv1;1``
+is module ``conv1``; fused ops join several locations with ``;;``, the deepest wins). Rows matched to
+no node are reported under :data:`UNATTRIBUTED`, so the rows still sum to the total.
+
+TFLite per-op times on the *local* CPU need the C++ ``benchmark_model`` tool too (the Python
+interpreter has no per-op profiler), so ``litert-cpu`` gives totals only.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +58,44 @@ logger = logging.getLogger(__name__)
 UNATTRIBUTED = "(unattributed)"
 _COMPUTE = frozenset(
     {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger"}
+    | {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}  # TFLite
+)
+# functional-op layer names (fx call names, "_N" suffix stripped) -> graph op types (ONNX / TFLite, lower case)
+_FUNCTIONAL_RE = re.compile(r"_\d+$")
+_RESHAPES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "expand_dims"})
+_FUNCTIONAL: dict[str, frozenset[str]] = {
+    "add": frozenset({"add"}),
+    "iadd": frozenset({"add"}),
+    "sub": frozenset({"sub"}),
+    "mul": frozenset({"mul"}),
+    "imul": frozenset({"mul"}),
+    "cat": frozenset({"concat", "concatenation"}),
+    "flatten": _RESHAPES,
+    "view": _RESHAPES,
+    "reshape": _RESHAPES,
+    "relu": frozenset({"relu"}),
+    "relu6": frozenset({"relu6", "clip"}),
+    "sigmoid": frozenset({"sigmoid", "logistic"}),
+    "hardswish": frozenset({"hardswish", "hard_swish"}),
+    "gelu": frozenset({"gelu"}),
+    "tanh": frozenset({"tanh"}),
+    "softmax": frozenset({"softmax"}),
+    "matmul": frozenset({"matmul", "batch_matmul"}),
+    "mean": frozenset({"reducemean", "mean"}),
+}
+# a delegate's op description (XNNPACK's "Convolution (NHWC, F32) IGEMM") -> TFLite builtin ops
+_DELEGATE_OPS = (
+    ("global average pooling", ("MEAN", "AVERAGE_POOL_2D")),
+    ("average pooling", ("AVERAGE_POOL_2D",)),
+    ("max pooling", ("MAX_POOL_2D",)),
+    ("deconvolution", ("TRANSPOSE_CONV",)),
+    ("convolution", ("CONV_2D", "DEPTHWISE_CONV_2D")),
+    ("fully connected", ("FULLY_CONNECTED",)),
+    ("batch matrix multiply", ("BATCH_MATMUL",)),
+    ("multiply", ("MUL",)),
+    ("subtract", ("SUB",)),
+    ("softmax", ("SOFTMAX",)),
+    ("copy", ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")),
 )
 
 
@@ -140,6 +189,21 @@ def attribute_nodes(
             tagged = [c for c in candidates if ":" in c and c.split(":", 1)[1].lower() in op_type.lower()]
             plain = [c for c in candidates if ":" not in c]
             group[node] = (tagged or plain or candidates)[0]
+    # functional ops (``x + y`` -> layer "add_1", ``torch.flatten`` -> "flatten") are named after the
+    # call, not a module: the k-th unattributed node of that op type gets the k-th such layer
+    used = set(group.values())
+    queues: dict[str, list[str]] = {}
+    for name in layer_names:
+        base = _FUNCTIONAL_RE.sub("", name)
+        if name not in used and ":" not in name and base in _FUNCTIONAL:
+            queues.setdefault(base, []).append(name)
+    for node, op_type, *_ in nodes:
+        if node in group:
+            continue
+        kind = op_type.lower()
+        base = next((b for b, q in queues.items() if q and kind in _FUNCTIONAL[b]), None)
+        if base is not None:
+            group[node] = queues[base].pop(0)
     # exporter rewrites (conv+BN folding) can leave a compute node under a sibling module ("bn1"
     # for conv1): give such nodes, in graph order, the next predicted layer no node claimed yet
     order = {name: i for i, name in enumerate(layer_names)}
@@ -218,6 +282,143 @@ def per_layer_onnx(
     return rows, scale
 
 
+TfliteNode = tuple[str, str, str, list[str], list[str]]
+
+
+def tflite_module(tensor_name: str) -> str:
+    """The module path litert-torch recorded in a tensor name ("" when it names none).
+
+    A location is ``Root/pkg.Class_attr/pkg.Class_attr;N``: the root class, then one
+    ``<qualified class>_<attribute>`` per submodule. Fused ops join locations with ``;;``; the deepest
+    (the last among equals) is the op's own module, e.g. ``conv1`` for a conv with its folded ``bn1``.
+
+    Example:
+        >>> tflite_module("m.Net;;m.Net/torch.nn.modules.batchnorm.BatchNorm2d_bn1;;m.Net/torch.nn.modules.conv.Conv2d_conv1;2")
+        'conv1'
+        >>> tflite_module("m.Net/torch.nn.modules.container.Sequential_features/m.Block_0/torch.nn.modules.linear.Linear_fc_u;")
+        'features.0.fc_u'
+    """
+    best: list[str] = []
+    for loc in tensor_name.split(";;"):
+        segments = loc.split(";", 1)[0].split("/")
+        attrs: list[str] = []
+        for seg in segments[1:]:
+            cls, sep, attr = seg.rpartition(".")[2].partition("_")
+            if not sep or not cls or not attr:
+                attrs = []
+                break
+            attrs.append(attr)
+        if attrs and len(attrs) >= len(best):
+            best = attrs
+    return ".".join(best)
+
+
+def tflite_graph_nodes(path: Path) -> list[TfliteNode]:
+    """``(name, op type, module, inputs, outputs)`` of a .tflite's ops in execution order (tensor names).
+
+    Read with the LiteRT interpreter without its default delegate, so the nodes are the model's own
+    builtin ops. ``name`` is ``OP_TYPE#INDEX``. A node whose outputs name no module (a graph output)
+    takes the module of its constant inputs (its weights).
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise ExportError(
+            "per-op TFLite re-measurement needs ai-edge-litert: pip install 'edgetrim[tflite]'"
+        ) from None
+    interp = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    names = {t["index"]: str(t["name"]) for t in interp.get_tensor_details()}
+    ops = [d for d in interp._get_ops_details() if d["op_name"] != "DELEGATE"]
+    produced = {i for d in ops for i in d["outputs"]}
+    graph_inputs = {d["index"] for d in interp.get_input_details()}
+    nodes: list[TfliteNode] = []
+    for d in ops:
+        ins = [names[i] for i in d["inputs"] if i in names]
+        outs = [names[i] for i in d["outputs"] if i in names]
+        module = next((m for m in map(tflite_module, outs) if m), "")
+        if not module:
+            consts = [
+                names[i] for i in d["inputs"] if i in names and i not in produced and i not in graph_inputs
+            ]
+            module = next((m for m in map(tflite_module, consts) if m), "")
+        nodes.append((f"{d['op_name']}#{d['index']}", str(d["op_name"]), module, ins, outs))
+    return nodes
+
+
+def _delegate_candidates(description: str) -> tuple[str, ...]:
+    desc = description.lower()
+    for key, ops in _DELEGATE_OPS:
+        if desc.startswith(key):
+            return ops
+    word = desc.split(" (", 1)[0].strip()
+    return (word.upper().replace(" ", "_"),)  # "Add" -> ADD, "Transpose" -> TRANSPOSE
+
+
+def match_op_rows(ops: Sequence[Any], nodes: Sequence[TfliteNode]) -> list[str | None]:
+    """The graph node (name) each profiled op row stands for, or None.
+
+    ``ops`` are ``OpTime``s (``outputs``, ``node_index``, ``node_type``). Interpreter rows match by
+    output tensor names, else by index when the op type agrees; delegate rows match in order the next
+    unmatched node whose op type their description names.
+    """
+    by_outputs = {tuple(outs): name for name, _, _, _, outs in nodes}
+    index_of = {name: i for i, (name, *_) in enumerate(nodes)}
+    got: list[str | None] = []
+    taken: set[str] = set()
+    for op in ops:
+        hit = by_outputs.get(tuple(op.outputs)) if op.outputs else None
+        if hit is None and op.node_index is not None and 0 <= op.node_index < len(nodes):
+            cand = nodes[op.node_index]
+            hit = cand[0] if op.node_type.split("/", 1)[0] == cand[1] else None
+        got.append(hit)
+        if hit is not None:
+            taken.add(hit)
+    pos = 0
+    for k, op in enumerate(ops):
+        if got[k] is not None:
+            pos = max(pos, index_of[got[k]] + 1)
+            continue
+        if op.node_index is not None:
+            continue
+        wanted = _delegate_candidates(op.node_type)
+        j = next(
+            (j for j in range(pos, len(nodes)) if nodes[j][1] in wanted and nodes[j][0] not in taken), None
+        )
+        if j is not None:
+            got[k] = nodes[j][0]
+            taken.add(nodes[j][0])
+            pos = j + 1
+    return got
+
+
+def per_layer_tflite(
+    path: Path, ops: Sequence[Any], *, predicted: Sequence[tuple[str, float | None]]
+) -> list[LayerComparison]:
+    """Per-layer rows from per-op times already scaled to the total (``OpProfile.ops``); see module doc."""
+    nodes = tflite_graph_nodes(path)
+    if not predicted:  # no table: one row per module litert-torch recorded
+        predicted = [(m, None) for m in dict.fromkeys(n[2] for n in nodes if n[2])]
+    groups = attribute_nodes(nodes, [n for n, _ in predicted])
+    matched = match_op_rows(ops, nodes)
+    measured: dict[str, float] = {}
+    members: dict[str, list[str]] = {}
+    for op, node in zip(ops, matched, strict=True):
+        g = groups.get(node, UNATTRIBUTED) if node is not None else UNATTRIBUTED
+        measured[g] = measured.get(g, 0.0) + op.ms
+        members.setdefault(g, []).append(node or op.name)
+    rows = [
+        LayerComparison(name=n, predicted_ms=ms, measured_ms=measured.get(n), nodes=tuple(members.get(n, ())))
+        for n, ms in predicted
+    ]
+    if UNATTRIBUTED in measured:
+        rows.append(
+            LayerComparison(UNATTRIBUTED, None, measured[UNATTRIBUTED], tuple(members.get(UNATTRIBUTED, ())))
+        )
+    return rows
+
+
 def remeasure(
     artifact: ExportArtifact,
     target: Any,
@@ -244,12 +445,31 @@ def remeasure(
     from edgetrim.deploy.data import check_artifact_inputs
 
     check_artifact_inputs(artifact.inputs, [tuple(t.shape) for t in example_inputs], path=artifact.path.name)
-    measured = target.measure_artifact(artifact.path, timing)
     layers: list[LayerComparison] = [LayerComparison(n, ms, None) for n, ms in predicted]
     method = "total only"
     scale: float | None = None
     device = target.info()  # once: remote targets answer it over the wire
     runtime = device.runtime
+    if artifact.format is ExportFormat.TFLITE and hasattr(target, "measure_artifact_per_op"):
+        profile = target.measure_artifact_per_op(artifact.path, timing, overhead_ms=overhead_ms)
+        measured = profile.total
+        layers = per_layer_tflite(artifact.path, profile.ops, predicted=predicted)
+        scale = profile.scale
+        method = (
+            "benchmark_model op profiling (--enable_op_profiling), op times scaled to the measured total "
+            "minus the invoke overhead"
+        )
+        return RemeasureReport(
+            label=artifact.label,
+            target=target.name,
+            device=device,
+            measured=measured,
+            predicted_ms=predicted_ms,
+            layers=tuple(layers),
+            per_layer_method=method,
+            profile_scale=scale,
+        )
+    measured = target.measure_artifact(artifact.path, timing)
     if (
         artifact.format is ExportFormat.ONNX
         and runtime == "onnxruntime"

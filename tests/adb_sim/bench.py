@@ -8,8 +8,14 @@ output format for the version embedded in the pushed binary:
 * ``2.16.x`` and later - ``INFO: `` prefix and ``p5=.. median=.. p95=..`` appended to each statistic.
 
 With ``--enable_op_profiling=true`` the per-op tables ("Run Order", "Top by Computation Time",
-"Summary by node type") follow. The Python interpreter cannot time single ops, so the per-op rows
-split each measured run evenly over the model's ops (the tables' *format* is what is under test).
+"Summary by node type") follow, one row per interpreter node named like the tool names it:
+``[output tensor names]:node index`` (the model's real tensor names). The Python interpreter cannot
+time single ops, so each measured run is split over the ops in proportion to a cost proxy
+(:func:`op_cost`: multiply-accumulates + output elements + a fixed per-op dispatch cost). The
+proxy is honest about *which* ops dominate (a conv outweighs a reshape) but not about their exact
+shares; the per-op times sum to the measured run, like the tool's rows sum to (a bit less than) it.
+"avg ms" is printed with 6 decimals (the tool prints 3) so that the sub-microsecond ops of the tiny
+test models keep a nonzero time.
 """
 
 from __future__ import annotations
@@ -21,6 +27,26 @@ from collections.abc import Callable
 import numpy as np
 
 _BOOL_TRUE = {"1", "true", "True"}
+DISPATCH_COST = 256.0  # fixed cost of running one op, in units of one output element / one MAC
+
+
+def op_cost(op: dict, tensors: dict[int, dict]) -> float:
+    """Cost proxy of one interpreter op (``_get_ops_details`` entry): MACs + output elements + dispatch."""
+
+    def shape(i: int) -> list[int]:
+        return [int(x) for x in tensors[i]["shape"]] if i in tensors else []
+
+    ins = [i for i in op["inputs"] if i >= 0]
+    out_elems = float(sum(math.prod(shape(i)) for i in op["outputs"] if i >= 0))
+    name = op["op_name"]
+    macs = 0.0
+    if name in ("CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV") and len(ins) >= 2:
+        macs = out_elems * math.prod(shape(ins[1])[1:])  # weights [out, (kh, kw,) in]
+    elif name == "DEPTHWISE_CONV_2D" and len(ins) >= 2:
+        macs = out_elems * math.prod(shape(ins[1])[1:3])  # weights [1, kh, kw, channels]
+    elif name == "BATCH_MATMUL" and ins:
+        macs = out_elems * (shape(ins[0]) or [1])[-1]
+    return DISPATCH_COST + macs + out_elems
 
 
 def _vkey(version: str) -> tuple[int, ...]:
@@ -161,7 +187,12 @@ def run_benchmark(
     if op_prof:
         # builtin ops as the tool lists them without a delegate (the interpreter also lists the
         # XNNPACK DELEGATE node that replaced them; the tool's tables name the original ops)
-        ops = [d["op_name"] for d in interp._get_ops_details() if d["op_name"] != "DELEGATE"] or ["DELEGATE"]
+        tensors = {t["index"]: t for t in interp.get_tensor_details()}
+        ops = [
+            (d["op_name"], _node_name(d, tensors), op_cost(d, tensors))
+            for d in interp._get_ops_details()
+            if d["op_name"] != "DELEGATE"
+        ] or [("DELEGATE", "[]:0", 1.0)]
         for line in _op_tables(ops, runs, init_us):
             out(line) if line else emit("")
     return 0
@@ -176,10 +207,16 @@ _TYPE_HEADER = (
 )
 
 
-def _op_tables(ops: list[str], runs: list[float], init_us: float) -> list[str]:
+def _node_name(op: dict, tensors: dict[int, dict]) -> str:
+    outs = [str(tensors[i]["name"]) for i in op["outputs"] if i in tensors]
+    return f"[{', '.join(outs)}]:{op['index']}"
+
+
+def _op_tables(ops: list[tuple[str, str, float]], runs: list[float], init_us: float) -> list[str]:
     n = len(ops)
-    first_ms = runs[0] / 1000 / n
-    avg_ms = sum(runs) / len(runs) / 1000 / n
+    total_cost = sum(c for *_, c in ops)
+    shares = [c / total_cost for *_, c in ops]
+    run_ms = sum(runs) / len(runs) / 1000
     lines = ["Profiling Info for Benchmark Initialization:"]
     lines += ["============================== Run Order ==============================", _RUN_HEADER]
     row = f"\t{'AllocateTensors':>24}\t{0.0:17.3f}\t{init_us / 1000:9.3f}\t{init_us / 1000:9.3f}\t"
@@ -210,12 +247,15 @@ def _op_tables(ops: list[str], runs: list[float], init_us: float) -> list[str]:
         _RUN_HEADER,
     ]
     rows = []
-    for i, op in enumerate(ops):
-        pct = 100.0 / n
+    start = cdf = 0.0
+    for (op, name, _), share in zip(ops, shares, strict=True):
+        avg_ms, first_ms = run_ms * share, runs[0] / 1000 * share
+        cdf += 100.0 * share
         rows.append(
-            f"\t{op:>24}\t{i * avg_ms:17.3f}\t{first_ms:9.3f}\t{avg_ms:9.3f}\t{pct:7.3f}%\t"
-            f"{pct * (i + 1):7.3f}%\t{0.0:10.3f}\t{1:9d}\t[op_{i}]:{i}"
+            f"\t{op:>24}\t{start:17.3f}\t{first_ms:9.3f}\t{avg_ms:9.6f}\t{100.0 * share:7.3f}%\t"
+            f"{cdf:7.3f}%\t{0.0:10.3f}\t{1:9d}\t{name}"
         )
+        start += avg_ms
     lines += [
         *rows,
         "",
@@ -227,15 +267,16 @@ def _op_tables(ops: list[str], runs: list[float], init_us: float) -> list[str]:
         "============================== Summary by node type ==============================",
         _TYPE_HEADER,
     ]
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op] = counts.get(op, 0) + 1
+    counts: dict[str, tuple[int, float]] = {}
+    for (op, _, _), share in zip(ops, shares, strict=True):
+        c, sh = counts.get(op, (0, 0.0))
+        counts[op] = (c + 1, sh + share)
     cdf = 0.0
-    for op, c in counts.items():
-        share = 100.0 * c / n
-        cdf += share
+    for op, (c, share) in counts.items():
+        cdf += 100.0 * share
         lines.append(
-            f"\t{op:>24}\t{c:9d}\t{avg_ms * c:10.3f}\t{share:10.3f}%\t{cdf:10.3f}%\t{0.0:10.3f}\t{c:9d}"
+            f"\t{op:>24}\t{c:9d}\t{run_ms * share:10.3f}\t{100.0 * share:10.3f}%\t{cdf:10.3f}%\t"
+            f"{0.0:10.3f}\t{c:9d}"
         )
     lines += ["", f"Timings (microseconds): {_Stat(runs).text(False)}", "Memory (bytes): count=0"]
     lines += [f"{n} nodes observed", ""]

@@ -90,6 +90,7 @@ class BenchmarkOutput:
     op_rows: tuple[OpRow, ...] = ()
     node_types: tuple[NodeTypeRow, ...] = ()
     init_rows: tuple[OpRow, ...] = field(default=())
+    delegate_rows: tuple[OpRow, ...] = ()
 
 
 class BenchmarkParseError(ValueError):
@@ -134,20 +135,24 @@ def _pct(text: str) -> float:
     return float(text.rstrip("%"))
 
 
-def _parse_tables(lines: list[str]) -> tuple[tuple[OpRow, ...], tuple[OpRow, ...], tuple[NodeTypeRow, ...]]:
-    """(init run order, regular-run run order, regular-run summary by node type)."""
+def _parse_tables(
+    lines: list[str],
+) -> tuple[tuple[OpRow, ...], tuple[OpRow, ...], tuple[NodeTypeRow, ...], tuple[OpRow, ...]]:
+    """(init run order, regular-run run order, regular-run summary by node type, delegate-internal
+    run order of the regular runs)."""
     init_rows: list[OpRow] = []
     run_rows: list[OpRow] = []
+    delegate_rows: list[OpRow] = []
     types: list[NodeTypeRow] = []
-    section = ""  # "init" | "runs"
+    section = ""  # "init" | "runs" | "delegate" (a delegate's own ops, e.g. XNNPACK's)
     table = ""  # "order" | "top" | "types"
     for raw in lines:
         line = _clean(raw)
         if "Profiling Info for Benchmark Initialization" in line:
-            section, table = "init", ""
+            section, table = ("" if "Delegate internal" in line else "init"), ""
             continue
         if "Profiling Info for Regular Benchmark Runs" in line:
-            section, table = "runs", ""
+            section, table = ("delegate" if "Delegate internal" in line else "runs"), ""
             continue
         if line.startswith("====="):
             table = {
@@ -170,7 +175,7 @@ def _parse_tables(lines: list[str]) -> tuple[tuple[OpRow, ...], tuple[OpRow, ...
                     times_called=int(cells[7]),
                     name=cells[8],
                 )
-                (init_rows if section == "init" else run_rows).append(row)
+                {"init": init_rows, "runs": run_rows, "delegate": delegate_rows}[section].append(row)
             elif table == "types" and section == "runs" and len(cells) >= 7:
                 types.append(
                     NodeTypeRow(
@@ -183,7 +188,7 @@ def _parse_tables(lines: list[str]) -> tuple[tuple[OpRow, ...], tuple[OpRow, ...
                 )
         except ValueError:
             continue
-    return tuple(init_rows), tuple(run_rows), tuple(types)
+    return tuple(init_rows), tuple(run_rows), tuple(types), tuple(delegate_rows)
 
 
 def parse_benchmark_output(text: str) -> BenchmarkOutput:
@@ -240,7 +245,7 @@ def parse_benchmark_output(text: str) -> BenchmarkOutput:
         raise BenchmarkParseError(f"benchmark_model did not complete: {detail}")
     inference = phases[-1]
     warmup = phases[-2] if len(phases) >= 2 else None
-    init_rows, run_rows, types = _parse_tables(lines[profile_start:])
+    init_rows, run_rows, types, delegate_rows = _parse_tables(lines[profile_start:])
     init_us, first_us, warm_us, inf_us = summary
     return BenchmarkOutput(
         init_ms=init_us / 1000.0,
@@ -252,6 +257,7 @@ def parse_benchmark_output(text: str) -> BenchmarkOutput:
         op_rows=run_rows,
         node_types=types,
         init_rows=init_rows,
+        delegate_rows=delegate_rows,
     )
 
 
@@ -282,6 +288,29 @@ def to_latency_stats(out: BenchmarkOutput) -> LatencyStats:
         n=max(s.count, 1),
         warmup=out.warmup.count if out.warmup is not None else 0,
     )
+
+
+_NODE_NAME_RE = re.compile(r"^\[(.*)\]:(\d+)$")
+
+
+def node_outputs(name: str) -> tuple[tuple[str, ...], int | None]:
+    """The output tensor names and node index in a "Run Order" row's name, ``([], None)`` if none.
+
+    The tool names an interpreter node ``[out_0, out_1]:INDEX`` (its output tensors, comma-space
+    separated, then the node's index in the execution plan); a delegate's internal ops are named
+    ``Delegate/<op description>:N`` and carry no tensor names.
+
+    Example:
+        >>> node_outputs("[net/conv1;1]:3")
+        (('net/conv1;1',), 3)
+        >>> node_outputs("Delegate/Convolution (NHWC, F32) IGEMM:0")
+        ((), None)
+    """
+    m = _NODE_NAME_RE.match(name.strip())
+    if not m:
+        return (), None
+    outs = tuple(t.strip() for t in m.group(1).split(", ") if t.strip())
+    return outs, int(m.group(2))
 
 
 def parse_latency_stats(text: str) -> LatencyStats:

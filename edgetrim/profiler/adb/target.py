@@ -9,16 +9,17 @@ device-side script per batch; see :mod:`edgetrim.profiler.adb.runner`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetrim.errors import DeviceError, EdgetrimError
 from edgetrim.profiler.adb.fingerprint import PhoneInfo, big_cores, device_info
-from edgetrim.profiler.adb.parser import to_latency_stats
+from edgetrim.profiler.adb.parser import BenchmarkOutput, node_outputs, to_latency_stats
 from edgetrim.profiler.adb.runner import BenchmarkFlags, PhoneRunner, RunnerConfig, load_binary
 from edgetrim.profiler.adb.transport import AdbTransport, resolve_serial
 from edgetrim.types import DeviceInfo, LatencyStats, OpContext, OpKind
@@ -31,6 +32,73 @@ logger = logging.getLogger(__name__)
 
 OpRequest = tuple[OpContext, int, int]
 PREFIX = "adb:"
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One op of a profiled run: the tool's node name, its node type and its time per run.
+
+    ``ms`` is scaled to the un-profiled run (see :meth:`AdbTarget.measure_artifact_per_op`);
+    ``profiled_ms`` is the tool's "avg ms" as printed. ``outputs`` / ``node_index`` come from an
+    interpreter node's name ``[out_0, out_1]:INDEX``; a delegate's internal op (``Delegate/...:N``)
+    has neither.
+    """
+
+    name: str
+    node_type: str
+    ms: float
+    profiled_ms: float
+    outputs: tuple[str, ...] = ()
+    node_index: int | None = None
+
+    @property
+    def delegated(self) -> bool:
+        """True for a delegate's internal op (e.g. XNNPACK's), named by its op, not its tensors."""
+        return self.node_index is None
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """Whole-model statistics of an un-profiled run plus the per-op split of a profiled run.
+
+    ``sum(op.ms for op in ops) == total.median_ms - overhead_ms`` (to float rounding) by construction.
+    """
+
+    total: LatencyStats
+    ops: tuple[OpTime, ...]
+    profiled_ms: float
+    scale: float
+    overhead_ms: float
+
+
+def split_profile(
+    total: LatencyStats, profiled: BenchmarkOutput, *, overhead_ms: float = 0.0, label: str = "model"
+) -> OpProfile:
+    """Scale the per-op rows of a profiled run to ``total.median_ms - overhead_ms``.
+
+    Op profiling slows every op (a timer pair and a record per op), and the per-op rows leave out
+    the interpreter's per-invoke bookkeeping, so neither their sum nor the profiled run's total is
+    the model's latency. As for onnxruntime's profiler in ``edgetrim.deploy.remeasure``: the shares
+    between ops come from the profile, the absolute scale from the un-profiled median minus the
+    per-invoke overhead (``overhead_ms``, e.g. ``table.meta["invoke_overhead_ms"]``).
+    """
+    if overhead_ms < 0:
+        raise ValueError(f"overhead_ms must be >= 0, got {overhead_ms}")
+    rows = profiled.op_rows or profiled.delegate_rows
+    profiled_ms = math.fsum(r.avg_ms for r in rows)
+    if not rows or profiled_ms <= 0:
+        raise DeviceError(
+            f"benchmark_model printed no per-op times for {label}: the tool must support "
+            "--enable_op_profiling=true (LiteRT / TF >= 2.x builds do)"
+        )
+    scale = max(total.median_ms - overhead_ms, 0.0) / profiled_ms
+    ops = []
+    for r in rows:
+        outs, index = node_outputs(r.name)
+        ops.append(OpTime(r.name, r.node_type, r.avg_ms * scale, r.avg_ms, outs, index))
+    return OpProfile(
+        total=total, ops=tuple(ops), profiled_ms=profiled_ms, scale=scale, overhead_ms=overhead_ms
+    )
 
 
 def parse_cores(text: str | None) -> tuple[int, ...] | None:
@@ -140,12 +208,37 @@ class AdbTarget:
 
     def measure_bytes(self, content: bytes, timing: TimingConfig, *, label: str = "model") -> LatencyStats:
         """Time one .tflite given as bytes."""
-        for _, out in self.runner.run([(label, content)], self._flags(timing), self.cores):
-            return to_latency_stats(out)
-        raise DeviceError(f"{self.name} returned no result for {label}")  # pragma: no cover
+        return to_latency_stats(self._run_one(content, self._flags(timing), label))
 
     def measure_artifact(self, path: str | Path, timing: TimingConfig) -> LatencyStats:
         """Time an exported ``.tflite`` on the phone."""
+        p = self._artifact(path)
+        return self.measure_bytes(p.read_bytes(), timing, label=p.name)
+
+    def measure_artifact_per_op(
+        self, path: str | Path, timing: TimingConfig, *, overhead_ms: float = 0.0
+    ) -> OpProfile:
+        """Time an exported ``.tflite`` on the phone, in total and per op.
+
+        Two runs of the tool, one after the other: one plain (the total, op profiling off even when
+        the target's config turns it on), one with ``--enable_op_profiling=true`` (the per-op "Run Order" table). The per-op times are
+        scaled so that they sum to the plain run's median minus ``overhead_ms``; see
+        :func:`split_profile`.
+        """
+        p = self._artifact(path)
+        content = p.read_bytes()
+        plain = replace(self._flags(timing), op_profiling=False)
+        total = to_latency_stats(self._run_one(content, plain, p.name))
+        flags = replace(self._flags(timing), op_profiling=True)
+        profiled = self._run_one(content, flags, f"{p.name} (op profiling)")
+        return split_profile(total, profiled, overhead_ms=overhead_ms, label=p.name)
+
+    def _run_one(self, content: bytes, flags: BenchmarkFlags, label: str) -> BenchmarkOutput:
+        for _, out in self.runner.run([(label, content)], flags, self.cores):
+            return out
+        raise DeviceError(f"{self.name} returned no result for {label}")  # pragma: no cover
+
+    def _artifact(self, path: str | Path) -> Path:
         p = Path(path)
         if p.suffix != ".tflite":
             raise EdgetrimError(
@@ -153,7 +246,7 @@ class AdbTarget:
             )
         if not p.is_file():
             raise EdgetrimError(f"{p} does not exist")
-        return self.measure_bytes(p.read_bytes(), timing, label=p.name)
+        return p
 
     def measure_model(
         self, module: Any, example_inputs: tuple[Any, ...], timing: TimingConfig
