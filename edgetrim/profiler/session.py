@@ -38,7 +38,7 @@ from edgetrim.profiler.builders._common import conv_out_hw
 from edgetrim.profiler.stats import shift_stats
 from edgetrim.profiler.targets.base import OpRequest, Target
 from edgetrim.profiler.timing import TimingConfig
-from edgetrim.types import LayerOp, OpContext, OpKind
+from edgetrim.types import LatencyStats, LayerOp, OpContext, OpKind
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,11 @@ class ProfileConfig:
         refine_max_new: at most this many new points per context per refinement round (noise
             alone makes many cells "miss"; this keeps refinement from exploding the table).
         subtract_overhead: subtract the runtime's empty-invoke cost from every point.
+        recheck_ratio: a point whose median exceeds both neighbours along an axis by more than this
+            factor is measured again and the lower median kept (:func:`spike_points`): load from
+            other processes only ever adds time, so an isolated spike is more likely disturbance
+            than a real latency step.
+        recheck_rounds: re-measure spikes this many times (after the plan and after refinement).
     """
 
     seed: int = 0
@@ -136,8 +141,14 @@ class ProfileConfig:
     refine_rounds: int = 3
     refine_max_new: int = 24
     subtract_overhead: bool = True
+    recheck_ratio: float = 1.3
+    recheck_rounds: int = 2
 
     def __post_init__(self) -> None:
+        if self.recheck_ratio <= 1:
+            raise ValueError(f"recheck_ratio must be > 1, got {self.recheck_ratio}")
+        if self.recheck_rounds < 0:
+            raise ValueError(f"recheck_rounds must be >= 0, got {self.recheck_rounds}")
         if self.save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {self.save_every}")
         if self.batch_size < 1:
@@ -188,7 +199,7 @@ class _Session:
         self.table.save(self.out)
         self.since_save = 0
 
-    def measure(self, requests: list[OpRequest], desc: str) -> None:
+    def measure(self, requests: list[OpRequest], desc: str, *, keep_lower: bool = False) -> None:
         room = self.room()
         if room is not None:
             requests = requests[:room]
@@ -201,7 +212,9 @@ class _Session:
                 for (ctx, i, o), stats in self.target.measure_ops(batch, self.timing):
                     if self.cfg.subtract_overhead and self.overhead_ms > 0:
                         stats = shift_stats(stats, self.overhead_ms)
-                    self.table.record(ctx, i, o, stats)
+                    old = self._existing(ctx, i, o) if keep_lower else None
+                    if old is None or stats.median_ms < old.median_ms:
+                        self.table.record(ctx, i, o, stats)
                     self.measured += 1
                     self.since_save += 1
                     bar.update(1)
@@ -210,6 +223,42 @@ class _Session:
         finally:
             bar.close()
             self.save()  # also on Ctrl-C / crash: finished points are kept
+
+    def _existing(self, ctx: OpContext, i: int, o: int) -> LatencyStats | None:
+        for pi, po, st in self.table.points(ctx):
+            if (pi, po) == (i, o):
+                return st
+        return None
+
+    def recheck(self, plans: Sequence[ContextPlan], ratio: float, rng: random.Random, desc: str) -> int:
+        """Measure every spike of ``plans``' contexts again, keeping the lower median; returns the count."""
+        todo = [(p.context, i, o) for p in plans for i, o in spike_points(self.table, p.context, ratio=ratio)]
+        rng.shuffle(todo)
+        self.measure(todo, desc, keep_lower=True)
+        return len(todo)
+
+
+def spike_points(table: LatencyTable, ctx: OpContext, *, ratio: float) -> list[tuple[int, int]]:
+    """Points whose median exceeds both measured neighbours along an axis by more than ``ratio``.
+
+    One-axis contexts are checked along their width; two-axis contexts along every row (fixed input
+    width) and every column (fixed output width).
+    """
+    pts = {(i, o): s.median_ms for i, o, s in table.points(ctx)}
+    lines: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, o in pts:
+        if ctx.one_axis:
+            lines.setdefault((0, 0), []).append((i, o))
+        else:
+            lines.setdefault((0, i), []).append((i, o))
+            lines.setdefault((1, o), []).append((i, o))
+    out: set[tuple[int, int]] = set()
+    for (axis, _), line in lines.items():
+        line.sort(key=lambda p: p[1] if axis == 0 else p[0])
+        for a, b, c in zip(line, line[1:], line[2:]):
+            if pts[b] > ratio * max(pts[a], pts[c]):
+                out.add(b)
+    return sorted(out)
 
 
 def _open_table(target: Target, out: Path, resume: bool) -> LatencyTable:
@@ -342,6 +391,10 @@ def profile_table(
         "%d points to measure on %s (%d already in the table)", len(todo), target.name, table.n_points()
     )
     session.measure(todo, f"profile {target.name}")
+    recheck_rng = random.Random(cfg.seed + 2)
+    rechecked = 0
+    if cfg.recheck_rounds > 0:
+        rechecked += session.recheck(usable, cfg.recheck_ratio, recheck_rng, f"recheck {target.name}")
 
     if refine:
         rng = random.Random(cfg.seed + 1)
@@ -364,6 +417,9 @@ def profile_table(
             rng.shuffle(new)
             session.measure(new, f"refine {rounds} {target.name}")
         meta["refine_rounds"] = max(int(meta.get("refine_rounds", 0)), rounds)
+    for k in range(1, cfg.recheck_rounds):
+        rechecked += session.recheck(usable, cfg.recheck_ratio, recheck_rng, f"recheck {k + 1} {target.name}")
+    meta["points_rechecked_last_run"] = rechecked
     meta["points_measured_last_run"] = session.measured
     session.save()
     return table

@@ -19,7 +19,7 @@ from edgetrim.profiler.session import (
 from edgetrim.profiler.targets import get_target
 from edgetrim.types import OpContext, OpKind
 
-SMALL = ProfileConfig(points_per_context=24, save_every=5, refine_rounds=1)
+SMALL = ProfileConfig(points_per_context=24, save_every=5, refine_rounds=1, recheck_rounds=0)  # exact counts
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -161,3 +161,28 @@ def test_artifacts_per_target(tiny_model, fast_timing, tmp_path) -> None:
         get_target("ort-cpu").measure_artifact(pt2, fast_timing)
     with pytest.raises(EdgetrimError, match="does not exist"):
         get_target("litert-cpu").measure_artifact(tmp_path / "none.tflite", fast_timing)
+
+
+def test_spike_points_flags_isolated_highs_only() -> None:
+    from edgetrim.lookup_tables import LatencyTable
+    from edgetrim.profiler.session import spike_points
+    from edgetrim.types import DeviceInfo, LatencyStats, OpContext, OpKind
+
+    def st(ms: float) -> LatencyStats:
+        return LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, n=5)
+
+    t = LatencyTable(DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="1", device="x"))
+    dw = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
+    for w in range(1, 17):  # odd-width staircase: aligned widths are dips, never flagged
+        t.record(dw, w, w, st(1.0 if w % 8 == 0 else 3.0))
+    t.record(dw, 5, 5, st(5.0))  # a disturbed point
+    assert spike_points(t, dw, ratio=1.3) == [(5, 5)]
+    conv = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(4, 4))
+    for i in (1, 2, 3, 4):
+        for o in (1, 2, 3, 4):
+            t.record(conv, i, o, st(float(i * o)))
+    assert spike_points(t, conv, ratio=1.3) == []
+    t.record(conv, 2, 3, st(20.0))  # spike along both its row and its column
+    assert spike_points(t, conv, ratio=1.3) == [(2, 3)]
+    with pytest.raises(ValueError, match="recheck_ratio"):
+        ProfileConfig(recheck_ratio=1.0)
