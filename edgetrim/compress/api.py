@@ -242,6 +242,7 @@ def compress(
     extract = extract or default_extractor(table.device.runtime)
     torch.manual_seed(config.seed)
     work = copy.deepcopy(model).eval()
+    finals = output_layers(work, example)  # first: a model that cannot run fails naming the module
     dense_ops = extract(work, example)
     dense_ms = model_latency_ms(table, dense_ops)
     dense_flops = float(sum(2 * op.macs for op in dense_ops))
@@ -250,7 +251,6 @@ def compress(
     dense_accuracy = evaluate_accuracy(work, val_loader)
 
     # 1. re-parameterise
-    finals = output_layers(work, example)
     factorized: list[str] = []
     if Block.LOWRANK in config.blocks:
         names = factorizable_layers(

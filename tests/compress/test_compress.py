@@ -251,3 +251,23 @@ def test_sparse_block_keeps_the_l1l2_count_of_weights_exactly(trained_mlp) -> No
     first = res.model.features[0].weight
     assert float((first == 0).float().mean()) == pytest.approx(res.report.sparsity["features.0.weight"])
     assert "classifier.weight" not in res.report.sparsity
+
+
+def test_untraceable_model_error_names_the_module(trained_mlp) -> None:
+    from edgetrim.errors import ModelSpecError
+
+    _, example, train, val, table, budget = trained_mlp
+
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(64, 8)
+            self.head = nn.Linear(9, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))
+
+    with pytest.raises(ModelSpecError, match="'head'"):
+        compress(
+            Broken(), example, _fast_config(budget_ms=budget), table=table, train_loader=train, val_loader=val
+        )
