@@ -45,6 +45,31 @@ def test_attribution_follows_modules_then_producers_then_consumers() -> None:
     }
 
 
+def test_functional_ops_go_to_their_call_named_layers_in_order() -> None:
+    # x + y inside a block and torch.flatten are named after the call ("add", "add_1", "flatten"),
+    # not a module: the k-th unattributed Add node gets the k-th "add*" layer
+    nodes = [
+        ("conv_a", "Conv", "blocks.0.conv", ["x"], ["a"]),
+        ("add_a", "Add", "blocks.0", ["x", "a"], ["s"]),
+        ("conv_b", "Conv", "blocks.1.conv", ["s"], ["b"]),
+        ("add_b", "Add", "blocks.1", ["s", "b"], ["t"]),
+        ("flat", "Reshape", "", ["t", "shape"], ["f"]),
+        ("fc", "Gemm", "fc", ["f"], ["y"]),
+    ]
+    layers = ["blocks.0.conv", "add", "blocks.1.conv", "add_1", "flatten", "fc"]
+    got = attribute_nodes(nodes, layers)
+    assert got == {
+        "conv_a": "blocks.0.conv",
+        "add_a": "add",
+        "conv_b": "blocks.1.conv",
+        "add_b": "add_1",
+        "flat": "flatten",
+        "fc": "fc",
+    }
+    # without such layers the adds still follow their producer, as before
+    assert attribute_nodes(nodes, ["blocks.0.conv", "blocks.1.conv", "fc"])["add_a"] == "blocks.0.conv"
+
+
 @pytest.fixture(scope="module")
 def onnx_art(tmp_path_factory: pytest.TempPathFactory, trained_net):
     from edgetrim.deploy.onnx_export import export_onnx
