@@ -361,13 +361,16 @@ def match_op_rows(ops: Sequence[Any], nodes: Sequence[TfliteNode]) -> list[str |
 
     ``ops`` are ``OpTime``s (``outputs``, ``node_index``, ``node_type``). Interpreter rows match by
     output tensor names, else by index when the op type agrees; delegate rows match in order the next
-    unmatched node whose op type their description names.
+    unmatched node whose op type their description names. A delegate node standing for a whole
+    delegated subgraph (``TfLiteXNNPackDelegate``) matches none.
     """
     by_outputs = {tuple(outs): name for name, _, _, _, outs in nodes}
-    index_of = {name: i for i, (name, *_) in enumerate(nodes)}
     got: list[str | None] = []
     taken: set[str] = set()
     for op in ops:
+        if "delegate" in op.node_type.lower():  # a whole delegated subgraph: no one node
+            got.append(None)
+            continue
         hit = by_outputs.get(tuple(op.outputs)) if op.outputs else None
         if hit is None and op.node_index is not None and 0 <= op.node_index < len(nodes):
             cand = nodes[op.node_index]
@@ -375,12 +378,9 @@ def match_op_rows(ops: Sequence[Any], nodes: Sequence[TfliteNode]) -> list[str |
         got.append(hit)
         if hit is not None:
             taken.add(hit)
-    pos = 0
+    pos = 0  # delegate rows come in execution order: each one searches after the previous match
     for k, op in enumerate(ops):
-        if got[k] is not None:
-            pos = max(pos, index_of[got[k]] + 1)
-            continue
-        if op.node_index is not None:
+        if got[k] is not None or op.node_index is not None:
             continue
         wanted = _delegate_candidates(op.node_type)
         j = next(

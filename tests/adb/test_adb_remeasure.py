@@ -8,6 +8,7 @@ decimals, so the end-to-end sum is checked to rel 1e-6.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def test_delegate_internal_section_is_kept_apart_from_the_interpreter_rows() -> 
         "Delegate/Convolution (NHWC, F32) IGEMM:0",
         "Delegate/Global Average Pooling (NWC, F32):1",
     ]
+    prof = split_profile(_stats(2.0), out)  # the delegate's ops stand in for its node: no double count
+    assert [op.name for op in prof.ops] == [r.name for r in out.delegate_rows]
+    assert math.fsum(op.ms for op in prof.ops) == pytest.approx(2.0, rel=1e-9)
 
 
 def test_tensor_names_give_module_paths() -> None:
@@ -95,8 +99,9 @@ def test_op_rows_match_by_tensor_names_then_index_then_delegate_order() -> None:
         OpTime("[c]:1", "CONV_2D", 1.0, 1.0, ("c",), 1),  # tensor names
         OpTime("[renamed]:3", "FULLY_CONNECTED", 1.0, 1.0, ("renamed",), 3),  # index + same type
         OpTime("[zz]:0", "ADD", 1.0, 1.0, ("zz",), 0),  # index but another type: no match
+        OpTime("[y]:4", "TfLiteXNNPackDelegate", 1.0, 1.0, ("y",), 4),  # a whole subgraph: no one node
     ]
-    assert match_op_rows(rows, nodes) == ["CONV_2D#1", "FULLY_CONNECTED#3", None]
+    assert match_op_rows(rows, nodes) == ["CONV_2D#1", "FULLY_CONNECTED#3", None, None]
     xnn = [
         OpTime("Delegate/Convolution (NHWC, F32) IGEMM:0", "Convolution (NHWC, F32) IGEMM", 1.0, 1.0),
         OpTime("Delegate/Max Pooling (NHWC, F32):1", "Max Pooling (NHWC, F32)", 1.0, 1.0),
@@ -130,16 +135,19 @@ class TinyNet(nn.Module):
 
 
 def test_export_run_remeasures_per_layer_on_a_simulated_phone(
-    phone, bench_binary: Path, tmp_path: Path
+    make_phone, bench_binary: Path, tmp_path: Path
 ) -> None:
+    """One export (the litert-torch conversion dominates the time), re-measured on two phones."""
     from edgetrim.compress.run_folder import save_run
     from edgetrim.deploy.bundle import ExportConfig, export_run
     from edgetrim.model_ops import extract_layer_ops
+    from edgetrim.profiler.adb.target import AdbTarget
     from edgetrim.profiler.targets import get_target
 
     torch.manual_seed(0)
     net = TinyNet().eval()
     x = (torch.randn(1, 1, 8, 8),)
+    phone = make_phone()
     run = save_run(
         tmp_path / "run", net, x, {"kind": "compress", "model_spec": "tiny", "data_spec": "digits"}
     )
@@ -160,6 +168,8 @@ def test_export_run_remeasures_per_layer_on_a_simulated_phone(
     assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(rep.measured_ms, rel=1e-6)
     assert any(n.startswith(("CONV_2D#", "DEPTHWISE_CONV_2D#")) for n in by_name["conv1"].nodes)
     assert any(n.startswith("FULLY_CONNECTED#") for n in by_name["fc"].nodes)
+    manifest = json.loads(bundle.manifest_path.read_text())
+    assert [r["name"] for r in manifest["artifacts"][0]["remeasure"]["layers"]] == list(by_name)
 
     # with the prediction's layer names (what a table for this phone gives), overhead kept out
     art = bundle.artifacts[0]
@@ -178,3 +188,16 @@ def test_export_run_remeasures_per_layer_on_a_simulated_phone(
     add = next(op.name for op in layer_ops if op.context.kind.value == "add")
     assert [n.split("#")[0] for n in rows[add].nodes] == ["ADD"]
     assert rep.to_dict()["profile_scale"] > 0
+
+    # LiteRT >= 2.16 with XNNPACK names ops "Delegate/Convolution (NHWC, F32) IGEMM:0" (no tensor
+    # names): the rows are aligned in order with graph nodes of the op type they name
+    xnn = AdbTarget(make_phone(xnnpack_op_names=True).serial, config=FAST)
+    rep = remeasure(art, xnn, timing=TIMING, example_inputs=x, predicted=[(n, None) for n, _ in predicted])
+    rows = {r.name: r for r in rep.layers}
+    assert UNATTRIBUTED not in rows
+    assert all((rows[n].measured_ms or 0.0) > 0 for n, _ in predicted)
+    assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(rep.measured_ms, rel=1e-6)
+    fc = next(op.name for op in layer_ops if op.context.kind.value == "linear")
+    assert [n.split("#")[0] for n in rows[fc].nodes] == ["FULLY_CONNECTED"]
+    prof = xnn.measure_artifact_per_op(art.path, TIMING)
+    assert prof.ops and all(op.delegated and op.name.startswith("Delegate/") for op in prof.ops)

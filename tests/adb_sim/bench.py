@@ -14,6 +14,9 @@ time single ops, so each measured run is split over the ops in proportion to a c
 (:func:`op_cost`: multiply-accumulates + output elements + a fixed per-op dispatch cost). The
 proxy is honest about *which* ops dominate (a conv outweighs a reshape) but not about their exact
 shares; the per-op times sum to the measured run, like the tool's rows sum to (a bit less than) it.
+With ``xnnpack_op_names`` the rows are named as LiteRT >= 2.16 names them under its default XNNPACK
+delegate: ``Delegate/<XNNPACK op description>:N``, no tensor names (:data:`XNNPACK_OPS`; one XNNPACK
+op per builtin op, whereas the real delegate may also drop or fuse some).
 "avg ms" is printed with 6 decimals (the tool prints 3) so that the sub-microsecond ops of the tiny
 test models keep a nonzero time.
 """
@@ -28,6 +31,22 @@ import numpy as np
 
 _BOOL_TRUE = {"1", "true", "True"}
 DISPATCH_COST = 256.0  # fixed cost of running one op, in units of one output element / one MAC
+
+
+XNNPACK_OPS = {
+    "CONV_2D": "Convolution (NHWC, F32) IGEMM",
+    "DEPTHWISE_CONV_2D": "Convolution (NHWC, F32) DWConv",
+    "FULLY_CONNECTED": "Fully Connected (NC, F32) GEMM",
+    "MAX_POOL_2D": "Max Pooling (NHWC, F32)",
+    "AVERAGE_POOL_2D": "Average Pooling (NHWC, F32)",
+    "MEAN": "Global Average Pooling (NWC, F32)",
+    "RESHAPE": "Copy (NC, X32)",
+    "TRANSPOSE": "Transpose (ND, X32)",
+    "ADD": "Add (ND, F32)",
+    "MUL": "Multiply (ND, F32)",
+    "BATCH_MATMUL": "Batch Matrix Multiply (NC, F32)",
+    "SOFTMAX": "Softmax (NC, F32)",
+}
 
 
 def op_cost(op: dict, tensors: dict[int, dict]) -> float:
@@ -88,7 +107,12 @@ def _flags(args: list[str]) -> dict[str, str]:
 
 
 def run_benchmark(
-    args: list[str], *, version: str, read_file: Callable[[str], bytes | None], emit: Callable[[str], None]
+    args: list[str],
+    *,
+    version: str,
+    read_file: Callable[[str], bytes | None],
+    emit: Callable[[str], None],
+    xnnpack_op_names: bool = False,
 ) -> int:
     """Run the simulated tool with command-line ``args``; ``emit`` receives each output line."""
     new = _vkey(version) >= (2, 13)
@@ -193,6 +217,12 @@ def run_benchmark(
             for d in interp._get_ops_details()
             if d["op_name"] != "DELEGATE"
         ] or [("DELEGATE", "[]:0", 1.0)]
+        if xnnpack_op_names:
+            ops = [
+                (desc, f"Delegate/{desc}:{k}", cost)
+                for k, (op, _, cost) in enumerate(ops)
+                for desc in [XNNPACK_OPS.get(op, f"{op.replace('_', ' ').title()} (ND, F32)")]
+            ]
         for line in _op_tables(ops, runs, init_us):
             out(line) if line else emit("")
     return 0

@@ -47,6 +47,7 @@ class DeviceSpec:
     hot_reads: int = 0  # the first N thermal reads report +25 C on every zone
     unplug_after_bench_runs: int | None = None  # pull the cable after this many benchmark invocations
     unplug_s: float = 2.0  # how long the phone stays away (float("inf"): for good)
+    xnnpack_op_names: bool = False  # op tables name XNNPACK's ops ("Delegate/...:N"), no tensor names
     serialno: str = "SIMSERIAL"
 
 
@@ -443,6 +444,7 @@ class Shell:
             version=version,
             read_file=lambda g: dev.fs.read(self.abspath(g)),
             emit=lambda line: out(line + "\n"),
+            xnnpack_op_names=dev.spec.xnnpack_op_names,
         )
         dev.bench_runs += 1
         if (

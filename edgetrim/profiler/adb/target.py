@@ -71,6 +71,11 @@ class OpProfile:
     overhead_ms: float
 
 
+def is_delegate_node(node_type: str) -> bool:
+    """True for the interpreter node a delegate replaced a subgraph with (``TfLiteXNNPackDelegate``)."""
+    return "delegate" in node_type.lower()
+
+
 def split_profile(
     total: LatencyStats, profiled: BenchmarkOutput, *, overhead_ms: float = 0.0, label: str = "model"
 ) -> OpProfile:
@@ -81,10 +86,15 @@ def split_profile(
     the model's latency. As for onnxruntime's profiler in ``edgetrim.deploy.remeasure``: the shares
     between ops come from the profile, the absolute scale from the un-profiled median minus the
     per-invoke overhead (``overhead_ms``, e.g. ``table.meta["invoke_overhead_ms"]``).
+
+    When the tool prints a "Delegate internal" table (older releases), its rows stand in for the
+    delegate node of the interpreter table, so nothing is counted twice.
     """
     if overhead_ms < 0:
         raise ValueError(f"overhead_ms must be >= 0, got {overhead_ms}")
-    rows = profiled.op_rows or profiled.delegate_rows
+    rows = list(profiled.op_rows)
+    if profiled.delegate_rows:  # the delegate's own ops replace the delegate node(s) that ran them
+        rows = [r for r in rows if not is_delegate_node(r.node_type)] + list(profiled.delegate_rows)
     profiled_ms = math.fsum(r.avg_ms for r in rows)
     if not rows or profiled_ms <= 0:
         raise DeviceError(
