@@ -190,23 +190,38 @@ def attribute_nodes(
             plain = [c for c in candidates if ":" not in c]
             group[node] = (tagged or plain or candidates)[0]
     # functional ops (``x + y`` -> layer "add_1", ``torch.flatten`` -> "flatten") are named after the
-    # call, not a module: the k-th unattributed node of that op type gets the k-th such layer
+    # call, not a module: an unattributed node of that op type gets the first such layer that sits,
+    # in layer order, between the layers of the attributed nodes before and after it (so a layout
+    # reshape in front of conv1 cannot take the "flatten" before the classifier)
+    order = {name: i for i, name in enumerate(layer_names)}
     used = set(group.values())
     queues: dict[str, list[str]] = {}
     for name in layer_names:
         base = _FUNCTIONAL_RE.sub("", name)
         if name not in used and ":" not in name and base in _FUNCTIONAL:
             queues.setdefault(base, []).append(name)
-    for node, op_type, *_ in nodes:
+    pos_layer = [order[group[n]] if n in group else None for n, *_ in nodes]
+    lo, hi = [-1] * len(nodes), [len(layer_names)] * len(nodes)
+    for p in range(1, len(nodes)):
+        prev = pos_layer[p - 1]
+        lo[p] = max(lo[p - 1], prev if prev is not None else -1)
+    for p in range(len(nodes) - 2, -1, -1):
+        nxt = pos_layer[p + 1]
+        hi[p] = min(hi[p + 1], nxt if nxt is not None else len(layer_names))
+    for p, (node, op_type, *_) in enumerate(nodes):
         if node in group:
             continue
         kind = op_type.lower()
-        base = next((b for b, q in queues.items() if q and kind in _FUNCTIONAL[b]), None)
-        if base is not None:
-            group[node] = queues[base].pop(0)
+        for base, queue in queues.items():
+            if kind not in _FUNCTIONAL[base]:
+                continue
+            hit = next((n for n in queue if lo[p] < order[n] < hi[p]), None)
+            if hit is not None:
+                group[node] = hit
+                queue.remove(hit)
+                break
     # exporter rewrites (conv+BN folding) can leave a compute node under a sibling module ("bn1"
     # for conv1): give such nodes, in graph order, the next predicted layer no node claimed yet
-    order = {name: i for i, name in enumerate(layer_names)}
     claimed = {group[n] for n, op_type, *_ in nodes if n in group and op_type in _COMPUTE}
     pos = 0
     for node, op_type, *_ in nodes:

@@ -53,3 +53,15 @@ def test_real_phone_prediction_within_20_percent(tmp_path: Path):
     measured = target.measure_artifact(artifact, TIMING)
     predicted = stats[(ctx, 256, 256)]
     assert abs(predicted.median_ms - measured.median_ms) / measured.median_ms <= 0.2
+
+
+def test_real_phone_per_op_profile_sums_to_the_total(tmp_path: Path):
+    """The tool's per-op table on the phone: rows present, scaled to the plain total (rel 1e-9)."""
+    import math
+
+    ctx = OpContext(OpKind.CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(16, 16))
+    artifact = tmp_path / "conv.tflite"
+    artifact.write_bytes(build_tflite_op(ctx, 16, 32))
+    prof = AdbTarget(SERIAL).measure_artifact_per_op(artifact, TIMING, overhead_ms=0.0)
+    assert prof.ops and prof.profiled_ms > 0
+    assert math.fsum(op.ms for op in prof.ops) == pytest.approx(prof.total.median_ms, rel=1e-9)

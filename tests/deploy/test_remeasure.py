@@ -49,6 +49,7 @@ def test_functional_ops_go_to_their_call_named_layers_in_order() -> None:
     # x + y inside a block and torch.flatten are named after the call ("add", "add_1", "flatten"),
     # not a module: the k-th unattributed Add node gets the k-th "add*" layer
     nodes = [
+        ("layout", "Reshape", "", ["in"], ["x"]),  # before the first layer: not the "flatten"
         ("conv_a", "Conv", "blocks.0.conv", ["x"], ["a"]),
         ("add_a", "Add", "blocks.0", ["x", "a"], ["s"]),
         ("conv_b", "Conv", "blocks.1.conv", ["s"], ["b"]),
@@ -59,6 +60,7 @@ def test_functional_ops_go_to_their_call_named_layers_in_order() -> None:
     layers = ["blocks.0.conv", "add", "blocks.1.conv", "add_1", "flatten", "fc"]
     got = attribute_nodes(nodes, layers)
     assert got == {
+        "layout": "blocks.0.conv",  # by its consumer
         "conv_a": "blocks.0.conv",
         "add_a": "add",
         "conv_b": "blocks.1.conv",
