@@ -15,7 +15,7 @@ from edgetrim.errors import DeviceError
 from edgetrim.profiler.adb.fingerprint import PhoneInfo, big_cores, device_info, parse_phone_info
 from edgetrim.profiler.adb.parser import BenchmarkOutput, parse_benchmark_output, to_latency_stats
 from edgetrim.profiler.adb.runner import BENCHMARK_ENV, RunnerConfig
-from edgetrim.profiler.adb.target import AdbTarget, make_adb_target
+from edgetrim.profiler.adb.target import AdbTarget, OpProfile, OpTime, make_adb_target, split_profile
 from edgetrim.profiler.adb.transport import DeviceDisconnectedError, list_devices
 
 if TYPE_CHECKING:
@@ -81,11 +81,14 @@ __all__ = [
     "AdbTarget",
     "BenchmarkOutput",
     "DeviceDisconnectedError",
+    "OpProfile",
+    "OpTime",
     "PhoneInfo",
     "RunnerConfig",
     "list_phones",
     "make_adb_target",
     "parse_benchmark_output",
     "register_targets",
+    "split_profile",
     "to_latency_stats",
 ]

@@ -8,8 +8,11 @@ Older releases (TF <= 2.12) print bare lines (TF 1.14-2.1 end with "Average infe
 logcat tag such as ``I tflite  : ``); from 2.16 the line ends with ``p5=.. median=.. p95=..``. A phase
 whose runs were all equal prints ``count=N curr=X(all same)``. With ``--enable_op_profiling=true`` the
 tool adds tables ("Run Order", "Top by Computation Time", "Summary by node type") for initialization
-and for the regular runs. The tool never prints individual samples, so :func:`to_latency_stats`
-builds the distribution from the printed summary (see its docstring for how).
+and for the regular runs; releases that print a delegate's own ops in a separate "Delegate internal"
+table get those rows in :attr:`BenchmarkOutput.delegate_rows`. Rows are named ``[outputs]:INDEX``
+(interpreter nodes, see :func:`node_outputs`) or ``Delegate/<op>:N``. The tool never prints
+individual samples, so :func:`to_latency_stats` builds the distribution from the printed summary
+(see its docstring for how).
 """
 
 from __future__ import annotations

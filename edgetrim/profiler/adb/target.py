@@ -4,6 +4,10 @@ Same contract as the local targets (``info``, ``fusion``, ``measure_ops``, ``mea
 ``measure_artifact``), so ``edgetrim profile`` / ``measure`` and the tables work unchanged. The
 one-op .tflite models are built on the host (``build_tflite_op``), pushed in batches and run by one
 device-side script per batch; see :mod:`edgetrim.profiler.adb.runner`.
+
+Beyond the contract, :meth:`AdbTarget.measure_artifact_per_op` gives an exported model's total *and*
+its per-op split (the tool's ``--enable_op_profiling`` "Run Order" table, scaled to the plain run's
+median minus the invoke overhead), which ``edgetrim.deploy.remeasure`` maps to layers.
 """
 
 from __future__ import annotations
