@@ -1,9 +1,9 @@
 """Per-layer re-measurement on a phone: op-profile parsing and scaling (pure), op row -> graph node
 matching (pure), and ``edgetrim export RUN --target adb:SERIAL`` end to end on a simulated phone.
 
-Tolerances: the per-layer rows sum to the measured median minus the invoke overhead by construction
-(one scale factor), checked to rel 1e-9 on parsed values; the simulator prints op times with 6
-decimals, so the end-to-end sum is checked to rel 1e-6.
+Tolerance: the per-layer rows (unattributed ops included) sum to the plain run's median minus the
+invoke overhead by construction (one scale factor over the printed op times), checked to rel 1e-9
+(float rounding). No timing assertions: the simulator's op shares come from a cost proxy.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_export_run_remeasures_per_layer_on_a_simulated_phone(
     assert {"conv1", "blocks.0.conv", "pool", "fc"} <= {
         n for n, r in by_name.items() if (r.measured_ms or 0) > 0
     }
-    assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(rep.measured_ms, rel=1e-6)
+    assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(rep.measured_ms, rel=1e-9)
     assert any(n.startswith(("CONV_2D#", "DEPTHWISE_CONV_2D#")) for n in by_name["conv1"].nodes)
     assert any(n.startswith("FULLY_CONNECTED#") for n in by_name["fc"].nodes)
     manifest = json.loads(bundle.manifest_path.read_text())
@@ -179,7 +179,7 @@ def test_export_run_remeasures_per_layer_on_a_simulated_phone(
     rows = {r.name: r for r in rep.layers}
     assert [r.name for r in rep.layers[: len(predicted)]] == [n for n, _ in predicted]
     assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(
-        rep.measured_ms - 0.0005, rel=1e-6
+        rep.measured_ms - 0.0005, rel=1e-9
     )
     # every predicted layer (convs with folded BN + fused ReLU, the residual add, pool, flatten, fc)
     # got its ops, and every op found its layer
@@ -196,7 +196,7 @@ def test_export_run_remeasures_per_layer_on_a_simulated_phone(
     rows = {r.name: r for r in rep.layers}
     assert UNATTRIBUTED not in rows
     assert all((rows[n].measured_ms or 0.0) > 0 for n, _ in predicted)
-    assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(rep.measured_ms, rel=1e-6)
+    assert math.fsum(r.measured_ms or 0.0 for r in rep.layers) == pytest.approx(rep.measured_ms, rel=1e-9)
     fc = next(op.name for op in layer_ops if op.context.kind.value == "linear")
     assert [n.split("#")[0] for n in rows[fc].nodes] == ["FULLY_CONNECTED"]
     prof = xnn.measure_artifact_per_op(art.path, TIMING)
