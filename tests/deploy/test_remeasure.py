@@ -168,3 +168,15 @@ def test_artifact_whose_input_spec_does_not_match_is_one_line_error(onnx_art) ->
     ) as err:
         remeasure(nhwc, get_target("ort-cpu"), timing=TimingConfig.quick(), example_inputs=X)
     assert "\n" not in str(err.value)
+
+
+def test_per_layer_tflite_keeps_op_times_when_the_graph_cannot_be_read(tmp_path: Path) -> None:
+    from edgetrim.deploy.remeasure import per_layer_tflite
+    from edgetrim.profiler.adb.target import OpTime
+
+    bad = tmp_path / "custom.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    ops = [OpTime("[a]:0", "CONV_2D", 0.3, 0.4, ("a",), 0), OpTime("[b]:1", "ADD", 0.1, 0.2, ("b",), 1)]
+    rows = per_layer_tflite(bad, ops, predicted=[("conv1", 0.25)])
+    assert [(r.name, r.measured_ms) for r in rows] == [("conv1", None), (UNATTRIBUTED, pytest.approx(0.4))]
+    assert rows[1].nodes == ("[a]:0", "[b]:1")
