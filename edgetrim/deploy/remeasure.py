@@ -463,7 +463,7 @@ def remeasure(
         predicted: ``(layer name, predicted ms)`` rows from ``predict_model``.
         predicted_ms: the predicted whole-model total.
         overhead_ms: per-invoke runtime overhead kept out of the per-layer split.
-        profile_runs: profiled runs for per-node medians.
+        profile_runs: profiled runs for per-node medians (onnxruntime; a phone's profiled run uses ``timing``).
     """
     from edgetrim.deploy.data import check_artifact_inputs
 
@@ -482,17 +482,8 @@ def remeasure(
             "benchmark_model op profiling (--enable_op_profiling), op times scaled to the measured total "
             "minus the invoke overhead"
         )
-        return RemeasureReport(
-            label=artifact.label,
-            target=target.name,
-            device=device,
-            measured=measured,
-            predicted_ms=predicted_ms,
-            layers=tuple(layers),
-            per_layer_method=method,
-            profile_scale=scale,
-        )
-    measured = target.measure_artifact(artifact.path, timing)
+    else:
+        measured = target.measure_artifact(artifact.path, timing)
     if (
         artifact.format is ExportFormat.ONNX
         and runtime == "onnxruntime"
