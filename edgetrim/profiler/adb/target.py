@@ -234,10 +234,13 @@ class AdbTarget:
     ) -> OpProfile:
         """Time an exported ``.tflite`` on the phone, in total and per op.
 
-        Two runs of the tool, one after the other: one plain (the total, op profiling off even when
-        the target's config turns it on), one with ``--enable_op_profiling=true`` (the per-op "Run Order" table). The per-op times are
-        scaled so that they sum to the plain run's median minus ``overhead_ms``; see
-        :func:`split_profile`.
+        Two runs of the tool, one after the other: one plain (the total; op profiling off even when
+        the target's config turns it on), one with ``--enable_op_profiling=true`` (the per-op "Run
+        Order" table). The per-op times are scaled so that they sum to the plain run's median minus
+        ``overhead_ms``; see :func:`split_profile`.
+
+        Raises:
+            DeviceError: the tool printed no per-op table (a build without op profiling).
         """
         p = self._artifact(path)
         content = p.read_bytes()
