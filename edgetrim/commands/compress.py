@@ -28,6 +28,35 @@ def _load_model(model: str):  # -> (module, example_inputs, spec)
     return loaded.module, loaded.example_inputs, spec
 
 
+def _measure_fn(lat_table, measure: bool | None):  # -> measure_fn or None
+    """A ``measure_fn`` on the table's target: forced by ``--measure``, automatic when the table was
+    profiled on this machine (same device fingerprint), off with ``--no-measure``."""
+    if measure is False:
+        return None
+    from edgetrim.errors import TargetUnavailableError
+    from edgetrim.profiler.targets import get_target
+    from edgetrim.profiler.timing import TimingConfig
+
+    device = lat_table.device
+    try:
+        target = get_target(device.target, threads=device.threads)
+        same = target.info().fingerprint() == device.fingerprint()
+    except TargetUnavailableError as exc:
+        if measure:
+            raise EdgetrimError(
+                f"--measure: target {device.target!r} is not available here ({exc})"
+            ) from None
+        return None
+    if measure is None and not same:
+        return None
+    timing = TimingConfig(warmup=10, min_runs=30, max_runs=300, time_cap_s=1.0)
+
+    def measure_ms(module, example_inputs) -> float:
+        return target.measure_model(module.eval(), tuple(example_inputs), timing).median_ms
+
+    return measure_ms
+
+
 def _blocks(text: str) -> frozenset:
     from edgetrim.compress.config import Block
 
@@ -76,6 +105,14 @@ def compress_cmd(
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint.pt")] = False,
+    measure: Annotated[
+        bool | None,
+        typer.Option(
+            "--measure/--no-measure",
+            help="measure on the table's target and re-fit while over --budget-ms "
+            "(default: when the table was profiled on this machine)",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
 ) -> None:
     """Compress MODEL to a latency budget with the l1/l2 latency surrogate; write the RUN folder."""
@@ -107,10 +144,11 @@ def compress_cmd(
             err=True,
         )
 
+    measure_fn = _measure_fn(lat_table, measure) if budget_ms is not None else None
     out.mkdir(parents=True, exist_ok=True)
     result = compress(
         module, example, config, table=lat_table, train_loader=train_loader, val_loader=val_loader,
-        checkpoint_dir=out, resume=resume, on_epoch=progress,
+        checkpoint_dir=out, resume=resume, on_epoch=progress, measure_fn=measure_fn,
     )  # fmt: skip
     extra = {"model_spec": spec, "data_spec": data, "table": str(table)}
     save_result(out, result, extra)
@@ -122,5 +160,6 @@ def compress_cmd(
     typer.echo(
         f"{out}: predicted {r.predicted_ms:.4f} ms (dense {r.dense_predicted_ms:.4f} ms"
         + (f", budget {r.budget_ms:.4f} ms" if r.budget_ms is not None else "")
+        + (f", measured {r.measured_ms:.4f} ms" if r.measured_ms is not None else "")
         + f"), accuracy {r.accuracy:.4f} (dense {r.dense_accuracy:.4f})"
     )

@@ -7,7 +7,24 @@ Stages (one function each below):
 3. train with ``lambda * R`` + projection, lambda by dual ascent on the budget (:mod:`.train`);
 4. choose the final widths with the real table: fast side of every step, then fit the budget
    (:mod:`.widths`); check the materialised model's predicted latency, tighten if needed;
-5. materialise a physically smaller dense model, fine-tune it, bake the chosen bit widths.
+5. with a ``measure_fn``: measure the materialised model on the target and, while it is over the
+   budget, tighten the internal (table-scale) budget by the measured/predicted ratio and redo step 4
+   (at most ``config.measure_steps`` times);
+6. fine-tune the small model, bake the chosen bit widths.
+
+Closing the loop on the target (``measure_fn``): the table predicts each operator in isolation, so a
+whole model can run faster or slower than the sum (and not by one factor: on ort-cpu the dense model
+and a pruned one can be mispredicted differently). When ``measure_fn(model, example_inputs) -> ms``
+is given with a ``budget_ms``, the materialised model is measured; the internal (table-scale) budget
+then becomes ``0.98 x budget_ms x predicted / measured`` (tighter when it measured over the budget,
+looser when it measured well under) and the width fit is redone from the fast-side widths that
+training asked for, at most ``config.measure_steps`` times. It stops once a model measures within
+``[0.95, 1] x budget_ms`` or the widths stop changing; the widest structure that measured within the
+budget is kept (else the last one, with a warning). Latency does not depend on weight values, so this
+runs before the fine-tune, which then trains the final structure once. The report holds what was asked
+(``budget_ms``), the internal budget, predicted and measured latency, and every measurement round.
+``compress`` never imports the profiler: the caller builds ``measure_fn`` (the CLI from
+``edgetrim.profiler.targets.get_target``).
 
 Example:
     >>> result = compress(model, (x,), CompressConfig(budget_ms=0.5), table=table,
@@ -58,6 +75,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["CompressionReport", "CompressionResult", "compress", "model_latency_ms", "save_result"]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+MeasureFn = Callable[[nn.Module, tuple[Tensor, ...]], float]  # (model, example_inputs) -> ms on the target
+MARGIN = 0.98  # the re-fit aims this far under the budget (measurement noise)
+CLOSE_ENOUGH = 0.95  # a model measuring within [0.95, 1] x budget ends the loop
 CHECKPOINT_FILE = "checkpoint.pt"
 QUANTIZED_FILE = "quantized.pt"
 
@@ -84,6 +104,9 @@ class CompressionReport:
     factorized: list[str]
     config: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    measured_ms: float | None = None  # the final model on the target (with a measure_fn)
+    internal_budget_ms: float | None = None  # the table-scale budget the final fit met
+    measure_rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def to_info(self) -> dict[str, Any]:
         """The ``run.json`` dict for :func:`edgetrim.compress.run_folder.save_run` (kind="compress")."""
@@ -214,6 +237,7 @@ def compress(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    measure_fn: MeasureFn | None = None,
 ) -> CompressionResult:
     """Compress ``model`` to ``config``'s budget on ``table``'s target.
 
@@ -231,6 +255,9 @@ def compress(
         checkpoint_dir: where to write ``checkpoint.pt`` after every epoch (atomic).
         resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
         on_epoch: called with each epoch's history row (progress display).
+        measure_fn: ``(model, example_inputs) -> ms`` measured on the table's target; with
+            ``budget_ms`` it calibrates the budget on the dense model and re-fits the widths while the
+            materialised model measures over the budget (see the module docstring).
 
     Raises:
         BudgetError: the budget is below the smallest reachable latency / FLOPs (says which).
@@ -364,7 +391,7 @@ def compress(
         q.harden_()
     bits = {n: q.bits() for n, q in quants.items()}
 
-    # 5. materialise, check the real prediction, fine-tune, bake bits
+    # materialise and check the real prediction
     small = gates.materialize(example, widths=final, prepare=_strip_quant) if groups else _plain_copy(work)
 
     def check_ms(small: nn.Module) -> float:
@@ -376,21 +403,85 @@ def compress(
             logger.info("materialised model has a context outside the table; using the bound prediction")
             return cost.hard_ms(final)
 
-    predicted_ms = check_ms(small)
-    tighten = 0
-    while config.budget_ms is not None and predicted_ms > config.budget_ms + 1e-9 and groups and tighten < 20:
-        # The bound terms and the extracted model disagree (should not happen): shrink and re-check.
-        tighten += 1
-        target = cost.hard_ms(final) - (predicted_ms - config.budget_ms)
-        final = fit_budget(
-            final, units, _importance(gates, work), partial, cost.hard_ms, target, min_widths=min_widths
-        )
-        small = gates.materialize(example, widths=final, prepare=_strip_quant)
+    ms_budget = budget if config.budget_ms is not None else None  # internal, on the table's scale
+
+    def meet_predicted(
+        final: list[int], small: nn.Module, ms_budget: float
+    ) -> tuple[list[int], nn.Module, float]:
+        """Shrink until the materialised model's own prediction is within ``ms_budget``."""
         predicted_ms = check_ms(small)
-    if config.budget_ms is not None and predicted_ms > config.budget_ms + 1e-9:
-        raise BudgetError(
-            f"could not bring the predicted latency {predicted_ms:.4g} ms under the budget {config.budget_ms:.4g} ms"
-        )
+        tighten = 0
+        while predicted_ms > ms_budget + 1e-9 and groups and tighten < 20:
+            # The bound terms and the extracted model disagree (should not happen): shrink and re-check.
+            tighten += 1
+            target = cost.hard_ms(final) - (predicted_ms - ms_budget)
+            final = fit_budget(
+                final, units, _importance(gates, work), partial, cost.hard_ms, target, min_widths=min_widths
+            )
+            small = gates.materialize(example, widths=final, prepare=_strip_quant)
+            predicted_ms = check_ms(small)
+        if predicted_ms > ms_budget + 1e-9:
+            raise BudgetError(
+                f"could not bring the predicted latency {predicted_ms:.4g} ms under the budget {ms_budget:.4g} ms"
+            )
+        return final, small, predicted_ms
+
+    if ms_budget is not None:
+        final, small, predicted_ms = meet_predicted(final, small, ms_budget)
+    else:
+        predicted_ms = check_ms(small)
+
+    # 5. close the loop on the target: measure, re-scale the internal budget, redo the width fit
+    measured_ms: float | None = None
+    rounds: list[dict[str, Any]] = []
+    if measure_fn is not None and config.budget_ms is not None and ms_budget is not None:
+        start = fast_side_widths(requested, units, sizes, partial, min_widths=min_widths) if groups else []
+        best: tuple[list[int], nn.Module, float, float, float] | None = None  # widest within budget
+        last = (final, small, predicted_ms, 0.0, ms_budget)
+        for step in range(config.measure_steps + 1):
+            m_ms = float(measure_fn(small, example))
+            last = (final, small, predicted_ms, m_ms, ms_budget)
+            rounds.append(
+                {"internal_budget_ms": ms_budget, "predicted_ms": predicted_ms, "measured_ms": m_ms,
+                 "widths": list(final)}
+            )  # fmt: skip
+            logger.info(
+                "round %d: internal budget %.4f ms, predicted %.4f ms, measured %.4f ms (budget %.4f ms)",
+                step, ms_budget, predicted_ms, m_ms, config.budget_ms,
+            )  # fmt: skip
+            if m_ms <= config.budget_ms and (best is None or predicted_ms > best[2]):
+                best = last
+            if not groups or step == config.measure_steps:
+                break
+            if CLOSE_ENOUGH * config.budget_ms <= m_ms <= config.budget_ms:
+                break
+            new_budget = MARGIN * config.budget_ms * predicted_ms / m_ms
+            if m_ms <= config.budget_ms and best is not None:
+                new_budget = max(new_budget, best[2] * 1.0001)  # only try wider than the best so far
+            try:
+                new_final = fit_budget(
+                    start, units, _importance(gates, work), partial, cost.hard_ms, new_budget,
+                    min_widths=min_widths,
+                )  # fmt: skip
+            except BudgetError:
+                logger.warning("measured %.4f ms > budget %.4f ms and no narrower widths fit", m_ms, config.budget_ms)  # fmt: skip
+                break
+            if new_final == final:
+                break
+            try:
+                new_final, new_small, new_pred = meet_predicted(
+                    new_final, gates.materialize(example, widths=new_final, prepare=_strip_quant), new_budget
+                )
+            except BudgetError:
+                break
+            ms_budget, final, small, predicted_ms = new_budget, new_final, new_small, new_pred
+        final, small, predicted_ms, measured_ms, ms_budget = best if best is not None else last
+        if best is None:
+            logger.warning(
+                "measured %.4f ms is over the budget %.4f ms after %d rounds", measured_ms, config.budget_ms, len(rounds)
+            )  # fmt: skip
+
+    # 6. fine-tune, bake bits
     for name in bits:
         q = attach_quant_(small.get_submodule(name))
         with torch.no_grad():
@@ -425,6 +516,9 @@ def compress(
         factorized=factorized,
         config=config.to_dict(),
         history=trainer.state.history,
+        measured_ms=measured_ms,
+        internal_budget_ms=ms_budget,
+        measure_rounds=rounds,
     )
     return CompressionResult(model=small, example_inputs=example, report=report, quantized=records)
 

@@ -46,6 +46,11 @@ class CompressConfig:
         lr: weight learning rate; gate_lr: learning rate of masks and bit gates.
         optimizer: Adam or SGD (momentum 0.9) for the weights; the gates always use the same kind.
         dual_lr: step of the dual ascent on lambda (per batch, on the relative budget violation).
+        budget_ramp: share of the penalised epochs over which the dual ascent's target moves linearly
+            from the dense cost to the budget (gradual pruning; 1.0 reaches the budget at the last batch).
+        measure_steps: with a ``measure_fn`` (see :func:`edgetrim.compress.api.compress`), how many times
+            the final width step may be redone with a tighter internal budget when the materialised
+            model measures over the budget.
         lambda_init: starting lambda in budget mode.
         bits_lambda: weight of the weight-storage penalty (bits / dense 16-bit bits) with ``quant``.
         sparse_lambda: weight of the l1/l2 weight penalty with ``sparse``.
@@ -65,6 +70,8 @@ class CompressConfig:
     gate_lr: float = 0.05
     optimizer: OptimizerKind = OptimizerKind.ADAM
     dual_lr: float = 0.5
+    budget_ramp: float = 0.75
+    measure_steps: int = 3
     lambda_init: float = 0.0
     bits_lambda: float = 0.0
     sparse_lambda: float = 0.0
@@ -105,6 +112,10 @@ class CompressConfig:
         for name in ("dual_lr", "lambda_init", "bits_lambda", "sparse_lambda"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.budget_ramp <= 1.0:
+            raise ValueError(f"budget_ramp must be in (0, 1], got {self.budget_ramp}")
+        if self.measure_steps < 0:
+            raise ValueError(f"measure_steps must be >= 0, got {self.measure_steps}")
         if self.lowrank_min_width < 1:
             raise ValueError(f"lowrank_min_width must be >= 1, got {self.lowrank_min_width}")
         object.__setattr__(self, "ignore", tuple(self.ignore))

@@ -4,10 +4,13 @@ One batch::
 
     loss = CE + lambda * R(alpha) / R(dense) [+ bits and sparsity penalties]
     opt.step(); alpha <- max(0, alpha)            # exact zeros, no threshold
-    lambda <- max(0, lambda + dual_lr * (cost(hard widths) / budget - 1))   # budget mode only
+    lambda <- max(0, lambda + dual_lr * (cost(hard widths) / target(t) - 1))   # budget mode only
 
 The dual step uses the *real* table at the current integer widths (non-zero gates), so lambda stops
-growing as soon as the pruned structure fits; the surrogate only supplies gradients.
+growing as soon as the pruned structure fits; the surrogate only supplies gradients. ``target(t)``
+moves linearly from the dense cost to the budget over the first ``budget_ramp`` share of the
+penalised epochs (gradual pruning: the weights adapt while channels go, instead of lambda jumping
+to prune everything in the first batches), then stays at the budget.
 """
 
 from __future__ import annotations
@@ -141,9 +144,22 @@ class PenaltyTrainer:
         return torch.stack(terms).mean() if terms else torch.zeros(())
 
     # ---- one epoch -------------------------------------------------------------------------------
+    def target_at(self, progress: float) -> float:
+        """The dual ascent's target after ``progress`` penalised epochs (dense cost -> budget)."""
+        if self.budget is None:
+            return self.dense_cost
+        ramp = self.config.budget_ramp * max(1, self.config.epochs)
+        t = min(1.0, max(0.0, progress / ramp))
+        return self.dense_cost + t * (self.budget - self.dense_cost)
+
     def run_epoch(self, loader: Batches, example: Tensor) -> dict[str, float]:
-        """Train one epoch; returns mean loss / CE / penalty and the final lambda."""
+        """Train one epoch; returns mean loss / CE / penalty, the final lambda and the dual target."""
         cfg = self.config
+        try:
+            num_batches: int | None = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            num_batches = None
+        target = self.budget
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()
         sums = {"loss": 0.0, "ce": 0.0, "penalty": 0.0}
@@ -174,7 +190,9 @@ class PenaltyTrainer:
             self.optimizer.step()
             self.project_()
             if self.budget is not None:
-                violation = self.cost_fn(self.gates.widths()) / self.budget - 1.0
+                done = (n + 1) / num_batches if num_batches else 1.0
+                target = self.target_at(self.state.epoch + done)
+                violation = self.cost_fn(self.gates.widths()) / target - 1.0
                 self.state.lam = max(0.0, self.state.lam + cfg.dual_lr * violation)
             sums["loss"] += float(loss.detach())
             sums["ce"] += float(ce.detach())
@@ -182,7 +200,7 @@ class PenaltyTrainer:
             n += 1
         if n == 0:
             raise EdgetrimError("the training data loader yielded no batches")
-        return {k: v / n for k, v in sums.items()} | {"lambda": self.state.lam}
+        return {k: v / n for k, v in sums.items()} | {"lambda": self.state.lam, "target": target}
 
     def project_(self) -> None:
         """Projection onto the constraints after every optimiser step (alpha >= 0, bit gates in [0, 1])."""

@@ -61,3 +61,17 @@ def test_cli_needs_exactly_one_budget(tmp_path, make_table) -> None:
     spec, table = _table(tmp_path, make_table)
     result = CliRunner().invoke(app, _args(spec, table, tmp_path / "r"))
     assert result.exit_code == 2 and "exactly one of budget_ms" in result.output
+
+
+def test_cli_measure_reports_measured_latency_on_the_tables_target(tmp_path, make_table) -> None:
+    # the staircase table names ort-cpu, which runs here: --measure times the models for real
+    spec, table = _table(tmp_path, make_table)
+    out = tmp_path / "run"
+    args = [*_args(spec, table, out), "--budget-ms", "0.017", "--epochs", "1", "--finetune-epochs", "0"]
+    result = CliRunner().invoke(app, [*args, "--measure", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["measured_ms"] > 0
+    assert 1 <= len(info["measure_rounds"]) <= 4  # measure_steps=3: at most three re-fits
+    assert info["measure_rounds"][-1]["measured_ms"] == info["measured_ms"]
+    assert info["predicted_ms"] <= info["internal_budget_ms"] + 1e-12

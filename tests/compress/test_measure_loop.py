@@ -1,0 +1,101 @@
+"""The measured loop of ``compress``: re-fit the widths while the materialised model measures over budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from edgetrim.compress.api import compress, model_latency_ms
+from edgetrim.compress.config import CompressConfig
+from edgetrim.examples.data import digits_loaders
+from edgetrim.examples.models import mlp
+from edgetrim.examples.training import train_classifier
+from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
+
+FUSION = fusion_for_runtime("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def setup(make_table):
+    torch.manual_seed(0)
+    model, example = mlp(widths=(40, 24))
+    train, val = digits_loaders(flat=True, batch_size=128)
+    train_classifier(model, train, val, epochs=3, lr=3e-3)
+    table = make_table(extract_layer_ops(model, example, fusion=FUSION))
+    return model, example, train, val, table
+
+
+def _config(**kw) -> CompressConfig:
+    base = {"epochs": 2, "finetune_epochs": 1, "lr": 3e-3, "gate_lr": 0.1, "dual_lr": 1.0}
+    return CompressConfig(**(base | kw))
+
+
+def test_a_target_slower_than_the_table_for_pruned_models_is_refit_until_it_measures_within_budget(
+    setup,
+) -> None:
+    # The real targets cannot be made to disagree with a table on demand, so this target is a
+    # deterministic function: the dense model runs as the table says, every pruned model 1.15x slower.
+    model, example, train, val, table = setup
+    dense_params = sum(p.numel() for p in model.parameters())
+    calls = []
+
+    def measure(m, x) -> float:
+        pred = model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+        slow = 1.0 if sum(p.numel() for p in m.parameters()) == dense_params else 1.15
+        calls.append(pred * slow)
+        return pred * slow
+
+    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    tiny, tiny_x = mlp(widths=(1, 1))
+    floor_ms = model_latency_ms(table, extract_layer_ops(tiny, tiny_x, fusion=FUSION))
+    budget = 1.25 * floor_ms  # room for one tightening by 1.15 above the smallest reachable
+    assert budget < dense_ms
+    result = compress(
+        model, example, _config(budget_ms=budget), table=table, train_loader=train, val_loader=val,
+        measure_fn=measure,
+    )  # fmt: skip
+    rep = result.report
+    rounds = rep.measure_rounds
+    assert len(rounds) >= 2 and rounds[0]["measured_ms"] > budget  # the first fit measured over ...
+    assert rep.measured_ms is not None and rep.measured_ms <= budget  # ... the last one within
+    assert rep.measured_ms in calls  # the kept structure is one that was measured ...
+    kept = next(r for r in rounds if r["measured_ms"] == rep.measured_ms)
+    assert rep.widths_after == dict(zip(rep.widths_after, kept["widths"]))  # ... and is what was built
+    assert rep.internal_budget_ms < budget  # tightened on the table's scale
+    for r in rounds:  # every round's widths fit that round's internal budget on the table
+        assert r["predicted_ms"] <= r["internal_budget_ms"] + 1e-12
+    assert rep.predicted_ms == pytest.approx(kept["predicted_ms"], rel=1e-12)
+    within = [r for r in rounds if r["measured_ms"] <= budget]
+    assert kept["predicted_ms"] == max(r["predicted_ms"] for r in within)  # the widest that fits
+
+
+def test_real_ort_cpu_measure_fn_rescales_the_internal_budget_and_reports_measured_latency(setup) -> None:
+    pytest.importorskip("onnxruntime")
+    from edgetrim.profiler.targets import get_target
+    from edgetrim.profiler.timing import TimingConfig
+
+    model, example, train, val, table = setup
+    target = get_target("ort-cpu", threads=1)
+    timing = TimingConfig(warmup=3, min_runs=10, max_runs=30, time_cap_s=0.2)
+
+    def measure(m, x) -> float:
+        return target.measure_model(m.eval(), x, timing).median_ms
+
+    budget = 0.8 * model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    result = compress(
+        model, example, _config(budget_ms=budget, measure_steps=1), table=table, train_loader=train,
+        val_loader=val, measure_fn=measure,
+    )  # fmt: skip
+    rep = result.report
+    # the first fit aims at the budget as asked (table scale); later ones at budget x predicted / measured
+    assert rep.measure_rounds[0]["internal_budget_ms"] == budget
+    for a, b in zip(rep.measure_rounds, rep.measure_rounds[1:]):
+        assert b["internal_budget_ms"] == pytest.approx(
+            0.98 * budget * a["predicted_ms"] / a["measured_ms"], rel=1e-9
+        )
+    assert 1 <= len(rep.measure_rounds) <= 2  # measure_steps=1: at most one re-fit
+    assert rep.measured_ms is not None and math.isfinite(rep.measured_ms) and rep.measured_ms > 0
+    assert rep.predicted_ms <= rep.internal_budget_ms + 1e-12
+    assert rep.to_info()["measured_ms"] == rep.measured_ms
