@@ -45,6 +45,8 @@ class FusionRules:
         conv_activations: activations fused into conv / depthwise conv kernels.
         linear_activations: activations fused into linear (Gemm / FULLY_CONNECTED) kernels.
         add_activations: activations fused into elementwise ADD kernels.
+        linear_nd_reshapes: a linear layer with bias on a >2-D input runs as Reshape -> Gemm ->
+            Reshape (onnxruntime's MatMulAddFusion); the two reshapes are emitted as ``OTHER`` ops.
     """
 
     name: str
@@ -53,6 +55,7 @@ class FusionRules:
     conv_activations: frozenset[str] = field(default_factory=frozenset)
     linear_activations: frozenset[str] = field(default_factory=frozenset)
     add_activations: frozenset[str] = field(default_factory=frozenset)
+    linear_nd_reshapes: bool = False
 
     def __post_init__(self) -> None:
         for attr in ("conv_activations", "linear_activations", "add_activations"):
@@ -67,11 +70,15 @@ class FusionRules:
 TORCH_EAGER = FusionRules(name="torch-eager")
 # onnxruntime CPU EP, ORT_ENABLE_ALL, on torch's dynamo ONNX export (which already folds BatchNorm1d
 # after a Linear into the Gemm): Conv+BN folded; Conv fuses Relu/Clip/Sigmoid/Tanh/HardSigmoid/
-# LeakyRelu; Gemm fuses the same except Clip (relu6 stays a Clip node); Add fuses nothing.
+# LeakyRelu; Gemm fuses the same except Clip (relu6 stays a Clip node); Add fuses nothing here (the
+# NCHWc layout fuses a residual Add and a HardSwish into blocked convs, which depends on the widths:
+# the predictor applies it, see lookup_tables.predict). A biased MatMul on a 3-D input becomes
+# Reshape -> Gemm -> Reshape.
 ONNXRUNTIME = FusionRules(
     name="onnxruntime",
     fold_bn=True,
     fold_bn_linear=True,
+    linear_nd_reshapes=True,
     conv_activations=frozenset({"relu", "relu6", "sigmoid", "tanh", "hardsigmoid", "leaky_relu"}),
     linear_activations=frozenset({"relu", "sigmoid", "tanh", "hardsigmoid", "leaky_relu"}),
 )
@@ -434,7 +441,13 @@ class _Extractor:
         folded, out = self._take_bn(c.out, linear=True)
         act, _ = self._take_activation(out, self.fusion.linear_activations)
         ctx = OpContext(OpKind.LINEAR, tokens=tokens, activation=act, bias=bias or folded)
+        nd = self.fusion.linear_nd_reshapes and bias and len(x.shape) > 2
+        if nd:
+            reshape = OpContext(OpKind.OTHER, tokens=tokens, variant="reshape")
+            self.emit(f"{c.name}:reshape_in", reshape, in_f, in_f)
         self.emit(c.name, ctx, in_f, out_f, tokens * in_f * out_f)
+        if nd:
+            self.emit(f"{c.name}:reshape_out", reshape, out_f, out_f)
 
     def matmul(self, name: str, a: _T, b: _T) -> None:
         if len(a.shape) < 1 or len(b.shape) < 2:

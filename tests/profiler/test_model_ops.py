@@ -109,8 +109,13 @@ def test_mlp_tokens_and_widths() -> None:
     ops = extract_layer_ops(m, (torch.randn(2, 5, 10),), fusion=LITERT)
     assert _summary(ops) == [(OpKind.LINEAR, "relu6", 10, 7), (OpKind.LINEAR, "none", 7, 3)]
     assert ops[0].context.tokens == 10 and ops[0].macs == 10 * 10 * 7
-    # ORT's Gemm does not fuse Clip: relu6 stays its own op
-    assert len(extract_layer_ops(m, (torch.randn(2, 5, 10),), fusion=ONNXRUNTIME)) == 3
+    # ORT's Gemm does not fuse Clip: relu6 stays its own op (each 3-D Gemm sits between two reshapes)
+    ort_ops = extract_layer_ops(m, (torch.randn(2, 5, 10),), fusion=ONNXRUNTIME)
+    assert [o.context.kind for o in ort_ops if o.context.variant != "reshape"] == [
+        OpKind.LINEAR,
+        OpKind.ACTIVATION,
+        OpKind.LINEAR,
+    ]
 
 
 class Untraceable(nn.Module):
@@ -176,7 +181,8 @@ def test_zoo_models_extract(name: str) -> None:
     example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
     eager = extract_layer_ops(module, example, fusion=TORCH_EAGER)
     fused = extract_layer_ops(module, example, fusion=ONNXRUNTIME)
-    assert len(fused) <= len(eager)
+    gemm_reshapes = [o for o in fused if o.name.endswith((":reshape_in", ":reshape_out"))]
+    assert len(fused) - len(gemm_reshapes) <= len(eager)
     # MACs of convs / linears / matmuls do not depend on fusion
     assert sum(o.macs for o in fused) == sum(o.macs for o in eager) > 0
     for op in fused:
@@ -213,3 +219,20 @@ def test_feature_axis_mean_stays_other() -> None:
 
     (op,) = extract_layer_ops(FeatureMean(), (torch.randn(2, 7, 12),))
     assert op.context.kind is OpKind.OTHER and op.context.variant == "mean"
+
+
+def test_onnxruntime_linear_on_tokens_runs_between_reshapes() -> None:
+    model = nn.Sequential(nn.Linear(12, 6), nn.Linear(6, 4, bias=False))
+    x = (torch.randn(1, 5, 12),)
+    ort_ops = extract_layer_ops(model, x, fusion=ONNXRUNTIME)
+    kinds = [(o.context.kind, o.context.variant, o.in_width) for o in ort_ops]
+    assert kinds == [
+        (OpKind.OTHER, "reshape", 12),
+        (OpKind.LINEAR, "", 12),
+        (OpKind.OTHER, "reshape", 6),
+        (OpKind.LINEAR, "", 6),  # no bias: a plain MatMul, no reshapes
+    ]
+    assert all(o.context.tokens == 5 for o in ort_ops)
+    assert [o.context.kind for o in extract_layer_ops(model, x, fusion=LITERT)] == [OpKind.LINEAR] * 2
+    flat = extract_layer_ops(model, (torch.randn(5, 12),), fusion=ONNXRUNTIME)
+    assert [o.context.kind for o in flat] == [OpKind.LINEAR] * 2  # 2-D input: Gemm as is
