@@ -88,7 +88,9 @@ def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> Loaded
     if input_shape is not None:
         example = (torch.randn(*input_shape),)
     if example is None:
-        raise ModelSpecError(f"{spec}() returned only a module: pass --input-shape, e.g. --input-shape 1,3,64,64")
+        raise ModelSpecError(
+            f"{spec}() returned only a module: pass --input-shape, e.g. --input-shape 1,3,64,64"
+        )
     module.eval()
     try:
         with torch.no_grad():
