@@ -75,5 +75,7 @@ def test_unplugged_session_keeps_points_and_resumes(
         config=SESSION,
     )
     assert table.n_points() >= 6
-    assert phone.device.bench_runs - runs_before == table.n_points() - kept  # only missing points re-measured
+    # only missing points measured, plus the spikes the session re-checks (load on a shared host)
+    rechecked = table.meta.get("points_rechecked_last_run", 0)
+    assert phone.device.bench_runs - runs_before == table.n_points() - kept + rechecked
     assert len(table.meta["measurement_log"]) >= 2  # batches of both runs are kept
