@@ -67,8 +67,9 @@ from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reac
 from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy
 from edgetrim.io_utils import atomic_write_bytes
-from edgetrim.lookup_tables import LatencyTable
-from edgetrim.types import LayerOp, OpKind
+from edgetrim.lookup_tables import LatencyTable, predict_model
+from edgetrim.lookup_tables.predict import TABLED_KINDS
+from edgetrim.types import LayerOp
 
 logger = logging.getLogger(__name__)
 
@@ -145,21 +146,27 @@ def save_result(
 
 
 def model_latency_ms(table: LatencyTable, ops: Sequence[LayerOp]) -> float:
-    """Sum of the real table's ``predict_ms`` over a model's operators (data movement may be absent)."""
+    """The table's whole-model prediction (:func:`edgetrim.lookup_tables.predict_model`) of ``ops``.
+
+    That is the per-op sum plus the runtime structure the table's ``meta`` records (invoke overhead,
+    per-node dispatch, layout reorders, fused nodes). A factorised layer's bias-free half is priced as
+    the biased op when only that is tabled. Raises :class:`UncoveredOpError` naming the layer when a
+    conv / linear / depthwise context is missing.
+    """
     known = set(table.contexts())
-    total = 0.0
+    resolved = []
     for op in ops:
         ctx = resolve_context(known, op.context)
         if ctx is None:
-            if op.context.kind is OpKind.OTHER:
-                continue
-            raise UncoveredOpError(
-                f"the table has no context {op.context.key()} needed by layer {op.name!r}; "
-                f"profile this model into the table"
-            )
-        out_w = op.in_width if ctx.one_axis else op.out_width
-        total += table.predict_ms(ctx, op.in_width, out_w).ms
-    return total
+            if op.context.kind in TABLED_KINDS:
+                raise UncoveredOpError(
+                    f"the table has no context {op.context.key()} needed by layer {op.name!r}; "
+                    f"profile this model into the table"
+                )
+            resolved.append(op)
+        else:
+            resolved.append(dataclasses.replace(op, context=ctx))
+    return float(predict_model(table, resolved).total_ms)
 
 
 def _group_label(g: ChannelGroup) -> str:
@@ -313,9 +320,12 @@ def compress(
     budget: float | None = None
     cost_fn: Callable[[Sequence[int]], float] = cost.hard_ms
     partial, what, unit_name = partial_ms, "latency", "ms"
-    dense_cost = dense_ms
+    # The bound terms are a per-op sum; the whole-model prediction adds structure (invoke overhead,
+    # dispatch, reorders) that barely depends on the widths: an offset, taken from the dense model.
+    offset = dense_ms - cost.hard_ms(sizes) if groups else 0.0
+    dense_cost = dense_ms - offset
     if config.budget_ms is not None:
-        budget = config.budget_ms
+        budget = config.budget_ms - offset  # on the bound terms' scale
     elif config.budget_flops is not None:
         budget = config.budget_flops
         cost_fn, partial, what, unit_name = cost.hard_flops, partial_flops, "FLOPs", "FLOPs"
@@ -326,10 +336,11 @@ def compress(
             if groups
             else cost_fn(sizes)
         )
+        shift = offset if config.budget_ms is not None else 0.0
         if budget < floor - 1e-12:
             raise BudgetError(
-                f"{what} budget {budget:.4g} {unit_name} is below the smallest reachable {what} "
-                f"{floor:.4g} {unit_name} for this model and table; raise the budget"
+                f"{what} budget {budget + shift:.4g} {unit_name} is below the smallest reachable {what} "
+                f"{floor + shift:.4g} {unit_name} for this model and table; raise the budget"
             )
 
     gates = ChannelGates(work, groups)
@@ -362,7 +373,7 @@ def compress(
             "epoch": trainer.state.epoch + 1,
             **stats,
             "accuracy": evaluate_accuracy(work, val_loader),
-            "predicted_ms": cost.hard_ms(widths),
+            "predicted_ms": cost.hard_ms(widths) + offset,
             "flops": cost.hard_flops(widths),
             "widths": widths,
             "bits": {n: q.bits() for n, q in quants.items()},
@@ -401,9 +412,9 @@ def compress(
         except UncoveredOpError:
             # an attention op whose context changes with the head count: priced by the bound model
             logger.info("materialised model has a context outside the table; using the bound prediction")
-            return cost.hard_ms(final)
+            return cost.hard_ms(final) + offset
 
-    ms_budget = budget if config.budget_ms is not None else None  # internal, on the table's scale
+    ms_budget = config.budget_ms  # internal budget on the whole-model prediction's scale
 
     def meet_predicted(
         final: list[int], small: nn.Module, ms_budget: float
@@ -460,7 +471,7 @@ def compress(
                 new_budget = max(new_budget, best[2] * 1.0001)  # only try wider than the best so far
             try:
                 new_final = fit_budget(
-                    start, units, _importance(gates, work), partial, cost.hard_ms, new_budget,
+                    start, units, _importance(gates, work), partial, cost.hard_ms, new_budget - offset,
                     min_widths=min_widths,
                 )  # fmt: skip
             except BudgetError:
