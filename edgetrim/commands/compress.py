@@ -103,6 +103,10 @@ def compress_cmd(
     sparse_lambda: Annotated[
         float, typer.Option("--sparse-lambda", help="l1/l2 weight penalty with sparse")
     ] = 0.0,
+    align: Annotated[
+        int | None,
+        typer.Option("--align", help="final widths are multiples of this (default: the table's NCHWc block)"),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint.pt")] = False,
     measure: Annotated[
@@ -126,7 +130,7 @@ def compress_cmd(
         config = CompressConfig(
             budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
             blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, gate_lr=gate_lr,
-            optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, seed=seed,
+            optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
         )  # fmt: skip
     except ValueError as exc:
         raise EdgetrimError(str(exc)) from None

@@ -310,6 +310,10 @@ def compress(
         for g in groups
     ]
 
+    # widths the final step may choose: multiples of the runtime's channel block (onnxruntime NCHWc)
+    block = config.align if config.align is not None else int(table.meta.get("ort_nchwc_block") or 1)
+    align = [block if g.unit == 1 else g.unit for g in groups]
+
     def partial_ms(g: int, widths: Sequence[int]) -> float:
         return sum(cost.term_ms(k, widths) for k in cost.terms_of_group(g))
 
@@ -332,7 +336,7 @@ def compress(
         dense_cost = cost.hard_flops(sizes)
     if budget is not None:
         floor = (
-            smallest_reachable(units, sizes, partial, cost_fn, min_widths=min_widths)
+            smallest_reachable(units, sizes, partial, cost_fn, min_widths=min_widths, align=align)
             if groups
             else cost_fn(sizes)
         )
@@ -392,11 +396,15 @@ def compress(
 
     # 4. final widths with the real table
     requested = gates.widths()
-    final = fast_side_widths(requested, units, sizes, partial, min_widths=min_widths) if groups else []
+    final = (
+        fast_side_widths(requested, units, sizes, partial, min_widths=min_widths, align=align)
+        if groups
+        else []
+    )
     if budget is not None and groups:
         final = fit_budget(
             final, units, _importance(gates, work), partial, cost_fn, budget, what=what, unit_name=unit_name,
-            min_widths=min_widths,
+            min_widths=min_widths, align=align,
         )  # fmt: skip
     for q in quants.values():
         q.harden_()
@@ -427,7 +435,14 @@ def compress(
             tighten += 1
             target = cost.hard_ms(final) - (predicted_ms - ms_budget)
             final = fit_budget(
-                final, units, _importance(gates, work), partial, cost.hard_ms, target, min_widths=min_widths
+                final,
+                units,
+                _importance(gates, work),
+                partial,
+                cost.hard_ms,
+                target,
+                min_widths=min_widths,
+                align=align,
             )
             small = gates.materialize(example, widths=final, prepare=_strip_quant)
             predicted_ms = check_ms(small)
@@ -446,7 +461,11 @@ def compress(
     measured_ms: float | None = None
     rounds: list[dict[str, Any]] = []
     if measure_fn is not None and config.budget_ms is not None and ms_budget is not None:
-        start = fast_side_widths(requested, units, sizes, partial, min_widths=min_widths) if groups else []
+        start = (
+            fast_side_widths(requested, units, sizes, partial, min_widths=min_widths, align=align)
+            if groups
+            else []
+        )
         best: tuple[list[int], nn.Module, float, float, float] | None = None  # widest within budget
         last = (final, small, predicted_ms, 0.0, ms_budget)
         for step in range(config.measure_steps + 1):
@@ -472,7 +491,7 @@ def compress(
             try:
                 new_final = fit_budget(
                     start, units, _importance(gates, work), partial, cost.hard_ms, new_budget - offset,
-                    min_widths=min_widths,
+                    min_widths=min_widths, align=align,
                 )  # fmt: skip
             except BudgetError:
                 logger.warning("measured %.4f ms > budget %.4f ms and no narrower widths fit", m_ms, config.budget_ms)  # fmt: skip

@@ -54,6 +54,8 @@ class CompressConfig:
         lambda_init: starting lambda in budget mode.
         bits_lambda: weight of the weight-storage penalty (bits / dense 16-bit bits) with ``quant``.
         sparse_lambda: weight of the l1/l2 weight penalty with ``sparse``.
+        align: final widths are multiples of this (or a group's full size); None: the table's
+            onnxruntime NCHWc block (``meta["ort_nchwc_block"]``) when it records one, else 1.
         lowrank_min_width: factorise only layers whose widths are both at least this.
         ignore: module names whose output channels are kept whole.
         seed: RNG seed for the run.
@@ -76,6 +78,7 @@ class CompressConfig:
     bits_lambda: float = 0.0
     sparse_lambda: float = 0.0
     lowrank_min_width: int = 16
+    align: int | None = None
     ignore: tuple[str, ...] = ()
     seed: int = 0
 
@@ -116,6 +119,8 @@ class CompressConfig:
             raise ValueError(f"budget_ramp must be in (0, 1], got {self.budget_ramp}")
         if self.measure_steps < 0:
             raise ValueError(f"measure_steps must be >= 0, got {self.measure_steps}")
+        if self.align is not None and self.align < 1:
+            raise ValueError(f"align must be >= 1, got {self.align}")
         if self.lowrank_min_width < 1:
             raise ValueError(f"lowrank_min_width must be >= 1, got {self.lowrank_min_width}")
         object.__setattr__(self, "ignore", tuple(self.ignore))

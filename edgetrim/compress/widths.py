@@ -8,7 +8,10 @@ Training asks for a width per group (its non-zero gates). The real table then de
    buys the most cost per share of the group's remaining importance lost (the lowest-|alpha| units go
    first) to the widest width of that cheaper step.
 
-Both take cost callables, so they serve latency (ms) and FLOPs budgets alike.
+Both take cost callables, so they serve latency (ms) and FLOPs budgets alike. ``align`` (per group)
+restricts the widths to multiples of it (plus the group's full size): onnxruntime's CPU convs run in
+the NCHWc blocked layout only when channel counts are multiples of the block, and an unaligned conv
+inside a model often measures as slow as a much wider aligned one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ def _with(widths: Sequence[int], g: int, w: int) -> list[int]:
     return out
 
 
+def _ok(w: int, align: int, size: int) -> bool:
+    return w % align == 0 or w == size
+
+
 def fast_side_widths(
     requested: Sequence[int],
     units: Sequence[int],
@@ -42,6 +49,7 @@ def fast_side_widths(
     partial: PartialCost,
     *,
     min_widths: Sequence[int] | None = None,
+    align: Sequence[int] | None = None,
 ) -> list[int]:
     """Per group, the cheapest width >= the requested one (ties: the widest). Widths in channels.
 
@@ -52,9 +60,15 @@ def fast_side_widths(
     """
     floor = list(units) if min_widths is None else list(min_widths)
     widths = [max(f, min(s, -(-int(r) // u) * u)) for r, u, s, f in zip(requested, units, sizes, floor)]
+    if align is not None:
+        for g, a in enumerate(align):
+            while not _ok(widths[g], a, sizes[g]):
+                widths[g] += units[g]
     for g in range(len(widths)):
         best_w, best_c = widths[g], partial(g, widths)
         for w in range(widths[g] + units[g], sizes[g] + 1, units[g]):
+            if align is not None and not _ok(w, align[g], sizes[g]):
+                continue
             c = partial(g, _with(widths, g, w))
             if c <= best_c + _EPS:
                 best_w, best_c = w, min(c, best_c)
@@ -63,11 +77,13 @@ def fast_side_widths(
 
 
 def _next_step_down(
-    g: int, widths: Sequence[int], unit: int, partial: PartialCost, floor: int
+    g: int, widths: Sequence[int], unit: int, partial: PartialCost, floor: int, align: int = 1
 ) -> tuple[int, float] | None:
-    """Widest width in ``[floor, widths[g])`` that is strictly cheaper, and the cost it saves."""
+    """Widest (aligned) width in ``[floor, widths[g])`` that is strictly cheaper, and the cost it saves."""
     here = partial(g, widths)
     for w in range(widths[g] - unit, floor - 1, -unit):
+        if w % align:
+            continue
         c = partial(g, _with(widths, g, w))
         if c < here - _EPS:
             return w, here - c
@@ -85,6 +101,7 @@ def fit_budget(
     what: str = "latency",
     unit_name: str = "ms",
     min_widths: Sequence[int] | None = None,
+    align: Sequence[int] | None = None,
 ) -> list[int]:
     """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first.
 
@@ -111,7 +128,7 @@ def fit_budget(
     while total(widths) > budget + _EPS:
         best: tuple[float, int, int] | None = None
         for g in range(len(widths)):
-            step = _next_step_down(g, widths, units[g], partial, floor[g])
+            step = _next_step_down(g, widths, units[g], partial, floor[g], 1 if align is None else align[g])
             if step is None:
                 continue
             w, saved = step
@@ -140,7 +157,8 @@ def smallest_reachable(
     total: TotalCost,
     *,
     min_widths: Sequence[int] | None = None,
+    align: Sequence[int] | None = None,
 ) -> float:
     """The cost with every group at its narrowest fast-side width (``min_widths``, rounded up a step)."""
     start = list(units) if min_widths is None else list(min_widths)
-    return total(fast_side_widths(start, units, sizes, partial, min_widths=min_widths))
+    return total(fast_side_widths(start, units, sizes, partial, min_widths=min_widths, align=align))

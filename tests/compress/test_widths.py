@@ -40,3 +40,22 @@ def test_fit_budget_respects_minimum_widths_and_reports_the_floor() -> None:
     assert smallest_reachable([1, 1], [32, 32], partial, total, min_widths=[9, 1]) == pytest.approx(4.0)
     with pytest.raises(BudgetError, match="smallest reachable latency 4"):
         fit_budget([32, 32], [1, 1], imp, partial, total, budget=3.5, min_widths=[9, 1])
+
+
+def test_aligned_widths_are_multiples_of_the_block_or_the_full_size() -> None:
+    # linear cost (no steps): unaligned, the fit would stop at any width; aligned, only at 8, 16, 20
+    def cost(g, w):
+        return float(w[g])
+
+    def total(w):
+        return float(sum(w))
+
+    assert fast_side_widths([11], [1], [20], cost, align=[8]) == [16]
+    assert fast_side_widths([17], [1], [20], cost, align=[8]) == [20]
+    imp = [[1.0] * 20]
+    fitted = fit_budget([20], [1], imp, cost, total, 13.0, align=[8])
+    assert fitted == [8]  # 16 is over 13; the widest aligned width that fits
+    assert fit_budget([20], [1], imp, cost, total, 13.0) == [13]  # unaligned for comparison
+    with pytest.raises(BudgetError):
+        fit_budget([20], [1], imp, cost, total, 7.0, align=[8])  # nothing aligned below 8
+    assert smallest_reachable([1], [20], cost, total, align=[8]) == 8.0
