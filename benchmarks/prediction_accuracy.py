@@ -179,11 +179,17 @@ def run_target(
     plans = plan_from_layer_ops(all_ops)
     if not include_exact:
         plans = [ContextPlan(p.context, p.max_in, p.max_out) for p in plans]
-    timing = TimingConfig.quick() if quick else TimingConfig()
+    # Full run: per point at least 7 samples of >= 0.1 ms, at most 0.15 s (a shared 2-core machine
+    # cannot afford TimingConfig()'s 0.5 s cap over ~15k points); spikes are re-measured anyway.
+    timing = (
+        TimingConfig.quick()
+        if quick
+        else TimingConfig(warmup=3, min_runs=7, max_runs=80, rel_ci=0.03, time_cap_s=0.15, min_sample_ms=0.1)
+    )
     cfg = ProfileConfig(
         seed=seed,
         points_per_context=400 if quick else 600,
-        refine_rounds=1 if quick else 3,
+        refine_rounds=1 if quick else 2,
     )
     table_path = table_dir / f"{target_name}.json"
     table_path.unlink(missing_ok=True)
