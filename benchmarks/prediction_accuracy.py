@@ -6,8 +6,10 @@ For each target (ort-cpu and litert-cpu by default, 1 thread) this script
    at several widths, some pruned to odd widths, and BERT-style encoder blocks) from
    ``edgetrim.examples.models`` and extracts its ops with the target's fusion rules;
 2. profiles one table covering every context the suite uses, each up to the widest layer, with the
-   planner's grid plus refinement. The models' own layer widths are *not* added to the plan (unless
-   ``--include-exact``), so odd widths are genuinely interpolated; the build time is recorded;
+   planner's grid plus refinement and spike re-measurement. The models' own layer widths are *not*
+   added to the plan (unless ``--include-exact``), so odd widths are genuinely interpolated; the
+   build time is recorded. Models include 32x32-input CNNs, where compute rather than the per-invoke
+   overhead dominates;
 3. measures every model on the target, interleaved: ``--rounds`` rounds, each timing every model once
    in a shuffled order; a model's latency is the median of its round medians (spread: min..max of
    the round medians);
@@ -16,7 +18,9 @@ For each target (ort-cpu and litert-cpu by default, 1 thread) this script
    profiler, nothing fitted on these models), for comparison with the dispatch cost instead fitted
    leave-one-out on the other models (``fit_per_op_overhead``), and with the FLOPs baseline
    (``ms_per_mac x MACs``, ``ms_per_mac`` fitted leave-one-out likewise);
-5. writes JSON: per model rows, share within +-10%, MAPE, Spearman for both predictors, build time.
+5. writes JSON: per model rows, share within +-10%, MAPE, Spearman for both predictors, build time;
+   ``table_prediction_vs_min_round`` scores the same predictions against each model's fastest round
+   (a second view for a shared machine, where other processes' load only adds time).
 
 Usage::
 

@@ -186,3 +186,27 @@ def test_spike_points_flags_isolated_highs_only() -> None:
     assert spike_points(t, conv, ratio=1.3) == [(2, 3)]
     with pytest.raises(ValueError, match="recheck_ratio"):
         ProfileConfig(recheck_ratio=1.0)
+
+
+def test_resume_rechecks_a_disturbed_point_and_keeps_the_lower_median(fast_timing, tmp_path) -> None:
+    from edgetrim.types import LatencyStats
+
+    ctx = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
+    plan = [ContextPlan(ctx, 12, 12)]
+    out = tmp_path / "t.json"
+    cfg = ProfileConfig(refine_rounds=0, recheck_rounds=0)
+    profile_table(get_target("ort-cpu"), plan, out=out, timing=fast_timing, refine=False, config=cfg)
+    table = load_table(out)
+    fake = 1000.0  # ms: far above any real one-op time, a point hit by a burst of load
+    table.record(
+        ctx, 6, 6, LatencyStats(median_ms=fake, p10_ms=fake, p90_ms=fake, mean_ms=fake, std_ms=0.0, n=3)
+    )
+    table.save(out)
+    cfg = ProfileConfig(refine_rounds=0, recheck_rounds=1)
+    again = profile_table(
+        get_target("ort-cpu"), plan, out=out, resume=True, timing=fast_timing, refine=False, config=cfg
+    )
+    medians = {i: s.median_ms for i, _, s in again.points(ctx)}
+    assert medians[6] < 1.0  # re-measured, the lower median kept
+    assert again.meta["points_rechecked_last_run"] >= 1
+    assert again.n_points() == table.n_points()  # nothing added, one point replaced
