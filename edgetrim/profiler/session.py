@@ -36,7 +36,7 @@ from edgetrim.lookup_tables.grid import plan_points, refine_points
 from edgetrim.profiler.builders import UnsupportedOpError, validate_context
 from edgetrim.profiler.builders._common import conv_out_hw
 from edgetrim.profiler.stats import shift_stats
-from edgetrim.profiler.targets.base import OpRequest, Target
+from edgetrim.profiler.targets.base import LocalTarget, OpRequest, Target
 from edgetrim.profiler.timing import TimingConfig
 from edgetrim.types import LatencyStats, LayerOp, OpContext, OpKind
 
@@ -372,7 +372,9 @@ def profile_table(
         if cfg.subtract_overhead and callable(overhead):
             # Several short measurements, the lowest kept: load from other processes only adds
             # time, and an inflated overhead would be taken off every point of the table.
-            samples = [float(overhead(OVERHEAD_TIMING).median_ms) for _ in range(OVERHEAD_REPEATS)]
+            # (local targets only: on a phone each repeat is a whole benchmark run)
+            repeats = OVERHEAD_REPEATS if isinstance(target, LocalTarget) else 1
+            samples = [float(overhead(OVERHEAD_TIMING).median_ms) for _ in range(repeats)]
             meta["invoke_overhead_ms"] = min(samples)
             meta["invoke_overhead_samples_ms"] = samples
         else:
