@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sparse_common import summary
 
 from edgetrim.compress.sparse.config import SparsifyConfig
 from edgetrim.compress.sparse.methods import sparsify
@@ -40,17 +42,6 @@ from edgetrim.profiler.timing import TimingConfig
 
 def build():
     return lenet5(channels=(16, 32), fc=(128, 64), image_size=16)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "values": values,
-    }
 
 
 def main() -> None:

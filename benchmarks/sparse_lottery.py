@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sparse_common import summary
 
 from edgetrim.compress.sparse.config import SparsifyConfig
 from edgetrim.compress.sparse.methods import sparsify
@@ -28,17 +30,6 @@ from edgetrim.compress.sparse.schedules import imp_sparsity_after
 from edgetrim.examples.data import digits_loaders
 from edgetrim.examples.models import lenet_300_100
 from edgetrim.io_utils import atomic_write_json
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "values": values,
-    }
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sparse_common import summary
 
 from edgetrim.compress.sparse.config import SparsifyConfig
 from edgetrim.compress.sparse.methods import sparsify
@@ -41,18 +43,6 @@ METHODS = {
     "static": {"method": "static", "sparse_init_rescale": True},
 }
 MODELS = {"lenet5": (lenet5, False), "lenet_300_100": (lenet_300_100, True)}
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "values": values,
-    }
 
 
 def main() -> None:

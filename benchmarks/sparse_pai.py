@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sparse_common import summary
 
 from edgetrim.compress.sparse.config import SparsifyConfig
 from edgetrim.compress.sparse.methods import shuffle_masks, sparsify
@@ -41,17 +43,6 @@ CRITERIA = {
     "random_erk": {"criterion": "random", "allocation": "erk"},
     "magnitude_erk": {"criterion": "magnitude", "allocation": "erk"},
 }
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "values": values,
-    }
 
 
 def masks_at_init(factory, seed: int, sp: float, kw: dict, train, ex) -> dict:
