@@ -29,9 +29,22 @@ class LoadedModel:
     spec: str
 
 
+def resolve_spec(spec: str) -> str:
+    """Expand a bare built-in zoo name ("resnet_small") to ``edgetrim.examples.models:resnet_small``."""
+    if ":" in spec:
+        return spec
+    from edgetrim.examples.models import MODEL_ZOO
+
+    if spec in MODEL_ZOO:
+        return f"edgetrim.examples.models:{spec}"
+    raise ModelSpecError(
+        f"model spec {spec!r} must look like path/to/file.py:fn or package.module:fn, "
+        f"or name a built-in model ({', '.join(MODEL_ZOO)})"
+    )
+
+
 def _import_target(spec: str) -> Any:
-    if ":" not in spec:
-        raise ModelSpecError(f"model spec {spec!r} must look like path/to/file.py:fn or package.module:fn")
+    spec = resolve_spec(spec)
     where, _, attr = spec.rpartition(":")
     if not attr:
         raise ModelSpecError(f"model spec {spec!r} names no function after ':'")
@@ -68,6 +81,7 @@ def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> Loaded
         >>> m.example_inputs[0].shape  # doctest: +SKIP
         torch.Size([1, 1, 8, 8])
     """
+    spec = resolve_spec(spec)
     factory = _import_target(spec)
     if not callable(factory):
         raise ModelSpecError(f"{spec} is not callable")

@@ -17,15 +17,13 @@ def register(app: typer.Typer) -> None:
 
 def _load_model(model: str):  # -> (module, example_inputs, spec)
     from edgetrim.compress.run_folder import load_run
-    from edgetrim.examples.models import MODEL_ZOO
     from edgetrim.model_spec import load_model
 
     if Path(model).is_dir():
         run = load_run(model)
         return run.model, run.example_inputs, str(model)
-    spec = f"edgetrim.examples.models:{model}" if model in MODEL_ZOO else model
-    loaded = load_model(spec)
-    return loaded.module, loaded.example_inputs, spec
+    loaded = load_model(model)
+    return loaded.module, loaded.example_inputs, loaded.spec
 
 
 def _measure_fn(lat_table, measure: bool | None):  # -> measure_fn or None

@@ -23,18 +23,6 @@ def _enum(value: str, enum_type: Any, flag: str) -> Any:
         ) from None
 
 
-def _model_spec(model: str) -> str:
-    if ":" in model:
-        return model
-    from edgetrim.examples.models import MODEL_ZOO
-
-    if model in MODEL_ZOO:
-        return f"edgetrim.examples.models:{model}"
-    raise EdgetrimError(
-        f"--model {model!r} is not a RUN folder, a module:fn / file.py:fn spec or a zoo model ({', '.join(MODEL_ZOO)})"
-    )
-
-
 def _tensors(loader: Any) -> tuple[Any, Any]:
     import torch
 
@@ -131,7 +119,7 @@ def register(app: typer.Typer) -> None:
             run = load_run(model)
             dense, example = run.model, run.example_inputs
         else:
-            loaded = load_model(_model_spec(model))
+            loaded = load_model(model)
             dense, example = loaded.module, loaded.example_inputs
             typer.echo(f"training the dense model for {pretrain_epochs} epochs", err=True)
             pretrain_dense_(dense, train, FinetuneConfig(epochs=pretrain_epochs), seed=seed)

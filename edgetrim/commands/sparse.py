@@ -27,18 +27,6 @@ def register(app: typer.Typer) -> None:
     app.command("sparsity-check")(sparsity_check)
 
 
-def _model_spec(model: str) -> str:
-    if ":" in model:
-        return model
-    from edgetrim.examples.models import MODEL_ZOO
-
-    if model in MODEL_ZOO:
-        return f"edgetrim.examples.models:{model}"
-    raise EdgetrimError(
-        f"--model {model!r} is neither a path/file.py:fn or module:fn spec nor a zoo model ({', '.join(MODEL_ZOO)})"
-    )
-
-
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Keep converters' chatter (litert-torch prints progress) off stdout while ``--json`` is on."""
@@ -135,7 +123,7 @@ def sparsify(
     from edgetrim.compress.sparse.methods import sparsify as run_sparsify
     from edgetrim.compress.sparse.report import save_sparsify_run
     from edgetrim.examples.data import load_data
-    from edgetrim.model_spec import load_model
+    from edgetrim.model_spec import load_model, resolve_spec
 
     if not (0.0 <= sparsity < 1.0) or math.isnan(sparsity):
         raise EdgetrimError(f"--sparsity must be in [0, 1) (fraction of weights removed), got {sparsity}")
@@ -167,7 +155,7 @@ def sparsify(
         from edgetrim.lookup_tables import load_table
 
         tab = load_table(table)
-    spec = _model_spec(model)
+    spec = resolve_spec(model)
     torch.manual_seed(seed)
     loaded = load_model(spec)
     train_loader, val_loader = load_data(data)
