@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -47,3 +49,41 @@ def parse_int_list(text: str | None, *, what: str) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise EdgetrimError(f"{what} must be comma-separated integers like 1,3,64,64, got {text!r}") from None
+
+
+def parse_enum(value: str, enum_type: Any, flag: str) -> Any:
+    """``enum_type(value)``, or a one-line error listing the accepted values of ``flag``."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        raise EdgetrimError(
+            f"{flag} must be one of {', '.join(e.value for e in enum_type)}, got {value!r}"
+        ) from None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout for the one ``--json`` object: converters and tracers print progress there.
+
+    Redirects both Python's ``sys.stdout`` and file descriptor 1, because native code (litert-torch's
+    converter, onnxruntime) writes to the descriptor directly.
+    """
+    sys.stdout.flush()
+    saved = None
+    with contextlib.suppress(Exception):
+        sys.__stdout__.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            for stream in (sys.stdout, sys.__stdout__):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved, 1)
+            os.close(saved)

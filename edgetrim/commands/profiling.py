@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgetrim.commands._common import cli_errors, echo_json, parse_int_list
+from edgetrim.commands._common import cli_errors, echo_json, parse_int_list, stdout_to_stderr
 from edgetrim.errors import EdgetrimError
 
 ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".pt2")
@@ -20,13 +17,6 @@ def register(app: typer.Typer) -> None:
     app.command("devices")(devices)
     app.command("profile")(profile)
     app.command("measure")(measure)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Converters print progress on stdout; keep stdout for the one JSON object."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def _timing(quick: bool):  # -> TimingConfig
@@ -44,7 +34,7 @@ def devices(
     """List the targets available here (and attached phones) with their fingerprints."""
     from edgetrim.profiler.targets import list_devices
 
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         statuses = list_devices(threads=threads, local_only=local_only)
     if json_out:
         echo_json({"targets": [s.to_dict() for s in statuses]})
@@ -87,7 +77,7 @@ def profile(
         raise EdgetrimError("pass exactly one of --model or --spec")
     if max_points is not None and max_points < 1:
         raise EdgetrimError(f"--max-points must be >= 1, got {max_points}")
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         tgt = get_target(
             target,
             threads=threads,
@@ -155,7 +145,7 @@ def measure(
     """Run --model on --target (converted to that runtime) and print its latency distribution."""
     from edgetrim.profiler.targets import get_target
 
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         tgt = get_target(
             target,
             threads=threads,

@@ -8,19 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetrim.commands._common import cli_errors, echo_json, parse_int_list
+from edgetrim.commands._common import cli_errors, echo_json, parse_enum, parse_int_list
 from edgetrim.errors import EdgetrimError
 
 logger = logging.getLogger(__name__)
-
-
-def _enum(value: str, enum_type: Any, flag: str) -> Any:
-    try:
-        return enum_type(value)
-    except ValueError:
-        raise EdgetrimError(
-            f"{flag} must be one of {', '.join(e.value for e in enum_type)}, got {value!r}"
-        ) from None
 
 
 def _tensors(loader: Any) -> tuple[Any, Any]:
@@ -128,15 +119,17 @@ def register(app: typer.Typer) -> None:
         base_ms = _predict_ms(tab, dense, example) if tab is not None else 0.0
         cfg = SafsConfig(
             sparsity=sparsity,
-            scope=_enum(scope, PruneScope, "--scope"),
+            scope=parse_enum(scope, PruneScope, "--scope"),
             stage1=not no_stage1,
             stage2=not no_stage2,
             search=SearchConfig(
-                algorithm=_enum(algorithm, SearchAlgorithm, "--algorithm"), max_evals=stage1_evals, seed=seed
+                algorithm=parse_enum(algorithm, SearchAlgorithm, "--algorithm"),
+                max_evals=stage1_evals,
+                seed=seed,
             ),
             stage1_epochs=stage1_epochs,
             hpo=HPOConfig(
-                trials=stage2_trials, folds=folds, backend=_enum(hpo, HPOBackend, "--hpo"), seed=seed
+                trials=stage2_trials, folds=folds, backend=parse_enum(hpo, HPOBackend, "--hpo"), seed=seed
             ),
             finetune=FinetuneConfig(epochs=finetune_epochs),
             latency_budget_ms=budget_ms,

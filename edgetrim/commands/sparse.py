@@ -10,54 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgetrim.commands._common import cli_errors, echo_json
+from edgetrim.commands._common import cli_errors, echo_json, parse_enum, stdout_to_stderr
 from edgetrim.errors import EdgetrimError
 
 
 def register(app: typer.Typer) -> None:
     app.command("sparsify")(sparsify)
     app.command("sparsity-check")(sparsity_check)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Keep converters' chatter (litert-torch prints progress) off stdout while ``--json`` is on."""
-    sys.stdout.flush()
-    saved = None
-    with contextlib.suppress(Exception):
-        sys.__stdout__.flush()
-    try:
-        saved = os.dup(1)
-        os.dup2(2, 1)
-    except (OSError, ValueError, AttributeError):
-        saved = None
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        if saved is not None:
-            for stream in (sys.stdout, sys.__stdout__):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
-def _enum(value: str, enum_type: Any, flag: str) -> Any:
-    try:
-        return enum_type(value)
-    except ValueError:
-        raise EdgetrimError(
-            f"{flag} must be one of {', '.join(e.value for e in enum_type)}, got {value!r}"
-        ) from None
 
 
 @cli_errors
@@ -129,19 +93,19 @@ def sparsify(
         raise EdgetrimError(f"--sparsity must be in [0, 1) (fraction of weights removed), got {sparsity}")
     try:
         cfg = SparsifyConfig(
-            method=_enum(method, Method, "--method"),
+            method=parse_enum(method, Method, "--method"),
             sparsity=sparsity,
-            granularity=_enum(granularity, Granularity, "--granularity"),
-            allocation=_enum(allocation, Allocation, "--allocation") if allocation else None,
+            granularity=parse_enum(granularity, Granularity, "--granularity"),
+            allocation=parse_enum(allocation, Allocation, "--allocation") if allocation else None,
             budget_ms=budget_ms,
             epochs=epochs,
             lr=lr,
-            optimizer=_enum(optimizer, Optim, "--optimizer"),
+            optimizer=parse_enum(optimizer, Optim, "--optimizer"),
             init_sparsity=init_sparsity,
-            criterion=_enum(criterion, Criterion, "--criterion"),
+            criterion=parse_enum(criterion, Criterion, "--criterion"),
             pai_rounds=pai_rounds,
             synflow_zero_bias=synflow_zero_bias,
-            rewind=_enum(rewind, Rewind, "--rewind"),
+            rewind=parse_enum(rewind, Rewind, "--rewind"),
             rewind_iteration=rewind_iteration,
             imp_rounds=imp_rounds,
             batches_per_epoch=batches_per_epoch,
@@ -414,7 +378,7 @@ def sparsity_check(
             from litert_torch import _config as litert_config
 
             litert_config.config.show_progress = False
-    with _stdout_to_stderr() if json_out else contextlib.nullcontext():
+    with stdout_to_stderr() if json_out else contextlib.nullcontext():
         result = run_sparsity_check(
             target, dens, width=width, tokens=tokens, threads=threads, quick=quick, rounds=rounds
         )

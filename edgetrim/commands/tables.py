@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgetrim.commands._common import cli_errors, echo_json, parse_int_list
+from edgetrim.commands._common import cli_errors, echo_json, parse_int_list, stdout_to_stderr
 from edgetrim.errors import EdgetrimError, TableError
 from edgetrim.lookup_tables import LatencyTable, check_target, load_table, merge, predict_model
 
@@ -20,13 +17,6 @@ tables_app = typer.Typer(no_args_is_help=True, help="Inspect, plot, validate and
 def register(app: typer.Typer) -> None:
     app.add_typer(tables_app, name="tables")
     app.command("predict")(predict)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Converters and tracers may print; keep stdout for the one JSON object."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def _context_summary(table: LatencyTable) -> list[dict[str, Any]]:
@@ -133,7 +123,7 @@ def validate(
         raise EdgetrimError(f"--points must be >= 1, got {points}")
     t = load_table(table)
     check_target(t, target, allow_other=allow_other_target)
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         tgt = get_target(target, threads=t.device.threads)
         check_target(t, tgt.info(), allow_other=allow_other_target)
         timing = TimingConfig.quick() if quick else TimingConfig()
@@ -200,7 +190,7 @@ def predict(
     t = load_table(table)
     if target is not None:
         check_target(t, target, allow_other=allow_other_target)
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         loaded = load_model(model, input_shape=parse_int_list(input_shape, what="--input-shape"))
         from edgetrim.model_ops import extract_layer_ops
 
