@@ -19,6 +19,16 @@ def register(app: typer.Typer) -> None:
     app.command("measure")(measure)
 
 
+# Options shared by `profile` and `measure`.
+BenchmarkBinaryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--benchmark-binary",
+        help="adb targets: LiteRT benchmark_model for the phone (default $EDGETRIM_BENCHMARK_MODEL)",
+    ),
+]
+
+
 def _timing(quick: bool):  # -> TimingConfig
     from edgetrim.profiler.timing import TimingConfig
 
@@ -60,13 +70,7 @@ def profile(
     ] = False,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="adaptive refinement rounds")] = True,
     seed: Annotated[int, typer.Option("--seed", help="seed of the measurement order")] = 0,
-    benchmark_binary: Annotated[
-        Path | None,
-        typer.Option(
-            "--benchmark-binary",
-            help="adb targets: LiteRT benchmark_model for the phone (default $EDGETRIM_BENCHMARK_MODEL)",
-        ),
-    ] = None,
+    benchmark_binary: BenchmarkBinaryOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object")] = False,
 ) -> None:
     """Profile the op contexts of --model (each up to its layer widths) or a --spec grid into OUT."""
@@ -133,13 +137,7 @@ def measure(
     threads: Annotated[int, typer.Option("--threads", help="runtime threads")] = 1,
     cores: Annotated[str | None, typer.Option("--cores", help="pin to these CPU cores, e.g. 0,1")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="coarse timing")] = False,
-    benchmark_binary: Annotated[
-        Path | None,
-        typer.Option(
-            "--benchmark-binary",
-            help="adb targets: LiteRT benchmark_model for the phone (default $EDGETRIM_BENCHMARK_MODEL)",
-        ),
-    ] = None,
+    benchmark_binary: BenchmarkBinaryOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object (median_ms, ...)")] = False,
 ) -> None:
     """Run --model on --target (converted to that runtime) and print its latency distribution."""
