@@ -42,11 +42,14 @@ logger = logging.getLogger(__name__)
 
 # (dense_upto, [(tier_upto or None, period, offsets)]) from densest to coarsest.
 _Tier = tuple[int | None, int, tuple[int, ...]]
-_TOP_DENSE = (8, 4, 2, 2)
+_TOP_DENSE = (8, 4, 2, 2, 2)
 _LEVELS: tuple[tuple[int, tuple[_Tier, ...]], ...] = (
     (16, ((64, 8, (-2, -1, 0, 1, 4)), (256, 16, (-2, -1, 0, 1, 4, 8)), (None, 32, (-2, -1, 0, 1, 4, 8, 16)))),
     (8, ((64, 8, (-1, 0, 1, 4)), (256, 16, (-1, 0, 1, 8)), (None, 32, (-1, 0, 1, 16)))),
     (8, ((128, 8, (-1, 0, 1)), (None, 32, (-1, 0, 1)))),
+    # every multiple of 8 (the aligned dips of onnxruntime's NCHWc and XNNPACK's tiles) and the width
+    # just below it (the unaligned class), so neither class is ever bracketed by the other
+    (4, ((128, 8, (-1, 0)), (None, 32, (-1, 0)))),
     (4, ((128, 16, (-1, 0)), (None, 64, (-1, 0)))),
 )
 
@@ -72,8 +75,14 @@ def axis_widths(max_w: int, *, level: int = 0) -> list[int]:
 
 
 def _geometric(max_w: int, n: int = 12) -> list[int]:
-    ws = np.unique(np.round(np.geomspace(1, max_w, num=n)).astype(int)).tolist()
-    return sorted({*ws, max_w, max(1, max_w - 1)})
+    """About ``n`` geometric anchors, each from 8 up snapped to a multiple of 8 and measured together
+    with the width just below it: coarse, yet aligned and unaligned widths are both sampled."""
+    ws = {1, 2, 3, 4, max(1, max_w - 1), max_w}
+    if max_w > 8:
+        for a in np.geomspace(8, max_w, num=max(2, n // 2)):
+            m = 8 * int(np.rint(a / 8.0))
+            ws.update((m - 1, m))
+    return sorted(w for w in ws if 1 <= w <= max_w)
 
 
 def plan_points(
@@ -120,15 +129,22 @@ def plan_points(
     out_sets = [axis_widths(max_out, level=lv) for lv in range(n_levels)]
     ins, outs = in_sets[0], out_sets[0]
     if budget is not None and len(ins) * len(outs) > budget:
-        # The output axis keeps the finer design: that is where runtimes step (output-channel tiles).
-        combos = [(li, lo) for lo in range(n_levels) for li in range(lo, n_levels)]
-        fitting = [(len(in_sets[li]) * len(out_sets[lo]), -lo, -li) for li, lo in combos]
-        fitting = [f for f in fitting if f[0] <= budget]
+        # The coarsest axis decides how well alignment steps are resolved (onnxruntime's NCHWc conv
+        # steps with the *input* width as much as the output width), so the design that fits with
+        # the finest coarser axis wins; among those the most points, the output axis never coarser
+        # than the input axis (runtimes step in output-channel tiles). The geometric design, blind
+        # to alignment, is the last resort.
+        aligned = len(_LEVELS)
+        combos = [(li, lo) for lo in range(aligned) for li in range(lo, aligned)]
+        fitting = [(-li, len(in_sets[li]) * len(out_sets[lo]), -lo) for li, lo in combos]
+        fitting = [f for f in fitting if f[1] <= budget]
         if fitting:
-            _, neg_lo, neg_li = max(fitting)
+            neg_li, _, neg_lo = max(fitting)
             ins, outs = in_sets[-neg_li], out_sets[-neg_lo]
         else:  # fewer geometric widths per axis (both ends of each axis are always kept)
-            n = max(2, int(budget**0.5) - 1)
+            n = max(2, int(budget**0.5))
+            while n > 2 and len(_geometric(max_in, n)) * len(_geometric(max_out, n)) > budget:
+                n -= 1
             ins, outs = _geometric(max_in, n), _geometric(max_out, n)
             if len(ins) * len(outs) > budget:
                 logger.warning("budget %s is below the coarsest plan for %s", budget, ctx.key())

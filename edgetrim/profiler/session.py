@@ -240,10 +240,14 @@ class _Session:
 
 
 def spike_points(table: LatencyTable, ctx: OpContext, *, ratio: float) -> list[tuple[int, int]]:
-    """Points whose median exceeds both measured neighbours along an axis by more than ``ratio``.
+    """Points whose median stands out from their neighbours along an axis by more than ``ratio``.
 
     One-axis contexts are checked along their width; two-axis contexts along every row (fixed input
-    width) and every column (fixed output width).
+    width) and every column (fixed output width). An inner point is flagged when it exceeds both
+    neighbours; an end point (the widest or narrowest width of a line, which is often a model's own
+    layer width) when it exceeds both its neighbour scaled in proportion to width and the linear extrapolation
+    of its two neighbours.
+    Re-measuring keeps the lower median, so a real step that gets flagged only costs time.
     """
     pts = {(i, o): s.median_ms for i, o, s in table.points(ctx)}
     lines: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -255,10 +259,25 @@ def spike_points(table: LatencyTable, ctx: OpContext, *, ratio: float) -> list[t
             lines.setdefault((1, o), []).append((i, o))
     out: set[tuple[int, int]] = set()
     for (axis, _), line in lines.items():
-        line.sort(key=lambda p: p[1] if axis == 0 else p[0])
+
+        def width(p: tuple[int, int], axis: int = axis) -> int:
+            return p[1] if axis == 0 else p[0]
+
+        line.sort(key=width)
         for a, b, c in zip(line, line[1:], line[2:]):
             if pts[b] > ratio * max(pts[a], pts[c]):
                 out.add(b)
+        for end, near in ((line[0], line[1:3]), (line[-1], line[-2:-4:-1])):
+            if not near or end == near[0]:
+                continue
+            # cost grows at most about in proportion to width (or along the neighbours' trend)
+            expected = pts[near[0]] * max(1.0, width(end) / width(near[0]))
+            if len(near) == 2:
+                a, a2 = near
+                slope = (pts[a] - pts[a2]) / (width(a) - width(a2))
+                expected = max(expected, pts[a] + slope * (width(end) - width(a)))
+            if pts[end] > ratio * expected:
+                out.add(end)
     return sorted(out)
 
 
@@ -401,6 +420,12 @@ def profile_table(
     recheck_rng = random.Random(cfg.seed + 2)
     rechecked = 0
     if cfg.recheck_rounds > 0:
+        # a model's own layer widths decide its prediction directly: every one is measured a second
+        # time, at another moment, and the lower median kept (load only ever adds time)
+        exact = [(p.context, i, o) for p in usable for i, o in sorted(p.include)]
+        recheck_rng.shuffle(exact)
+        session.measure(exact, f"recheck layer widths {target.name}", keep_lower=True)
+        rechecked += len(exact)
         rechecked += session.recheck(usable, cfg.recheck_ratio, recheck_rng, f"recheck {target.name}")
 
     if refine:

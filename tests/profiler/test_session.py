@@ -210,3 +210,23 @@ def test_resume_rechecks_a_disturbed_point_and_keeps_the_lower_median(fast_timin
     assert medians[6] < 1.0  # re-measured, the lower median kept
     assert again.meta["points_rechecked_last_run"] >= 1
     assert again.n_points() == table.n_points()  # nothing added, one point replaced
+
+
+def test_spike_points_checks_the_ends_of_each_line() -> None:
+    """The widest width of a context is usually a model's own layer width: a spike there matters most."""
+    from edgetrim.lookup_tables import LatencyTable
+    from edgetrim.profiler.session import spike_points
+    from edgetrim.types import DeviceInfo, LatencyStats, OpContext, OpKind
+
+    def st(ms: float) -> LatencyStats:
+        return LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, n=5)
+
+    t = LatencyTable(DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="1", device="x"))
+    lin = OpContext(OpKind.LINEAR)
+    for i in (1, 64, 128, 255, 256):
+        for o in (1, 60, 119, 120):
+            t.record(lin, i, o, st(0.001 * i * o))  # steep but linear growth: never flagged
+    assert spike_points(t, lin, ratio=1.3) == []
+    t.record(lin, 256, 120, st(3 * 0.001 * 256 * 120))  # the corner hit by load
+    t.record(lin, 1, 1, st(50.0))  # the narrowest point hit by load
+    assert spike_points(t, lin, ratio=1.3) == [(1, 1), (256, 120)]
