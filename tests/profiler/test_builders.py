@@ -179,3 +179,22 @@ def test_tflite_builder_matches_litert_torch_conversion(tmp_path) -> None:
     ours += _tflite_ops(build_tflite_op(OpContext(OpKind.LINEAR, activation="relu"), 128, 10))
     assert [(n, a) for n, a, _ in ours] == [(n, a) for n, a, _ in converted]
     assert [s for _, _, s in ours] == [s for _, _, s in converted]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tflite_one_channel_conv_is_a_depthwise_conv_like_the_converter(tmp_path) -> None:
+    """litert-torch turns Conv2d(1, C) into DEPTHWISE_CONV_2D with multiplier C; the one-op model must too."""
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU()).eval()
+    path = tmp_path / "stem.tflite"
+    litert_torch.convert(net, (torch.randn(1, 1, 16, 16),)).export(str(path))
+    converted = [o for o in _tflite_ops(path.read_bytes()) if o[0] not in ("RESHAPE", "TRANSPOSE")]
+    ctx = OpContext(OpKind.CONV2D, (5, 5), (1, 1), (2, 2), (16, 16), activation="relu")
+    assert (
+        _tflite_ops(build_tflite_op(ctx, 1, 6))
+        == converted
+        == [("DEPTHWISE_CONV_2D", "RELU", (1, 16, 16, 6))]
+    )

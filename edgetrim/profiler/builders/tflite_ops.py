@@ -192,10 +192,13 @@ def _conv(m: _Model, ctx: OpContext, in_w: int, out_w: int) -> int:
     out_shape = (n, oh, ow, out_w)
     fused, rest = m.fused_or_separate(ctx.activation)
     kh, kw = ctx.kernel
-    if depthwise:
+    # a conv from one input channel is what the converter emits as a depthwise conv with a depth
+    # multiplier (litert-torch: Conv2d(1, C) -> DEPTHWISE_CONV_2D, multiplier C), a different kernel
+    one_to_many = ctx.kind is OpKind.CONV2D and in_w == 1 and out_w > 1
+    if depthwise or one_to_many:
         filt = m.const(_weights((1, kh, kw, out_w)))
         opt = s.DepthwiseConv2DOptionsT()
-        opt.depthMultiplier = 1
+        opt.depthMultiplier = out_w if one_to_many else 1
         name = "DEPTHWISE_CONV_2D"
     else:
         filt = m.const(_weights((out_w, kh, kw, in_w)))
