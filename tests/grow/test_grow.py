@@ -187,6 +187,8 @@ def test_grow_cli_writes_a_run_folder(tmp_path) -> None:
         "8,8,12,12",
         "--epochs",
         "2",
+        "--finetune-epochs",
+        "1",
         "--out",
         str(out),
         "--json",
@@ -218,3 +220,68 @@ def test_grow_cli_rejects_two_budgets(tmp_path) -> None:
         ],
     )
     assert result.exit_code == 2 and "exactly one" in result.output
+
+
+# ------------------------------------------------------------------------------------ latency fit
+def test_fill_to_budget_lands_at_or_below_the_target() -> None:
+    from edgetrim.compress.grow import fill_to_budget
+
+    def cost(w: list[int]) -> float:
+        return 1.0 * w[0] + 2.0 * w[1] + 0.5 * w[2]
+
+    w = fill_to_budget([1, 1, 1], [8, 8, 8], cost, 12.0)
+    assert cost(w) <= 12.0
+    assert all(1 <= a <= 8 for a in w)
+    # no single further channel fits under the target (it is as close as single steps get)
+    assert all(cost([*w[:j], w[j] + 1, *w[j + 1 :]]) > 12.0 for j in range(3) if w[j] < 8)
+    # over the target: it shrinks back under it
+    w2 = fill_to_budget([8, 8, 8], [8, 8, 8], cost, 10.0)
+    assert cost(w2) <= 10.0
+    # flat cost: zero-cost steps spread over layers instead of filling one
+    assert fill_to_budget([1, 1], [4, 4], lambda w: 0.0, 1.0) == [4, 4]
+
+
+def test_fit_to_measured_budget_corrects_a_biased_prediction() -> None:
+    from edgetrim.compress.grow import fit_to_measured_budget
+
+    def cost(w: list[int]) -> float:  # the table over-predicts by 20%
+        return 1.2 * (0.1 * w[0] + 0.2 * w[1])
+
+    def measure(w: list[int]) -> float:
+        return 0.1 * w[0] + 0.2 * w[1]
+
+    fit = fit_to_measured_budget([1, 1], [64, 64], cost, 4.0, measure, rounds=4, method="greedy")
+    scaled = fit_to_measured_budget([2, 3], [64, 64], cost, 4.0, measure, rounds=4)
+    assert scaled.measured_ms is not None and 4.0 * 0.9 <= scaled.measured_ms <= 4.0
+    assert fit.measured_ms is not None and fit.measured_ms <= 4.0
+    assert fit.measured_ms >= 4.0 * 0.94  # the prediction alone stops ~17% short
+    assert len(fit.rounds) >= 2 and fit.rounds[0]["measured_ms"] < 4.0 * 0.9
+    assert fit_to_measured_budget([1, 1], [64, 64], cost, 4.0).measured_ms is None  # table only
+
+
+def test_materialize_at_given_widths_takes_the_highest_logits() -> None:
+    spec = GrowNetSpec(widths=(6, 8), pool_after=(True, False), layer_gated=(False, False))
+    torch.manual_seed(0)
+    net = GrowNet(spec)
+    with torch.no_grad():
+        net.channel_logits[0].copy_(torch.tensor([2.0, -1.0, -0.5, -3.0, 1.0, -2.0]))
+    assert net.units_for_widths([3, 2])[0].tolist() == [True, False, True, False, True, False]
+    model = net.materialize([3, 2])
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [3, 2]
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="outside"):
+        net.units_for_widths([7, 2])
+
+
+def test_scale_to_budget_keeps_proportions_and_the_target() -> None:
+    from edgetrim.compress.grow.fit import scale_to_budget
+
+    def cost(w: list[int]) -> float:
+        return 1.0 * w[0] + 2.0 * w[1] + 0.5 * w[2]
+
+    w = scale_to_budget([2, 4, 8], [32, 32, 32], cost, 40.0)
+    assert cost(w) <= 40.0 and w[0] <= w[1] <= w[2]
+    assert cost(scale_to_budget([2, 4, 8], [32, 32, 32], cost, 40.0 * 0.8)) < cost(w)
+    assert scale_to_budget([2, 4], [4, 8], lambda v: 0.0, 1.0) == [4, 8]  # clipped at the maximum
+    assert cost(scale_to_budget([30, 30, 30], [32, 32, 32], cost, 10.0)) <= 10.0  # shrinks when over

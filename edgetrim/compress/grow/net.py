@@ -218,11 +218,36 @@ class GrowNet(nn.Module):
         return F.linear(x, self.fc.weight.index_select(1, cur), self.fc.bias)
 
     # ------------------------------------------------------------------------------- materialise
+    def units_for_widths(self, widths: Sequence[int]) -> list[Tensor]:
+        """Per gate group, the ``widths`` units with the highest logits (the kept units come first).
+
+        Used to land on exact widths after growth (a latency fit): a wider layer takes the dormant
+        units closest to switching on, a narrower one drops the weakest kept units.
+        """
+        if len(widths) != len(self.spec.widths):
+            raise ValueError(f"need {len(self.spec.widths)} widths, got {list(widths)}")
+        out = []
+        for g, logits in enumerate(self.channel_logits):
+            j = self.group_of.index(g)
+            k = int(widths[j])
+            if not 1 <= k <= self.group_width[g]:
+                raise ValueError(f"width {k} of layer {j} is outside 1..{self.group_width[g]}")
+            keep = torch.zeros(self.group_width[g], dtype=torch.bool)
+            keep[logits.detach().topk(k).indices] = True
+            out.append(keep)
+        return out
+
     @torch.no_grad()
-    def materialize(self) -> nn.Sequential:
+    def materialize(self, widths: Sequence[int] | None = None) -> nn.Sequential:
         """The final architecture as a plain ``nn.Sequential`` (Conv2d, BatchNorm2d, ReLU, MaxPool2d,
-        AdaptiveAvgPool2d, Flatten, Linear); equal to ``self.eval()(x)`` up to float rounding."""
+        AdaptiveAvgPool2d, Flatten, Linear); equal to ``self.eval()(x)`` up to float rounding.
+
+        ``widths`` overrides the kept units (see :meth:`units_for_widths`); the output then differs
+        from ``self.eval()`` and wants a short fine-tune.
+        """
         active, layer_active = self.deterministic_state()
+        if widths is not None:
+            active = self.units_for_widths(widths)
         on = self.layers_on(layer_active)
         layers: list[nn.Module] = []
         cur = torch.arange(self.spec.in_channels)
