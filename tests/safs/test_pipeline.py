@@ -160,3 +160,11 @@ def test_external_mask_from_a_sparse_model_is_kept(digits_small) -> None:
     assert rep.kept_weights == sum(int(m.sum()) for m in given.values())
     assert rep.sparsity == pytest.approx(0.8, abs=0.01)  # the given mask, not the 0.99 magnitude ratio
     assert rep.masks_intact
+
+
+def test_kfold_fitness_breaks_accuracy_ties_by_loss() -> None:
+    from edgetrim.compress.safs.pipeline import kfold_fitness
+
+    assert kfold_fitness([0.1, 0.1], [2.0, 2.0]) > kfold_fitness([0.1, 0.1], [2.3, 2.3])
+    assert kfold_fitness([0.3, 0.3], [9.0, 9.0]) > kfold_fitness([0.2, 0.2], [0.1, 0.1])  # accuracy decides
+    assert kfold_fitness([0.1], [float("nan")]) == kfold_fitness([0.1], [None]) == 0.1 - 0.1
