@@ -124,8 +124,8 @@ def test_unsupported_combinations_raise_clear_errors() -> None:
         build_tflite_op(OpContext(OpKind.CONV2D, kernel=(5, 5), spatial=(3, 3)), 4, 5)
 
 
-def _tflite_ops(data: bytes) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(op name, fused activation, output shape) per operator, layout transposes dropped."""
+def _tflite_ops(data: bytes, *, transposes: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(op name, fused activation, output shape) per operator, layout transposes dropped unless asked."""
     from ai_edge_litert import schema_py_generated as s
 
     model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
@@ -136,7 +136,7 @@ def _tflite_ops(data: bytes) -> list[tuple[str, str, tuple[int, ...]]]:
     for op in sub.operators:
         oc = model.operatorCodes[op.opcodeIndex]
         name = names[max(oc.builtinCode, oc.deprecatedBuiltinCode)]
-        if name == "TRANSPOSE":
+        if name == "TRANSPOSE" and not transposes:
             continue
         fused = acts.get(getattr(op.builtinOptions, "fusedActivationFunction", 0), "NONE")
         out.append((name, fused, tuple(int(v) for v in sub.tensors[op.outputs[0]].shape)))
@@ -198,3 +198,19 @@ def test_tflite_one_channel_conv_is_a_depthwise_conv_like_the_converter(tmp_path
         == converted
         == [("DEPTHWISE_CONV_2D", "RELU", (1, 16, 16, 6))]
     )
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tflite_flatten_of_a_feature_map_transposes_first_like_the_converter(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten()).eval()
+    path = tmp_path / "flat.tflite"
+    litert_torch.convert(net, (torch.randn(1, 3, 4, 4),)).export(str(path))
+    converted = [n for n, _, _ in _tflite_ops(path.read_bytes(), transposes=True)]
+    flatten = converted[converted.index("CONV_2D") + 1 :]
+    flat = OpContext(OpKind.OTHER, spatial=(4, 4), variant="reshape")
+    ours = [n for n, _, _ in _tflite_ops(build_tflite_op(flat, 8, 8), transposes=True)]
+    assert ours == flatten == ["TRANSPOSE", "RESHAPE"]

@@ -327,6 +327,15 @@ def build_tflite_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         shape = _nhwc(elementwise_shape(ctx, in_w))
         x = m.input(shape)
         if ctx.variant == "reshape":
+            if len(shape) == 4 and shape[1] * shape[2] > 1:
+                # flattening an NHWC map in torch's (channel-major) order: the converter moves the
+                # channels first with a TRANSPOSE, then reshapes
+                x = m.op(
+                    "TRANSPOSE",
+                    [x, m.const(np.array([0, 3, 1, 2], np.int32))],
+                    (shape[0], shape[3], shape[1], shape[2]),
+                    s.TransposeOptionsT(),
+                )
             opt = s.ReshapeOptionsT()
             opt.newShape = list(out_nhwc)
             y = m.op("RESHAPE", [x, m.const(np.array(out_nhwc, np.int32))], out_nhwc, opt)
