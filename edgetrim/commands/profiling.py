@@ -70,6 +70,12 @@ def profile(
     ] = False,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="adaptive refinement rounds")] = True,
     seed: Annotated[int, typer.Option("--seed", help="seed of the measurement order")] = 0,
+    passes: Annotated[
+        int,
+        typer.Option(
+            "--passes", help="measure every point this many times, keep the lowest (shared machines)"
+        ),
+    ] = 1,
     benchmark_binary: BenchmarkBinaryOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object")] = False,
 ) -> None:
@@ -81,6 +87,8 @@ def profile(
         raise EdgetrimError("pass exactly one of --model or --spec")
     if max_points is not None and max_points < 1:
         raise EdgetrimError(f"--max-points must be >= 1, got {max_points}")
+    if passes < 1:
+        raise EdgetrimError(f"--passes must be >= 1, got {passes}")
     with stdout_to_stderr():
         tgt = get_target(
             target,
@@ -101,6 +109,7 @@ def profile(
             max_points=max_points,
             points_per_context=48 if quick else ProfileConfig().points_per_context,
             refine_rounds=1 if quick else ProfileConfig().refine_rounds,
+            passes=passes,
         )
         table = profile_table(
             tgt, plan, out=out, resume=resume, timing=_timing(quick), refine=refine, config=cfg

@@ -131,6 +131,10 @@ class ProfileConfig:
             other processes only ever adds time, so an isolated spike is more likely disturbance
             than a real latency step.
         recheck_rounds: re-measure spikes this many times (after the plan and after refinement).
+        passes: measure every planned point this many times, each pass in a fresh random order, and
+            keep the lowest median. On a shared machine, load from other processes inflates whole
+            stretches of a run; a second pass at another moment halves the chance that a point
+            keeps a disturbed value (it doubles the build time).
     """
 
     seed: int = 0
@@ -144,8 +148,11 @@ class ProfileConfig:
     subtract_overhead: bool = True
     recheck_ratio: float = 1.3
     recheck_rounds: int = 2
+    passes: int = 1
 
     def __post_init__(self) -> None:
+        if self.passes < 1:
+            raise ValueError(f"passes must be >= 1, got {self.passes}")
         if self.recheck_ratio <= 1:
             raise ValueError(f"recheck_ratio must be > 1, got {self.recheck_ratio}")
         if self.recheck_rounds < 0:
@@ -404,19 +411,23 @@ def profile_table(
     if callable(runtime_meta) and "per_op_overhead_ms" not in meta:
         meta.update(runtime_meta(OVERHEAD_TIMING))
 
-    todo: list[OpRequest] = []
+    plan_requests: list[OpRequest] = []
     if meta.get("ort_nchwc_block"):
-        todo.extend(
-            r for r in nchwc_reorder_requests(usable, int(meta["ort_nchwc_block"])) if not table.has(*r)
-        )
+        plan_requests.extend(nchwc_reorder_requests(usable, int(meta["ort_nchwc_block"])))
     for p in usable:
         points = plan_points(p.context, p.max_in, p.max_out, budget=cfg.points_per_context, include=p.include)
-        todo.extend((p.context, i, o) for i, o in points if not table.has(p.context, i, o))
+        plan_requests.extend((p.context, i, o) for i, o in points)
+    todo = [r for r in plan_requests if not table.has(*r)]
     random.Random(cfg.seed).shuffle(todo)
     logger.info(
         "%d points to measure on %s (%d already in the table)", len(todo), target.name, table.n_points()
     )
     session.measure(todo, f"profile {target.name}")
+    planned = [r for r in plan_requests if table.has(*r)]
+    for k in range(1, cfg.passes):
+        again = list(planned)
+        random.Random(cfg.seed + 100 + k).shuffle(again)
+        session.measure(again, f"pass {k + 1} {target.name}", keep_lower=True)
     recheck_rng = random.Random(cfg.seed + 2)
     rechecked = 0
     if cfg.recheck_rounds > 0:

@@ -230,3 +230,29 @@ def test_spike_points_checks_the_ends_of_each_line() -> None:
     t.record(lin, 256, 120, st(3 * 0.001 * 256 * 120))  # the corner hit by load
     t.record(lin, 1, 1, st(50.0))  # the narrowest point hit by load
     assert spike_points(t, lin, ratio=1.3) == [(1, 1), (256, 120)]
+
+
+def test_second_pass_measures_every_point_again(fast_timing, tmp_path) -> None:
+    ctx = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
+    plan = [ContextPlan(ctx, 10, 10)]
+    one = profile_table(
+        get_target("ort-cpu"),
+        plan,
+        out=tmp_path / "one.json",
+        timing=fast_timing,
+        refine=False,
+        config=ProfileConfig(recheck_rounds=0, seed=3),
+    )
+    two = profile_table(
+        get_target("ort-cpu"),
+        plan,
+        out=tmp_path / "two.json",
+        timing=fast_timing,
+        refine=False,
+        config=ProfileConfig(recheck_rounds=0, seed=3, passes=2),
+    )
+    assert len(one.points(ctx)) == len(two.points(ctx)) == 10
+    assert one.meta["points_measured_last_run"] == one.n_points()  # plus layout reorder points
+    assert two.meta["points_measured_last_run"] == 2 * two.n_points()
+    with pytest.raises(ValueError, match="passes"):
+        ProfileConfig(passes=0)
