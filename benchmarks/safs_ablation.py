@@ -8,8 +8,13 @@ max per arm, and every per-seed value).
 
 Reference (SAFS paper, LeNet-5 / MNIST, 99%): ReLU 46.69, stage 1 61.63, stage 2 60.2, SAFS 62.22.
 
-    .venv/bin/python benchmarks/safs_ablation.py                    # full: 3 seeds, 20 evals, 20 trials
-    .venv/bin/python benchmarks/safs_ablation.py --reduced          # minutes on a small CPU
+Budgets are the paper's shape scaled to one CPU core (the paper: 20 LAHC evaluations of 80 epochs, 20
+SMAC trials x 3 folds, 200-epoch final training): by default 12 stage-1 evaluations of 15 epochs, 6
+HPO trials x 2 folds x 20 epochs, 40-epoch final fine-tune for every arm. The "stage1" and "safs"
+arms run the same seeded stage-1 search; the second replays the first's memo.
+
+    .venv/bin/python benchmarks/safs_ablation.py            # 3 seeds, 99% ablation + 90/95/99% sweep
+    .venv/bin/python benchmarks/safs_ablation.py --quick    # minutes: proves the script works
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,16 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=16, help="digits upsampled to S x S (LeNet-5 input)")
     ap.add_argument("--dense-epochs", type=int, default=20)
-    ap.add_argument("--finetune-epochs", type=int, default=20)
-    ap.add_argument("--stage1-evals", type=int, default=20)
-    ap.add_argument("--stage1-epochs", type=int, default=3)
-    ap.add_argument("--stage2-trials", type=int, default=20)
-    ap.add_argument("--stage2-epochs", type=int, default=None)
-    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--finetune-epochs", type=int, default=40, help="final fine-tune of every arm")
+    ap.add_argument("--stage1-evals", type=int, default=12)
+    ap.add_argument("--stage1-epochs", type=int, default=15, help="low-fidelity fine-tune per candidate")
+    ap.add_argument("--stage2-trials", type=int, default=6)
+    ap.add_argument("--stage2-epochs", type=int, default=20, help="per HPO trial and fold")
+    ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--sparsity", type=float, default=0.99)
     ap.add_argument("--scope", default="layer", help="layer (SAFS reference) or global magnitude pruning")
     ap.add_argument("--sweep", default="0.9,0.95,0.99", help="ratios for the ReLU-vs-SAFS sweep ('' to skip)")
-    ap.add_argument("--reduced", action="store_true", help="small budgets to prove the script works")
+    ap.add_argument(
+        "--reduced", "--quick", action="store_true", help="small budgets to prove the script works"
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "safs_ablation.json")
     args = ap.parse_args(argv)
     if args.reduced:
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     start = time.perf_counter()
     ratios = sorted({args.sparsity, *(float(r) for r in args.sweep.split(",") if r)})
+    tmp = tempfile.mkdtemp(prefix="safs_ablation_")
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         dense, example = lenet5(image_size=args.image_size)
@@ -110,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             arms = list(ARMS) if ratio == args.sparsity else ["relu", "safs"]
             for arm in arms:
                 t0 = time.perf_counter()
-                _, rep = run_safs(dense, example, train, test, config(ratio, arm, seed))
+                # Stage 1 is the same seeded search in the "stage1" and "safs" arms: both arms share one
+                # state folder, so the second replays the first's memo instead of retraining every candidate.
+                state = Path(tmp) / f"seed{seed}_sparsity{ratio}"
+                _, rep = run_safs(dense, example, train, test, config(ratio, arm, seed), state_dir=state)
                 row = {
                     "seed": seed,
                     "sparsity": ratio,
@@ -121,13 +134,36 @@ def main(argv: list[str] | None = None) -> int:
                     "scalars": rep.scalars,
                     "finetune": rep.finetune,
                     "masks_intact": rep.masks_intact,
+                    "stage1": None
+                    if rep.stage1 is None
+                    else {
+                        k: rep.stage1[k] for k in ("best", "best_energy", "evaluations", "original_energy")
+                    },
+                    "stage2": None
+                    if rep.stage2 is None
+                    else {k: v for k, v in rep.stage2.items() if k != "trials"},
                     "seconds": time.perf_counter() - t0,
                 }
                 rows.append(row)
                 print(
-                    f"seed {seed} sparsity {ratio} {arm:7s} acc {rep.test_accuracy:.4f} {rep.chromosome}",
+                    f"seed {seed} sparsity {ratio} {arm:7s} acc {rep.test_accuracy:.4f} {rep.chromosome} "
+                    f"{row['seconds']:.0f}s"
+                    + (
+                        f" | stage1 energy {rep.stage1['best_energy']:.3f} (relu {rep.stage1['original_energy']})"
+                        if rep.stage1
+                        else ""
+                    )
+                    + (
+                        f" | kfold {rep.stage2['default_kfold_accuracy']:.3f} -> {rep.stage2['best_kfold_accuracy']:.3f} "
+                        f"{rep.finetune['optimizer']} lr {rep.finetune['lr']:.2g} {rep.finetune['scheduler']} "
+                        f"x{rep.finetune['scalar_lr_scale']:.2g}"
+                        if rep.stage2
+                        else ""
+                    ),
                     file=sys.stderr,
                 )
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
     def acc(ratio: float, arm: str) -> list[float]:
         return [100 * float(r["test_accuracy"]) for r in rows if r["sparsity"] == ratio and r["arm"] == arm]
