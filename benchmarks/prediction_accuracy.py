@@ -171,6 +171,7 @@ def run_target(
     include_exact: bool,
     table_dir: Path,
     seed: int,
+    passes: int = 1,
 ) -> dict[str, Any]:
     target = get_target(target_name, threads=1)
     info = target.info()
@@ -194,6 +195,7 @@ def run_target(
         seed=seed,
         points_per_context=400 if quick else 600,
         refine_rounds=1 if quick else 2,
+        passes=passes,
     )
     table_path = table_dir / f"{target_name}.json"
     table_path.unlink(missing_ok=True)
@@ -277,6 +279,7 @@ def run_target(
             "contexts": len(table.contexts()),
             "points": table.n_points(),
             "build_time_s": build_s,
+            "passes": passes,
             "invoke_overhead_ms": table.meta.get("invoke_overhead_ms"),
             "per_op_overhead_ms": table.meta.get("per_op_overhead_ms"),
             "ort_nchwc_block": table.meta.get("ort_nchwc_block"),
@@ -303,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
     parser.add_argument("--include-exact", action="store_true", help="also profile the models' exact widths")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="table passes per point, lowest kept (default 2; 1 with --quick)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="where tables and model files go (temp dir)"
@@ -334,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             target_name,
             suite,
             quick=args.quick,
+            passes=args.passes or (1 if args.quick else 2),
             rounds=rounds,
             include_exact=args.include_exact,
             table_dir=table_dir,
