@@ -47,6 +47,10 @@ class FusionRules:
         add_activations: activations fused into elementwise ADD kernels.
         linear_nd_reshapes: a linear layer with bias on a >2-D input runs as Reshape -> Gemm ->
             Reshape (onnxruntime's MatMulAddFusion); the two reshapes are emitted as ``OTHER`` ops.
+        add_into_layer_norm: a residual Add whose only consumer is a LayerNorm runs inside it
+            (onnxruntime's SkipLayerNormalization); the Add is not emitted.
+        transpose_into_matmul: a transpose of the last two axes whose only consumer is a matmul
+            (as its second operand) runs inside it (onnxruntime's FusedMatMul, transB); not emitted.
     """
 
     name: str
@@ -56,6 +60,8 @@ class FusionRules:
     linear_activations: frozenset[str] = field(default_factory=frozenset)
     add_activations: frozenset[str] = field(default_factory=frozenset)
     linear_nd_reshapes: bool = False
+    add_into_layer_norm: bool = False
+    transpose_into_matmul: bool = False
 
     def __post_init__(self) -> None:
         for attr in ("conv_activations", "linear_activations", "add_activations"):
@@ -73,12 +79,15 @@ TORCH_EAGER = FusionRules(name="torch-eager")
 # LeakyRelu; Gemm fuses the same except Clip (relu6 stays a Clip node); Add fuses nothing here (the
 # NCHWc layout fuses a residual Add and a HardSwish into blocked convs, which depends on the widths:
 # the predictor applies it, see lookup_tables.predict). A biased MatMul on a 3-D input becomes
-# Reshape -> Gemm -> Reshape.
+# Reshape -> Gemm -> Reshape. An Add feeding only a LayerNorm becomes SkipLayerNormalization, and a
+# last-two-axes transpose feeding only a MatMul (K^T in attention) becomes FusedMatMul.
 ONNXRUNTIME = FusionRules(
     name="onnxruntime",
     fold_bn=True,
     fold_bn_linear=True,
     linear_nd_reshapes=True,
+    add_into_layer_norm=True,
+    transpose_into_matmul=True,
     conv_activations=frozenset({"relu", "relu6", "sigmoid", "tanh", "hardsigmoid", "leaky_relu"}),
     linear_activations=frozenset({"relu", "sigmoid", "tanh", "hardsigmoid", "leaky_relu"}),
 )
@@ -568,6 +577,8 @@ class _Extractor:
             if len(ins) < 2:
                 logger.debug("%s: %s with a scalar is not tabled", c.name, op)
                 return
+            if self.fusion.add_into_layer_norm and op == "add" and self._feeds_layer_norm(c):
+                return
             act, _ = self._take_activation(c.out, self.fusion.add_activations)
             self.elementwise(c.name, OpKind.ADD, out_shape, activation=act)
         elif op in ("mul", "div"):
@@ -625,6 +636,8 @@ class _Extractor:
             if ins:
                 self.elementwise(c.name, OpKind.OTHER, ins[0].shape, variant="reshape")
         elif op in _TRANSPOSES:
+            if self.fusion.transpose_into_matmul and self._feeds_matmul_transposed(c):
+                return
             if ins:
                 self.elementwise(c.name, OpKind.OTHER, ins[0].shape, variant="transpose")
         elif op in ("cat", "stack"):
@@ -636,6 +649,41 @@ class _Extractor:
         elif ins:
             logger.info("no latency model for %s (%s); recorded as OTHER", c.name, op)
             self.elementwise(c.name, OpKind.OTHER, out_shape, variant=op)
+
+    def _feeds_layer_norm(self, c: _Call) -> bool:
+        """``c``'s output goes only to a LayerNorm over its last axis (shapes of both inputs equal)."""
+        ins = _tensors(c.args)
+        if len(ins) != 2 or ins[0].shape != ins[1].shape:
+            return False
+        j = self._sole_next(c.out)
+        if j is None:
+            return False
+        n = self.calls[j]
+        return (n.op == "module" and isinstance(n.module, nn.LayerNorm)) or n.op == "layer_norm"
+
+    def _feeds_matmul_transposed(self, c: _Call) -> bool:
+        """``c`` swaps only the last two axes and its output is only the second operand of a matmul."""
+        ins = _tensors(c.args)
+        if not ins or c.out is None:
+            return False
+        rank = len(ins[0].shape)
+        if c.op == "t" or c.op == "transpose":
+            dims = [d for d in c.args[1:3] if isinstance(d, int)] if c.op == "transpose" else [0, 1]
+            if len(dims) != 2 or rank < 2 or sorted(d % rank for d in dims) != [rank - 2, rank - 1]:
+                return False
+        else:  # permute
+            perm = c.args[1:] if len(c.args) > 1 else c.kwargs.get("dims", ())
+            if len(perm) == 1 and isinstance(perm[0], (list, tuple)):
+                perm = perm[0]
+            expected = [*range(rank - 2), rank - 1, rank - 2]
+            if rank < 2 or [int(d) % rank for d in perm] != expected:
+                return False
+        j = self._sole_next(c.out)
+        if j is None:
+            return False
+        n = self.calls[j]
+        operands = _tensors(n.args)
+        return n.op in ("matmul", "bmm", "mm") and len(operands) >= 2 and operands[1].id == c.out.id
 
     @staticmethod
     def _mean_dims(c: _Call) -> tuple[int, ...] | None:

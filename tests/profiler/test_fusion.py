@@ -88,3 +88,26 @@ def test_litert_rules_match_the_converted_model(tmp_path) -> None:
     assert len(kernels) == len(ops), (kernels, [o.context.key() for o in ops])
     add = next(o for o in ops if o.context.kind is OpKind.ADD)
     assert add.context.activation == "relu"  # ADD with fused RELU
+
+
+def test_onnxruntime_attention_fusions_match_the_optimised_graph(tmp_path) -> None:
+    """Residual Add -> LayerNorm is one SkipLayerNormalization; K^T -> MatMul is one FusedMatMul."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from edgetrim.examples.models import build
+
+    model, inputs = build("bert_encoder_small")
+    src, opt = tmp_path / "m.onnx", tmp_path / "opt.onnx"
+    export_onnx_for_timing(model.eval(), inputs, src)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(opt)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    nodes = [n.op_type for n in onnx.load(str(opt)).graph.node if n.op_type != "Reshape"]
+    ops = [o for o in extract_layer_ops(model, inputs, fusion=ONNXRUNTIME) if o.context.variant != "reshape"]
+    assert "SkipLayerNormalization" in nodes and "FusedMatMul" in nodes
+    assert len(nodes) == len(ops), (nodes, [o.context.key() for o in ops])
+    kinds = [o.context.kind for o in ops]
+    assert kinds.count(OpKind.ADD) == nodes.count("Add")
+    assert sum(o.context.variant == "transpose" for o in ops) == nodes.count("Transpose")
