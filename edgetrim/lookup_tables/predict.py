@@ -181,26 +181,38 @@ def _out_spatial(ctx: OpContext) -> tuple[int, int]:
     return ctx.spatial
 
 
-def nchwc_eligible(ctx: OpContext, in_w: int, block: int) -> tuple[bool, bool]:
+def nchwc_eligible(ctx: OpContext, in_w: int, block: int, conv_align: int | None = None) -> tuple[bool, bool]:
     """(runs blocked, its one-op graph reordered its input) for onnxruntime's NCHWc transformer.
 
-    Rules read off onnxruntime 1.32's optimised one-op graphs: a groups=1 conv is blocked when its
-    input width is a multiple of the block (input reordered) or below the block (NCHW input, no
-    reorder), whatever its output width; depthwise convs and max/avg pools when the width is a
-    multiple of the block. Global pools export as ReduceMean, which is never blocked.
+    Rules read off onnxruntime's optimised one-op graphs: a groups=1 conv or a depthwise conv is
+    blocked when its input width is a multiple of ``conv_align`` (the transformer pads channels up to
+    the block; 4 with block 8 on onnxruntime 1.2x, probed by the profiler and stored as
+    ``meta["ort_nchwc_conv_alignment"]``; the block itself when unknown), its input reordered; a
+    groups=1 conv also below the block (NCHW input, no reorder), whatever its output width. Max/avg
+    pools are blocked when the width is a multiple of the block. Global pools export as ReduceMean,
+    which is never blocked.
     """
+    align = conv_align or block
     if ctx.kind is OpKind.CONV2D:
-        if in_w % block == 0:
+        if in_w % align == 0:
             return True, True
         return in_w < block, False
-    if ctx.kind is OpKind.DEPTHWISE_CONV2D or (ctx.kind is OpKind.POOL and ctx.variant in ("avg", "max")):
+    if ctx.kind is OpKind.DEPTHWISE_CONV2D:
+        ok = in_w % align == 0
+        return ok, ok
+    if ctx.kind is OpKind.POOL and ctx.variant in ("avg", "max"):
         ok = in_w % block == 0
         return ok, ok
     return False, False
 
 
 def _nchwc_layout(
-    table: LatencyTable, cal: _Calibrations, ops: Sequence[LayerOp], rows: list[LayerPrediction], block: int
+    table: LatencyTable,
+    cal: _Calibrations,
+    ops: Sequence[LayerOp],
+    rows: list[LayerPrediction],
+    block: int,
+    conv_align: int | None = None,
 ) -> list[LayerPrediction]:
     """Rows re-priced for onnxruntime's NCHWc layout (see the module docstring), in execution order.
 
@@ -227,7 +239,7 @@ def _nchwc_layout(
     act_fusable = False
     for op, row in zip(ops, rows, strict=True):
         ctx = op.context
-        elig, paid_in = nchwc_eligible(ctx, op.in_width, block)
+        elig, paid_in = nchwc_eligible(ctx, op.in_width, block, conv_align)
         if ctx.kind in (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.POOL) and elig:
             paid = reorder_ms("out", op.out_width, _out_spatial(ctx), ctx.tokens)
             if paid_in:
@@ -331,7 +343,8 @@ def predict_model(
         uncovered_est.append(g(elements(ctx, op.in_width, op.out_width)) if g is not None else float("nan"))
     block = table.meta.get("ort_nchwc_block")
     if block:
-        rows = _nchwc_layout(table, cal, layer_ops, rows, int(block))
+        align = table.meta.get("ort_nchwc_conv_alignment")
+        rows = _nchwc_layout(table, cal, layer_ops, rows, int(block), int(align) if align else None)
     layers_ms = float(sum(r.ms for r in rows))
     overhead = 0.0
     if table.meta.get("invoke_overhead_subtracted"):

@@ -40,7 +40,8 @@ GPOOL = OpContext(OpKind.POOL, spatial=(6, 6), variant="global_avg")
 @pytest.mark.parametrize(
     ("ctx", "in_w", "out_w"),
     [(CONV, 3, 8), (CONV, 8, 8), (CONV, 16, 13), (CONV, 13, 16), (CONV, 9, 8), (CONV, 24, 24),
-     (DW, 8, 8), (DW, 13, 13), (POOL, 16, 16), (POOL, 13, 13), (GPOOL, 16, 16)],
+     (CONV, 12, 16), (CONV, 10, 8), (CONV, 20, 7), (DW, 8, 8), (DW, 13, 13), (DW, 12, 12), (DW, 20, 20),
+     (DW, 6, 6), (POOL, 16, 16), (POOL, 13, 13), (POOL, 12, 12), (GPOOL, 16, 16)],
 )  # fmt: skip
 def test_eligibility_rules_match_the_optimised_graph(target, tmp_path, ctx, in_w, out_w) -> None:  # type: ignore[no-untyped-def]
     block = target.nchwc_block()
@@ -49,7 +50,8 @@ def test_eligibility_rules_match_the_optimised_graph(target, tmp_path, ctx, in_w
     ops = _optimised_ops(build_onnx_op(ctx, in_w, out_w), tmp_path)
     blocked = any(d == "com.microsoft.nchwc" and t not in ("ReorderInput", "ReorderOutput") for t, d in ops)
     reordered_in = ("ReorderInput", "com.microsoft.nchwc") in ops
-    assert (blocked, reordered_in) == nchwc_eligible(ctx, in_w, block), ops
+    align = target.nchwc_conv_alignment(block)
+    assert (blocked, reordered_in) == nchwc_eligible(ctx, in_w, block, align), ops
 
 
 def test_reorder_contexts_build_and_run(target) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +88,5 @@ def test_table_meta_has_dispatch_cost_and_block(target) -> None:  # type: ignore
     meta = target.table_meta(TimingConfig.quick())
     assert meta["per_op_overhead_ms"] >= 0.0
     assert meta.get("ort_nchwc_block") in (None, 8, 16)
+    if meta.get("ort_nchwc_block"):  # an alignment is only recorded where it is finer than the block
+        assert meta.get("ort_nchwc_conv_alignment") in (None, 1, 2, 4, 8)

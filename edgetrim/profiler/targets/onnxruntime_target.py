@@ -244,6 +244,41 @@ class OrtTarget(LocalTarget):
         self._nchwc_block = found
         return found
 
+    def nchwc_conv_alignment(self, block: int) -> int | None:
+        """Smallest input-width alignment at which a one-op 1x1 conv still runs blocked (NCHWc).
+
+        onnxruntime pads channel counts up to the block, so on recent versions a conv whose input
+        width is a multiple of half the block is blocked too (12 channels with block 8). Probed at
+        widths ``block + block/2``, ``block + block/4`` and ``block + 1``; ``None`` when only
+        multiples of the block are.
+        """
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        def blocked(c: int) -> bool:
+            w = numpy_helper.from_array(np.zeros((8, c, 1, 1), np.float32), "w")
+            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])
+            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])
+            graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            model.ir_version = 9
+            ort = self._ort
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            with tempfile.TemporaryDirectory(prefix="edgetrim-ort-") as tmp:
+                so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+                ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+                nodes = onnx.load(so.optimized_model_filepath).graph.node
+            return any(n.domain == "com.microsoft.nchwc" for n in nodes)
+
+        found = None
+        for align in (block // 2, block // 4, 1):
+            if align < 1 or not blocked(block + align):
+                break
+            found = align
+        return found
+
     def table_meta(self, timing: TimingConfig) -> dict[str, Any]:
         """Runtime facts the predictor needs: per-node dispatch cost and the NCHWc block size."""
         meta: dict[str, Any] = {
@@ -253,6 +288,9 @@ class OrtTarget(LocalTarget):
         block = self.nchwc_block()
         if block:
             meta["ort_nchwc_block"] = block
+            align = self.nchwc_conv_alignment(block)
+            if align:
+                meta["ort_nchwc_conv_alignment"] = align
         return meta
 
     def measure_model(
