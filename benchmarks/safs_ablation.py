@@ -9,8 +9,9 @@ max per arm, and every per-seed value).
 Reference (SAFS paper, LeNet-5 / MNIST, 99%): ReLU 46.69, stage 1 61.63, stage 2 60.2, SAFS 62.22.
 
 Budgets are the paper's shape scaled to one CPU core (the paper: 20 LAHC evaluations of 80 epochs, 20
-SMAC trials x 3 folds, 200-epoch final training): by default 12 stage-1 evaluations of 15 epochs, 6
-HPO trials x 2 folds x 20 epochs, 40-epoch final fine-tune for every arm. The "stage1" and "safs"
+SMAC trials x 3 folds, 200-epoch final training): by default 10 stage-1 evaluations of 10 epochs, 5
+HPO trials x 2 folds x 15 epochs, 40-epoch final fine-tune for every arm (about 30 minutes on one
+shared core). The "stage1" and "safs"
 arms run the same seeded stage-1 search; the second replays the first's memo.
 
     .venv/bin/python benchmarks/safs_ablation.py            # 3 seeds, 99% ablation + 90/95/99% sweep
@@ -70,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=16, help="digits upsampled to S x S (LeNet-5 input)")
     ap.add_argument("--dense-epochs", type=int, default=20)
     ap.add_argument("--finetune-epochs", type=int, default=40, help="final fine-tune of every arm")
-    ap.add_argument("--stage1-evals", type=int, default=12)
-    ap.add_argument("--stage1-epochs", type=int, default=15, help="low-fidelity fine-tune per candidate")
-    ap.add_argument("--stage2-trials", type=int, default=6)
-    ap.add_argument("--stage2-epochs", type=int, default=20, help="per HPO trial and fold")
+    ap.add_argument("--stage1-evals", type=int, default=10)
+    ap.add_argument("--stage1-epochs", type=int, default=10, help="low-fidelity fine-tune per candidate")
+    ap.add_argument("--stage2-trials", type=int, default=5)
+    ap.add_argument("--stage2-epochs", type=int, default=15, help="per HPO trial and fold")
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--sparsity", type=float, default=0.99)
     ap.add_argument("--scope", default="layer", help="layer (SAFS reference) or global magnitude pruning")
@@ -110,6 +111,58 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     start = time.perf_counter()
     ratios = sorted({args.sparsity, *(float(r) for r in args.sweep.split(",") if r)})
+
+    def write(seeds_done: int) -> tuple[dict[str, object], dict[str, object]]:
+        """Summarise the rows so far and write the JSON (after every seed: a cut-off run keeps them)."""
+
+        def acc(ratio: float, arm: str) -> list[float]:
+            return [
+                100 * float(r["test_accuracy"]) for r in rows if r["sparsity"] == ratio and r["arm"] == arm
+            ]
+
+        ablation = {arm: _stats(acc(args.sparsity, arm)) for arm in ARMS}
+        ablation["dense"] = _stats(
+            sorted(
+                {
+                    100 * float(r["dense_accuracy"])
+                    for r in rows
+                    if r["arm"] == "relu" and r["sparsity"] == args.sparsity
+                }
+            )
+        )
+        sweep = {}
+        for ratio in ratios:
+            gains = [s - r for s, r in zip(acc(ratio, "safs"), acc(ratio, "relu"), strict=True)]
+            sweep[str(ratio)] = {
+                "relu": _stats(acc(ratio, "relu")),
+                "safs": _stats(acc(ratio, "safs")),
+                "gain": _stats(gains),
+            }
+        result = {
+            "benchmark": "safs_ablation",
+            "model": f"lenet5 (digits {args.image_size}x{args.image_size})",
+            "pruning": f"one-shot {args.scope} magnitude (every conv/linear weight; layer-wise is the SAFS reference code's)",
+            "metric": "test accuracy %, digits held-out split (never seen by search or HPO)",
+            "args": vars(args) | {"out": str(args.out)},
+            "ablation_at_sparsity": args.sparsity,
+            "ablation": ablation,
+            "sweep": sweep,
+            "paper_lenet5_mnist_99": PAPER_LENET_MNIST_99,
+            "paper_vgg16_cifar10_sweep_gain": PAPER_VGG_SWEEP_GAIN,
+            "seeds_completed": seeds_done,
+            "rows": rows,
+            "seconds": time.perf_counter() - start,
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "torch": torch.__version__,
+            },
+            "git_sha": _git_sha(),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, result)
+        return ablation, sweep
+
     tmp = tempfile.mkdtemp(prefix="safs_ablation_")
     for seed in range(args.seeds):
         torch.manual_seed(seed)
@@ -162,52 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     file=sys.stderr,
                 )
+        write(seed + 1)
 
     shutil.rmtree(tmp, ignore_errors=True)
-
-    def acc(ratio: float, arm: str) -> list[float]:
-        return [100 * float(r["test_accuracy"]) for r in rows if r["sparsity"] == ratio and r["arm"] == arm]
-
-    ablation = {arm: _stats(acc(args.sparsity, arm)) for arm in ARMS}
-    ablation["dense"] = _stats(
-        sorted(
-            {
-                100 * float(r["dense_accuracy"])
-                for r in rows
-                if r["arm"] == "relu" and r["sparsity"] == args.sparsity
-            }
-        )
-    )
-    sweep = {}
-    for ratio in ratios:
-        gains = [s - r for s, r in zip(acc(ratio, "safs"), acc(ratio, "relu"), strict=True)]
-        sweep[str(ratio)] = {
-            "relu": _stats(acc(ratio, "relu")),
-            "safs": _stats(acc(ratio, "safs")),
-            "gain": _stats(gains),
-        }
-    result = {
-        "benchmark": "safs_ablation",
-        "model": f"lenet5 (digits {args.image_size}x{args.image_size})",
-        "pruning": f"one-shot {args.scope} magnitude (every conv/linear weight; layer-wise is the SAFS reference code's)",
-        "metric": "test accuracy %, digits held-out split (never seen by search or HPO)",
-        "args": vars(args) | {"out": str(args.out)},
-        "ablation_at_sparsity": args.sparsity,
-        "ablation": ablation,
-        "sweep": sweep,
-        "paper_lenet5_mnist_99": PAPER_LENET_MNIST_99,
-        "paper_vgg16_cifar10_sweep_gain": PAPER_VGG_SWEEP_GAIN,
-        "rows": rows,
-        "seconds": time.perf_counter() - start,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-        },
-        "git_sha": _git_sha(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, result)
+    ablation, sweep = write(args.seeds)
     print(json.dumps({k: round(v["mean"], 2) for k, v in ablation.items()}), file=sys.stderr)
     print(json.dumps({k: round(v["gain"]["mean"], 2) for k, v in sweep.items()}), file=sys.stderr)
     return 0
