@@ -5,6 +5,9 @@ Stages (one function each below):
 1. re-parameterise: low-rank factorisation (SVD), channel/head gates per coupled group, bit gates;
 2. bind the model to its latency / FLOPs terms once (:mod:`edgetrim.compress.latency_model`);
 3. train with ``lambda * R`` + projection, lambda by dual ascent on the budget (:mod:`.train`);
+   with a ``measure_fn`` the dual ascent's table-scale target is calibrated on the target (the
+   structure the final step would build from the gates, before training and after each penalised
+   epoch but the last, measured: ``budget_ms x predicted / measured``);
 4. choose the final widths with the real table: fast side of every step, then fit the budget
    (:mod:`.widths`); check the materialised model's predicted latency, tighten if needed;
 5. with a ``measure_fn``: measure the materialised model on the target and, while it is over the
@@ -17,10 +20,12 @@ whole model can run faster or slower than the sum (and not by one factor: on ort
 and a pruned one can be mispredicted differently). When ``measure_fn(model, example_inputs) -> ms``
 is given with a ``budget_ms``, the materialised model is measured; the internal (table-scale) budget
 then becomes ``0.98 x budget_ms x predicted / measured`` (tighter when it measured over the budget,
-looser when it measured well under) and the width fit is redone from the fast-side widths that
-training asked for, at most ``config.measure_steps`` times. It stops once a model measures within
-``[0.95, 1] x budget_ms`` or the widths stop changing; the widest structure that measured within the
-budget is kept (else the last one, with a warning). Latency does not depend on weight values, so this
+looser when it measured well under; when that would rebuild a structure at least as wide as one
+that already measured over, the midpoint between the widest within and the narrowest over) and the
+width fit is redone from the fast-side widths that training asked for, at most
+``config.measure_steps`` times. It stops once a model measures within
+``[0.95, 1 + config.measure_tolerance] x budget_ms`` or the widths stop changing; the widest
+structure that measured within the budget is kept (else the last one, with a warning). Latency does not depend on weight values, so this
 runs before the fine-tune, which then trains the final structure once. The report holds what was asked
 (``budget_ms``), the internal budget, predicted and measured latency, and every measurement round.
 ``compress`` never imports the profiler: the caller builds ``measure_fn`` (the CLI from
@@ -39,6 +44,7 @@ import copy
 import dataclasses
 import io
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +114,7 @@ class CompressionReport:
     measured_ms: float | None = None  # the final model on the target (with a measure_fn)
     internal_budget_ms: float | None = None  # the table-scale budget the final fit met
     measure_rounds: list[dict[str, Any]] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # training-target calibrations
 
     def to_info(self) -> dict[str, Any]:
         """The ``run.json`` dict for :func:`edgetrim.compress.run_folder.save_run` (kind="compress")."""
@@ -365,11 +372,62 @@ def compress(
         dense_cost=dense_cost,
         cost_fn=cost_fn,
         budget=budget,
+        soft_cost_fn=cost.soft_flops if config.budget_flops is not None else cost.soft_ms,
     )
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    resumed = False
     if resume and ckpt is not None and ckpt.is_file():
         trainer.load_checkpoint(ckpt)
+        resumed = True
         logger.info("resumed from %s after epoch %d", ckpt, trainer.state.epoch)
+
+    def check_ms(small: nn.Module, widths: Sequence[int]) -> float:
+        """The real table's prediction for the materialised model itself (re-extracted)."""
+        try:
+            return model_latency_ms(table, extract(small, example))
+        except UncoveredOpError:
+            # an attention op whose context changes with the head count: priced by the bound model
+            logger.info("materialised model has a context outside the table; using the bound prediction")
+            return cost.hard_ms(widths) + offset
+
+    # Calibrate the training target on the target itself: the dual ascent drives the *table's*
+    # latency to ``budget_ms x predicted / measured`` of the structure the final step would build
+    # from the current gates (before training, then after every penalised epoch but the last): the
+    # table can mispredict a pruned model by another factor than the dense one, so the probe is a
+    # model near the budget, not the dense model. Training then prunes to what the target needs.
+    calibrate = bool(measure_fn is not None and config.budget_ms is not None and config.calibrate and groups)
+    calibration: list[dict[str, Any]] = []
+
+    def recalibrate(small: nn.Module, pred_ms: float, widths: Sequence[int], epoch: int) -> None:
+        assert measure_fn is not None and config.budget_ms is not None and budget is not None
+        meas = float(measure_fn(small, example))
+        internal = max(config.budget_ms * pred_ms / meas, floor + offset)
+        trainer.budget = internal - offset
+        calibration.append(
+            {"after_epoch": epoch, "predicted_ms": pred_ms, "measured_ms": meas,
+             "internal_budget_ms": internal, "widths": list(widths)}
+        )  # fmt: skip
+        logger.info(
+            "calibration after epoch %d: predicted %.4f ms, measured %.4f ms -> internal budget %.4f ms",
+            epoch, pred_ms, meas, internal,
+        )  # fmt: skip
+
+    def probe_and_recalibrate(epoch: int) -> None:
+        """Measure the structure the final step would build now (the gates' fast-side widths fitted
+        to the current internal budget) and re-scale the internal budget by its predicted/measured."""
+        start = fast_side_widths(gates.widths(), units, sizes, partial, min_widths=min_widths, align=align)
+        try:
+            now = fit_budget(
+                start, units, _importance(gates, work), partial, cost.hard_ms, trainer.budget,
+                min_widths=min_widths, align=align,
+            )  # fmt: skip
+        except BudgetError:
+            return
+        probe = gates.materialize(example, widths=now, prepare=_strip_quant)
+        recalibrate(probe, check_ms(probe, now), now, epoch)
+
+    if calibrate and not resumed:
+        probe_and_recalibrate(0)
     while trainer.state.epoch < config.epochs:
         stats = trainer.run_epoch(train_loader, example[0])
         widths = gates.widths()
@@ -382,6 +440,9 @@ def compress(
             "widths": widths,
             "bits": {n: q.bits() for n, q in quants.items()},
         }
+        if calibrate and trainer.state.epoch + 1 < config.epochs:
+            probe_and_recalibrate(trainer.state.epoch + 1)
+            row["calibration"] = calibration[-1]
         trainer.state.history.append(row)
         trainer.state.epoch += 1
         if ckpt is not None:
@@ -395,6 +456,7 @@ def compress(
     masked_accuracy = evaluate_accuracy(work, val_loader)
 
     # 4. final widths with the real table
+    budget = trainer.budget  # calibrated on the target when a measure_fn was given
     requested = gates.widths()
     final = (
         fast_side_widths(requested, units, sizes, partial, min_widths=min_widths, align=align)
@@ -413,22 +475,14 @@ def compress(
     # materialise and check the real prediction
     small = gates.materialize(example, widths=final, prepare=_strip_quant) if groups else _plain_copy(work)
 
-    def check_ms(small: nn.Module) -> float:
-        """The real table's prediction for the materialised model itself (re-extracted)."""
-        try:
-            return model_latency_ms(table, extract(small, example))
-        except UncoveredOpError:
-            # an attention op whose context changes with the head count: priced by the bound model
-            logger.info("materialised model has a context outside the table; using the bound prediction")
-            return cost.hard_ms(final) + offset
-
-    ms_budget = config.budget_ms  # internal budget on the whole-model prediction's scale
+    # internal budget on the whole-model prediction's scale
+    ms_budget = budget + offset if config.budget_ms is not None and budget is not None else None
 
     def meet_predicted(
         final: list[int], small: nn.Module, ms_budget: float
     ) -> tuple[list[int], nn.Module, float]:
         """Shrink until the materialised model's own prediction is within ``ms_budget``."""
-        predicted_ms = check_ms(small)
+        predicted_ms = check_ms(small, final)
         tighten = 0
         while predicted_ms > ms_budget + 1e-9 and groups and tighten < 20:
             # The bound terms and the extracted model disagree (should not happen): shrink and re-check.
@@ -445,7 +499,7 @@ def compress(
                 align=align,
             )
             small = gates.materialize(example, widths=final, prepare=_strip_quant)
-            predicted_ms = check_ms(small)
+            predicted_ms = check_ms(small, final)
         if predicted_ms > ms_budget + 1e-9:
             raise BudgetError(
                 f"could not bring the predicted latency {predicted_ms:.4g} ms under the budget {ms_budget:.4g} ms"
@@ -455,18 +509,20 @@ def compress(
     if ms_budget is not None:
         final, small, predicted_ms = meet_predicted(final, small, ms_budget)
     else:
-        predicted_ms = check_ms(small)
+        predicted_ms = check_ms(small, final)
 
     # 5. close the loop on the target: measure, re-scale the internal budget, redo the width fit
     measured_ms: float | None = None
     rounds: list[dict[str, Any]] = []
     if measure_fn is not None and config.budget_ms is not None and ms_budget is not None:
+        accept = config.budget_ms * (1.0 + config.measure_tolerance)  # measurement noise allowance
         start = (
             fast_side_widths(requested, units, sizes, partial, min_widths=min_widths, align=align)
             if groups
             else []
         )
         best: tuple[list[int], nn.Module, float, float, float] | None = None  # widest within budget
+        over = math.inf  # lowest prediction that measured over the budget
         last = (final, small, predicted_ms, 0.0, ms_budget)
         for step in range(config.measure_steps + 1):
             m_ms = float(measure_fn(small, example))
@@ -479,15 +535,21 @@ def compress(
                 "round %d: internal budget %.4f ms, predicted %.4f ms, measured %.4f ms (budget %.4f ms)",
                 step, ms_budget, predicted_ms, m_ms, config.budget_ms,
             )  # fmt: skip
-            if m_ms <= config.budget_ms and (best is None or predicted_ms > best[2]):
+            if m_ms <= accept and (best is None or predicted_ms > best[2]):
                 best = last
             if not groups or step == config.measure_steps:
                 break
-            if CLOSE_ENOUGH * config.budget_ms <= m_ms <= config.budget_ms:
+            if CLOSE_ENOUGH * config.budget_ms <= m_ms <= accept:
                 break
+            if m_ms > accept:
+                over = min(over, predicted_ms)
             new_budget = MARGIN * config.budget_ms * predicted_ms / m_ms
-            if m_ms <= config.budget_ms and best is not None:
+            if m_ms <= accept and best is not None:
                 new_budget = max(new_budget, best[2] * 1.0001)  # only try wider than the best so far
+            if best is not None and new_budget >= over:
+                # the re-scaled budget would rebuild a structure that already measured over: try
+                # between the widest within budget and the narrowest over it (bisect on the table)
+                new_budget = 0.5 * (best[2] + over)
             try:
                 new_final = fit_budget(
                     start, units, _importance(gates, work), partial, cost.hard_ms, new_budget - offset,
@@ -549,6 +611,7 @@ def compress(
         measured_ms=measured_ms,
         internal_budget_ms=ms_budget,
         measure_rounds=rounds,
+        calibration=calibration,
     )
     return CompressionResult(model=small, example_inputs=example, report=report, quantized=records)
 

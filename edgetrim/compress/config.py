@@ -51,6 +51,14 @@ class CompressConfig:
         measure_steps: with a ``measure_fn`` (see :func:`edgetrim.compress.api.compress`), how many times
             the final width step may be redone with a tighter internal budget when the materialised
             model measures over the budget.
+        measure_tolerance: a model measuring up to ``(1 + measure_tolerance) x budget_ms`` counts as
+            within the budget in the measured loop (the noise of the measurement; 0: strict).
+        dual_signal: what the dual ascent compares with its target: ``"soft"`` the cost at the l1/l2
+            soft widths (smooth, follows the masks as they spread), ``"hard"`` the real table at the
+            non-zero gates (moves only when gates reach exact zeros).
+        calibrate: with a ``measure_fn`` and ``budget_ms``, measure the dense model before training
+            and the model at the gates' widths after every penalised epoch but the last, and set the
+            dual ascent's (table-scale) target to ``budget_ms x predicted / measured``.
         lambda_init: starting lambda in budget mode.
         bits_lambda: weight of the weight-storage penalty (bits / dense 16-bit bits) with ``quant``.
         sparse_lambda: weight of the l1/l2 weight penalty with ``sparse``.
@@ -74,6 +82,9 @@ class CompressConfig:
     dual_lr: float = 0.5
     budget_ramp: float = 0.75
     measure_steps: int = 3
+    calibrate: bool = True
+    measure_tolerance: float = 0.0
+    dual_signal: str = "soft"
     lambda_init: float = 0.0
     bits_lambda: float = 0.0
     sparse_lambda: float = 0.0
@@ -117,6 +128,10 @@ class CompressConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.budget_ramp <= 1.0:
             raise ValueError(f"budget_ramp must be in (0, 1], got {self.budget_ramp}")
+        if self.dual_signal not in ("soft", "hard"):
+            raise ValueError(f"dual_signal must be 'soft' or 'hard', got {self.dual_signal!r}")
+        if not 0.0 <= self.measure_tolerance < 0.5:
+            raise ValueError(f"measure_tolerance must be in [0, 0.5), got {self.measure_tolerance}")
         if self.measure_steps < 0:
             raise ValueError(f"measure_steps must be >= 0, got {self.measure_steps}")
         if self.align is not None and self.align < 1:

@@ -6,8 +6,12 @@ One batch::
     opt.step(); alpha <- max(0, alpha)            # exact zeros, no threshold
     lambda <- max(0, lambda + dual_lr * (cost(hard widths) / target(t) - 1))   # budget mode only
 
-The dual step uses the *real* table at the current integer widths (non-zero gates), so lambda stops
-growing as soon as the pruned structure fits; the surrogate only supplies gradients. ``target(t)``
+The dual step reads the cost at the soft widths (``config.dual_signal="soft"``, default: the table's
+envelope at the l1/l2 counts, or Eq. 4 for FLOPs): the l1/l2 count falls smoothly as the masks spread,
+while exact zeros appear late (at uniform masks the surrogate's gradient is zero), so a dual step on
+the non-zero count (``"hard"``: the real table at the current integer widths) keeps raising lambda
+through the first epochs and then prunes far past the target in a burst. Whatever the gates ask for
+at the end, the final widths are fitted to the budget on the real table. ``target(t)``
 moves linearly from the dense cost to the budget over the first ``budget_ramp`` share of the
 penalised epochs (gradual pruning: the weights adapt while channels go, instead of lambda jumping
 to prune everything in the first batches), then stays at the budget.
@@ -78,6 +82,9 @@ class PenaltyTrainer:
         dense_cost: cost of the dense model in the budget's unit (ms or FLOPs) for normalisation.
         cost_fn: the real cost at integer widths (what the budget is checked against).
         budget: the budget in the same unit, or None in fixed-lambda mode.
+        soft_cost_fn: the budget's cost at soft widths (the table's envelope for ms, Eq. 4 for FLOPs);
+            with ``config.dual_signal == "soft"`` the dual ascent reads it (shifted to equal
+            ``dense_cost`` at the dense widths) instead of ``cost_fn`` at the non-zero gates.
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class PenaltyTrainer:
         dense_cost: float,
         cost_fn: Callable[[Sequence[int]], float],
         budget: float | None,
+        soft_cost_fn: Callable[[Sequence[Tensor]], Tensor] | None = None,
     ) -> None:
         self.model, self.gates, self.quants, self.cost, self.config = model, gates, quants, cost, config
         self.dense_widths = list(dense_widths)
@@ -103,6 +111,10 @@ class PenaltyTrainer:
         dense_counts = [torch.tensor(float(w)) for w in self.dense_widths]
         with torch.no_grad():
             self.dense_soft = float(self._soft_cost(dense_counts)) or 1.0
+        self.soft_cost_fn = soft_cost_fn if config.dual_signal == "soft" else None
+        if self.soft_cost_fn is not None:
+            with torch.no_grad():
+                self._soft_shift = dense_cost - float(self.soft_cost_fn(dense_counts))
         gate_params = list(gates.parameters()) + [q.gates for q in quants.values()]
         gate_ids = {id(p) for p in gate_params}
         weights = [p for p in model.parameters() if id(p) not in gate_ids]
@@ -142,6 +154,14 @@ class PenaltyTrainer:
         """Mean over layers of ``s(vec W) / numel``: the l1/l2 estimate of the kept weight fraction."""
         terms = [soft_count(m.weight.flatten()) / m.weight.numel() for m in self._sparse_layers]
         return torch.stack(terms).mean() if terms else torch.zeros(())
+
+    def dual_cost(self) -> float:
+        """The cost the dual ascent compares with its target (see ``config.dual_signal``)."""
+        if self.soft_cost_fn is None:
+            return self.cost_fn(self.gates.widths())
+        with torch.no_grad():
+            counts = [c.detach() for c in self.soft_counts()]
+            return float(self.soft_cost_fn(counts)) + self._soft_shift
 
     # ---- one epoch -------------------------------------------------------------------------------
     def target_at(self, progress: float) -> float:
@@ -192,7 +212,7 @@ class PenaltyTrainer:
             if self.budget is not None:
                 done = (n + 1) / num_batches if num_batches else 1.0
                 target = self.target_at(self.state.epoch + done)
-                violation = self.cost_fn(self.gates.widths()) / target - 1.0
+                violation = self.dual_cost() / target - 1.0
                 self.state.lam = max(0.0, self.state.lam + cfg.dual_lr * violation)
             sums["loss"] += float(loss.detach())
             sums["ce"] += float(ce.detach())
@@ -218,6 +238,7 @@ class PenaltyTrainer:
                 "gates": self.gates.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "lam": self.state.lam,
+                "budget": self.budget,
                 "epoch": self.state.epoch,
                 "history": self.state.history,
             },
@@ -239,5 +260,7 @@ class PenaltyTrainer:
         self.state = TrainState(
             lam=float(ckpt["lam"]), epoch=int(ckpt["epoch"]), history=list(ckpt["history"])
         )
+        if ckpt.get("budget") is not None and self.budget is not None:
+            self.budget = float(ckpt["budget"])  # the target as calibrated on the device so far
         if not math.isfinite(self.state.lam):
             raise EdgetrimError(f"cannot resume from {path}: lambda is not finite")

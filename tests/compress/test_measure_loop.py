@@ -37,6 +37,7 @@ def test_a_target_slower_than_the_table_for_pruned_models_is_refit_until_it_meas
 ) -> None:
     # The real targets cannot be made to disagree with a table on demand, so this target is a
     # deterministic function: the dense model runs as the table says, every pruned model 1.15x slower.
+    # (Without the training-target calibration, which would find the 1.15 before the final fit.)
     model, example, train, val, table = setup
     dense_params = sum(p.numel() for p in model.parameters())
     calls = []
@@ -53,7 +54,7 @@ def test_a_target_slower_than_the_table_for_pruned_models_is_refit_until_it_meas
     budget = 1.25 * floor_ms  # room for one tightening by 1.15 above the smallest reachable
     assert budget < dense_ms
     result = compress(
-        model, example, _config(budget_ms=budget), table=table, train_loader=train, val_loader=val,
+        model, example, _config(budget_ms=budget, calibrate=False), table=table, train_loader=train, val_loader=val,
         measure_fn=measure,
     )  # fmt: skip
     rep = result.report
@@ -89,8 +90,10 @@ def test_real_ort_cpu_measure_fn_rescales_the_internal_budget_and_reports_measur
         val_loader=val, measure_fn=measure,
     )  # fmt: skip
     rep = result.report
-    # the first fit aims at the budget as asked (table scale); later ones at budget x predicted / measured
-    assert rep.measure_rounds[0]["internal_budget_ms"] == budget
+    # the first fit aims at the calibrated training target; later ones at budget x predicted / measured
+    assert rep.measure_rounds[0]["internal_budget_ms"] == pytest.approx(
+        rep.calibration[-1]["internal_budget_ms"], rel=1e-12
+    )
     for a, b in zip(rep.measure_rounds, rep.measure_rounds[1:]):
         assert b["internal_budget_ms"] == pytest.approx(
             0.98 * budget * a["predicted_ms"] / a["measured_ms"], rel=1e-9
@@ -99,3 +102,58 @@ def test_real_ort_cpu_measure_fn_rescales_the_internal_budget_and_reports_measur
     assert rep.measured_ms is not None and math.isfinite(rep.measured_ms) and rep.measured_ms > 0
     assert rep.predicted_ms <= rep.internal_budget_ms + 1e-12
     assert rep.to_info()["measured_ms"] == rep.measured_ms
+
+
+@pytest.mark.parametrize("speed", [0.85, 1.3])
+def test_training_target_is_calibrated_on_the_target(setup, speed) -> None:
+    # A target uniformly `speed` x the table: calibration sets the dual ascent's target to budget / speed
+    # (before training, then after every penalised epoch but the last), so the first fit already
+    # measures within budget, and on a faster target the table-scale budget is looser than the one asked.
+    model, example, train, val, table = setup
+
+    def measure(m, x) -> float:
+        return speed * model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+
+    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    budget = 0.8 * dense_ms * speed if speed > 1 else 0.75 * dense_ms  # internal 0.8 / 0.88 x dense
+    result = compress(
+        model, example, _config(budget_ms=budget, epochs=3), table=table, train_loader=train,
+        val_loader=val, measure_fn=measure,
+    )  # fmt: skip
+    rep = result.report
+    cal = rep.calibration
+    assert [c["after_epoch"] for c in cal] == [0, 1, 2]
+    # the probes are structures fitted near the budget (the first: before training, on the budget as
+    # asked), not the dense model, whose misprediction can differ from a pruned one's
+    assert cal[0]["predicted_ms"] <= budget * (1 + 1e-9)
+    assert all(c["widths"] != list(rep.widths_before.values()) for c in cal[1:])
+    for c in cal:
+        assert c["internal_budget_ms"] == pytest.approx(budget / speed, rel=1e-9)
+    assert rep.measure_rounds[0]["measured_ms"] <= budget * (1 + 1e-9)
+    assert rep.measured_ms is not None and rep.measured_ms <= budget * (1 + 1e-9)
+    assert rep.predicted_ms <= budget / speed * (1 + 1e-9)
+    if speed < 1:
+        assert rep.internal_budget_ms > budget  # the table's budget is looser than the one asked
+    assert [h.get("calibration") for h in rep.history[:2]] == cal[1:]
+
+
+def test_no_calibration_without_measure_fn_or_when_off(setup) -> None:
+    model, example, train, val, table = setup
+    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    rep = compress(
+        model, example, _config(budget_ms=0.8 * dense_ms, epochs=1), table=table, train_loader=train,
+        val_loader=val,
+    ).report  # fmt: skip
+    assert rep.calibration == [] and rep.measure_rounds == []
+    calls = []
+
+    def measure(m, x) -> float:
+        calls.append(1)
+        return model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+
+    rep = compress(
+        model, example, _config(budget_ms=0.8 * dense_ms, epochs=1, calibrate=False), table=table,
+        train_loader=train, val_loader=val, measure_fn=measure,
+    ).report  # fmt: skip
+    assert rep.calibration == [] and len(calls) == len(rep.measure_rounds) >= 1
+    assert rep.measure_rounds[0]["internal_budget_ms"] == pytest.approx(0.8 * dense_ms)

@@ -1,0 +1,57 @@
+"""What the dual ascent on lambda reads: the cost at the soft (l1/l2) widths, or at the non-zero gates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgetrim.compress.config import CompressConfig
+from edgetrim.compress.gates import ChannelGates
+from edgetrim.compress.graph import find_channel_groups
+from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, default_extractor
+from edgetrim.compress.train import PenaltyTrainer
+from edgetrim.examples.models import mlp
+
+
+def _trainer(make_table, signal: str) -> tuple[PenaltyTrainer, float]:
+    torch.manual_seed(0)
+    model, example = mlp(widths=(40, 24))
+    extract = default_extractor("onnxruntime")
+    groups = find_channel_groups(model, example)
+    table = make_table(extract(model, example))
+    cost = LatencyModel(
+        table, bind_layer_terms(model, example, groups, extract=extract), [g.unit for g in groups]
+    )
+    sizes = [g.size for g in groups]
+    dense = cost.hard_ms(sizes)
+    gates = ChannelGates(model, groups)
+    cfg = CompressConfig(budget_ms=0.5 * dense, dual_signal=signal)
+    trainer = PenaltyTrainer(
+        model, gates, {}, cost, cfg, dense_widths=sizes, dense_cost=dense, cost_fn=cost.hard_ms,
+        budget=0.5 * dense, soft_cost_fn=cost.soft_ms,
+    )  # fmt: skip
+    return trainer, dense
+
+
+def test_soft_signal_follows_spreading_masks_before_any_gate_is_zero(make_table) -> None:
+    soft, dense = _trainer(make_table, "soft")
+    hard, _ = _trainer(make_table, "hard")
+    assert soft.dual_cost() == pytest.approx(dense, rel=1e-6)  # uniform masks: the dense cost
+    assert hard.dual_cost() == pytest.approx(dense, rel=1e-12)
+    for t in (soft, hard):  # half of every group's masks shrink to 1e-3: no exact zero yet
+        with torch.no_grad():
+            for a in t.gates.alphas:
+                a[: a.numel() // 2] = 1e-3
+    assert hard.dual_cost() == pytest.approx(dense, rel=1e-12)  # the non-zero count has not moved
+    assert soft.dual_cost() < 0.97 * dense  # the l1/l2 count has (to d / sqrt 2 here)
+    for t in (soft, hard):  # the same halves at exactly zero: both see the cut
+        with torch.no_grad():
+            for a in t.gates.alphas:
+                a[: a.numel() // 2] = 0.0
+    assert hard.dual_cost() < 0.85 * dense
+    assert soft.dual_cost() == pytest.approx(hard.dual_cost(), rel=0.25)
+
+
+def test_dual_signal_is_validated() -> None:
+    with pytest.raises(ValueError, match="dual_signal"):
+        CompressConfig(budget_ms=1.0, dual_signal="median")
