@@ -6,8 +6,9 @@ microseconds, well above the measurement noise) and each budget fraction ``f``, 
 One process runs:
 
 * ``ours``: ``compress`` with the latency regulariser (Eq. 6), widths chosen on the real table and the
-  measured loop (``measure_fn``: dense-calibrated budget, re-fit while the small model measures over);
-* ``flops_reg``: the same loop with the FLOPs regulariser (Eq. 4), the same final table fit and loop;
+  measured loop (``measure_fn``: the training target calibrated on the target, the dense model before
+  training and the gated model after every penalised epoch; re-fit while the small model measures over);
+* ``flops_reg``: the same run with the FLOPs regulariser (Eq. 4): same calibration, final fit and loop;
 * ``uniform``: every group scaled by one factor (largest that the table says fits), magnitude order;
 * ``tp_magnitude`` / ``tp_magnitude_r8``: Torch-Pruning L2 magnitude channel pruning (classifier kept),
   without / with rounding widths to 8, global ratio bisected until the table says it fits.
@@ -21,11 +22,16 @@ materialised models of one network (dense included) are exported once and measur
 of the round medians), so machine load drifts hit every model alike. ``measure_fn`` inside
 ``compress`` measures the candidate interleaved with the dense model and scales the median ratio
 by the dense reference. Accuracy, predicted and measured latency, and ``measured <= 1.10 x budget``
-are reported. The table is profiled once per model on
+are reported per seed (``--seeds``: ours / flops_reg run ``compress`` once per seed; a baseline's
+structure is seed-free and is fine-tuned once per seed) and summarised over seeds (mean, std, range).
+``comparison`` puts every baseline next to ours at equal *measured* latency (ours interpolated between
+its budgets) and gives the measured latency ours needs to reach each FLOPs-regularised point's
+accuracy (see :func:`compare`). Models are exported with the TorchScript exporter (``--exporter``). The table is profiled once per model on
 ort-cpu (cached under benchmarks/results/, resumable). Writes benchmarks/results/compress_vs_baselines.json.
 
     .venv/bin/python benchmarks/compress_vs_baselines.py [--models mobilenetv3_small,resnet_small]
         [--fractions 0.7,0.5,0.35] [--epochs 4] [--finetune-epochs 2] [--image-size 16] [--rounds 9]
+        [--seeds 0,1,2] [--quick]
 """
 
 from __future__ import annotations
@@ -81,8 +87,9 @@ def _summary(xs: list[float]) -> dict:
 class Meter:
     """Exports models once to ONNX and times their ort-cpu sessions interleaved in rounds."""
 
-    def __init__(self, target, rounds: int) -> None:
+    def __init__(self, target, rounds: int, exporter: str = "torchscript") -> None:
         self.target = target
+        self.exporter = exporter
         self.rounds = rounds
         self.timing = TimingConfig(warmup=20, min_runs=60, max_runs=200, rel_ci=0.01, time_cap_s=0.05)
         self.tmp = Path(tempfile.mkdtemp(prefix="cvb_"))
@@ -91,7 +98,14 @@ class Meter:
     def session(self, model: nn.Module, example):
         self.n += 1
         path = self.tmp / f"m{self.n}.onnx"
-        export_onnx_for_timing(copy.deepcopy(model).eval(), tuple(example), path)
+        module = copy.deepcopy(model).eval()
+        if self.exporter == "torchscript":
+            # ~0.3 s per model against ~3-10 s for the dynamo exporter (hundreds of exports per run);
+            # every model of the run, dense included, goes through the same exporter
+            with torch.no_grad():
+                torch.onnx.export(module, tuple(example), str(path), dynamo=False, opset_version=17)
+        else:
+            export_onnx_for_timing(module, tuple(example), path)
         return self.target.session(path)
 
     def interleaved(self, sessions: dict[str, object]) -> dict[str, dict]:
@@ -131,13 +145,14 @@ class Meter:
         return measure
 
 
-def closed_loop(make_at, predict, measure, budget: float, steps: int = 3):
+def closed_loop(make_at, predict, measure, budget: float, steps: int = 3, tol: float = 0.0):
     """The measured loop of ``compress`` for a baseline: ``make_at(table_budget) -> model``.
 
     Returns ``(model, internal_budget, rounds)``: the widest model (highest prediction) that measured
-    within ``budget``, else the last one.
+    within ``budget``, else the last one. Like ``compress``, a re-scaled budget at or above a
+    prediction that already measured over is replaced by the midpoint between within and over.
     """
-    internal, best, last, rounds = budget, None, None, []
+    internal, best, last, rounds, over = budget, None, None, [], math.inf
     for step in range(steps + 1):
         try:
             m = make_at(internal)
@@ -148,11 +163,15 @@ def closed_loop(make_at, predict, measure, budget: float, steps: int = 3):
         pred, ms = predict(m), measure(m)
         rounds.append({"internal_budget_ms": internal, "predicted_ms": pred, "measured_ms": ms})
         last = (m, internal, pred, ms)
-        if ms <= budget and (best is None or pred > best[2]):
+        if ms <= budget * (1 + tol) and (best is None or pred > best[2]):
             best = last
-        if step == steps or 0.95 * budget <= ms <= budget:
+        if step == steps or 0.95 * budget <= ms <= budget * (1 + tol):
             break
+        if ms > budget * (1 + tol):
+            over = min(over, pred)
         internal = 0.98 * budget * pred / ms
+        if best is not None and internal >= over:  # as compress does: bisect between within and over
+            internal = 0.5 * (best[2] + over)
     m, internal, _, _ = best if best is not None else last
     return m, internal, rounds
 
@@ -195,6 +214,127 @@ def tp_model(model, example, ratio: float, round_to: int | None) -> nn.Module:
     return m
 
 
+NOISY = ("measure_rounds", "calibration", "widths_requested")
+BASELINES = ("flops_reg", "uniform", "tp_magnitude", "tp_magnitude_r8")
+
+
+def _key(row: dict) -> str:
+    return f"{row['fraction']}/{row['method']}/{row.get('seed')}"
+
+
+def _spread(xs: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "min": min(xs), "max": max(xs), "n": len(xs),
+    }  # fmt: skip
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (model, fraction, method): accuracy and measured latency over seeds (mean, std, range)."""
+    out = []
+    keys = list(dict.fromkeys((r["model"], r["fraction"], r["method"]) for r in rows))
+    for model, frac, method in keys:
+        rs = [r for r in rows if (r["model"], r["fraction"], r["method"]) == (model, frac, method)]
+        ok = [r for r in rs if "error" not in r and "measured" in r]
+        row = {"model": model, "fraction": frac, "method": method, "budget_ms": rs[0]["budget_ms"]}
+        if not ok:
+            row["error"] = next((r["error"] for r in rs if "error" in r), "not measured")
+            out.append(row)
+            continue
+        row |= {
+            "accuracy": _spread([r["accuracy"] for r in ok]),
+            "measured_ms": _spread([r["measured"]["median_ms"] for r in ok]),
+            "measured_vs_budget_max": max(r["measured_vs_budget"] for r in ok),
+            "adheres_1_10": all(r["adheres_1_10"] for r in ok),
+            "predicted_ms_mean": statistics.fmean(r["predicted_ms"] for r in ok),
+        }
+        out.append(row)
+    return out
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    raise ValueError("outside")
+
+
+def compare(model: str, summaries: list[dict]) -> dict:
+    """Ours against every baseline at equal *measured* latency, and latency vs FLOPs at equal accuracy.
+
+    Ours' points (one per budget: mean measured latency, mean accuracy over seeds) form a curve,
+    linearly interpolated between budgets. ab baseline point (lb, ab) is compared with ours' accuracy at
+    lb (``ours_acc_at_latency``); a baseline faster than all of ours' points is outside ours' range (no
+    extrapolation); one slower than all of them is compared with ours' most accurate point (ours is
+    then at least as fast). ``verdict``: ``ours >=`` when ours is at least as accurate, ``within
+    noise`` when it is less accurate by at most 2 standard errors of the difference of the means,
+    else ``baseline better``. For FLOPs vs latency regulariser: the measured latency ours needs to
+    reach each FLOPs-regularised point's accuracy on ours' running-best curve (ratio < 1: the latency
+    regulariser is faster at equal accuracy).
+    """
+    mine = sorted(
+        (s for s in summaries if s["model"] == model and s["method"] == "ours" and "accuracy" in s),
+        key=lambda s: s["measured_ms"]["mean"],
+    )
+    lat = [s["measured_ms"]["mean"] for s in mine]
+    acc = [s["accuracy"]["mean"] for s in mine]
+    sd = [s["accuracy"]["std"] / max(1, s["accuracy"]["n"]) ** 0.5 for s in mine]  # standard errors
+    equal_latency = []
+    for b in summaries:
+        if b["model"] != model or b["method"] not in BASELINES or "accuracy" not in b or not mine:
+            continue
+        lb, ab = b["measured_ms"]["mean"], b["accuracy"]["mean"]
+        se_b = b["accuracy"]["std"] / max(1, b["accuracy"]["n"]) ** 0.5
+        row = {
+            "method": b["method"],
+            "fraction": b["fraction"],
+            "baseline_measured_ms": lb,
+            "baseline_accuracy": ab,
+        }
+        if lb < lat[0]:
+            row["verdict"] = "outside ours' latency range (baseline faster than every ours point)"
+            equal_latency.append(row)
+            continue
+        if lb > lat[-1]:
+            i = max(range(len(mine)), key=lambda k: acc[k])
+            ours, se_o = acc[i], sd[i]
+        else:
+            ours = _interp(lb, lat, acc)
+            j = min(range(len(mine)), key=lambda k: abs(lat[k] - lb))
+            se_o = sd[j]
+        diff = ours - ab
+        se = (se_o**2 + se_b**2) ** 0.5
+        verdict = "ours >=" if diff >= 0 else ("within noise" if -diff <= 2 * se else "baseline better")
+        row |= {"ours_acc_at_latency": ours, "diff": diff, "se_diff": se, "verdict": verdict}
+        equal_latency.append(row)
+    best = []  # running best accuracy over ours' points by increasing latency
+    for a in acc:
+        best.append(max(a, best[-1]) if best else a)
+    latency_vs_flops = []
+    for f in summaries:
+        if f["model"] != model or f["method"] != "flops_reg" or "accuracy" not in f or not mine:
+            continue
+        lb, ab = f["measured_ms"]["mean"], f["accuracy"]["mean"]
+        row = {"fraction": f["fraction"], "flops_measured_ms": lb, "flops_accuracy": ab}
+        if best[0] >= ab:
+            row |= {"ours_ms_at_accuracy_at_most": lat[0], "ratio_at_most": lat[0] / lb}
+        elif best[-1] < ab:
+            row |= {"ours_ms_at_accuracy": None, "note": "ours never reaches this accuracy"}
+        else:
+            k = next(i for i in range(1, len(best)) if best[i] >= ab)
+            ms = lat[k - 1] + (lat[k] - lat[k - 1]) * (ab - best[k - 1]) / (best[k] - best[k - 1])
+            row |= {"ours_ms_at_accuracy": ms, "ratio": ms / lb}
+        latency_vs_flops.append(row)
+    return {
+        "model": model,
+        "ours_curve": [
+            {"fraction": s["fraction"], "measured_ms": m, "accuracy": a} for s, m, a in zip(mine, lat, acc)
+        ],
+        "equal_measured_latency": equal_latency,
+        "latency_vs_flops_at_equal_accuracy": latency_vs_flops,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mobilenetv3_small,resnet_small")
@@ -209,21 +349,43 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--refine", action="store_true", help="adaptive table refinement while profiling")
     p.add_argument("--no-measure-loop", action="store_true", help="ours / flops_reg without measure_fn")
-    p.add_argument("--out", default="compress_vs_baselines.json")
+    p.add_argument(
+        "--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+        help="ONNX exporter for every measured model (torchscript: fast; dynamo: the profiler's default)",
+    )  # fmt: skip
+    p.add_argument("--measure-steps", type=int, default=4, help="re-fits of the measured loop (every method)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.02,
+        help="the measured loop (every method) accepts a model up to (1 + this) x budget (noise)",
+    )  # fmt: skip
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (compression runs / fine-tunes)")
+    p.add_argument(
+        "--quick", action="store_true", help="iteration mode: one budget, one seed, short training"
+    )
+    p.add_argument("--out", default=None, help="default compress_vs_baselines[_quick].json")
     args = p.parse_args()
+    if args.quick:
+        args.fractions, args.seeds, args.rounds = "0.5", "0", min(args.rounds, 3)
+        args.pretrain_epochs, args.epochs, args.finetune_epochs = 3, 2, 1
+    if args.out is None:
+        args.out = "compress_vs_baselines_quick.json" if args.quick else "compress_vs_baselines.json"
     torch.set_num_threads(1)
     target = get_target("ort-cpu", threads=1)
-    meter = Meter(target, args.rounds)
+    meter = Meter(target, args.rounds, args.exporter)
     prof_timing = TimingConfig(warmup=3, min_runs=5, max_runs=30, time_cap_s=0.2)
     train, val = digits_loaders(image_size=args.image_size)
-    rows = []
+    rows: list[dict] = []
+    summaries: list[dict] = []
+    comparisons: list[dict] = []
+    seeds = [int(x) for x in args.seeds.split(",")]
     t0 = time.perf_counter()
     suffix = "" if args.image_size == 8 else f"_s{args.image_size}_wide"
 
     def write() -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         doc = {"benchmark": "compress_vs_baselines", "args": vars(args), "target": target.info().to_dict(),
-               "seconds": time.perf_counter() - t0, "rows": rows}  # fmt: skip
+               "seconds": time.perf_counter() - t0, "summary": summaries, "comparison": comparisons,
+               "rows": rows}  # fmt: skip
         (OUT / args.out).write_text(json.dumps(doc, indent=2, default=str))
 
     for name in args.models.split(","):
@@ -256,26 +418,44 @@ def main() -> None:
 
             for method in args.methods.split(","):
                 t = time.perf_counter()
-                row = {"model": name, "fraction": frac, "method": method, "budget_ms": budget}
+                base = {"model": name, "fraction": frac, "method": method, "budget_ms": budget}
+                common = {"dense_accuracy": dense_acc, "dense_predicted_ms": dense_pred}
                 try:
                     if method in ("ours", "flops_reg"):
                         reg = Regularizer.LATENCY if method == "ours" else Regularizer.FLOPS
-                        cfg = CompressConfig(
-                            budget_ms=budget, regularizer=reg,
-                            epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
-                        )  # fmt: skip
-                        res = compress(
-                            model, example, cfg, table=table, train_loader=train, val_loader=val,
-                            measure_fn=None if args.no_measure_loop else measure_fn,
-                        )  # fmt: skip
-                        small, acc = res.model, res.report.accuracy
-                        row |= {
-                            "loop_measured_ms": res.report.measured_ms,
-                            "internal_budget_ms": res.report.internal_budget_ms,
-                            "measure_rounds": res.report.measure_rounds,
-                            "masked_accuracy": res.report.masked_accuracy,
-                            "widths_after": res.report.widths_after,
-                        }
+                        for seed in seeds:
+                            t = time.perf_counter()
+                            cfg = CompressConfig(
+                                budget_ms=budget, regularizer=reg, epochs=args.epochs,
+                                finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
+                                measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
+                            )  # fmt: skip
+                            res = compress(
+                                model, example, cfg, table=table, train_loader=train, val_loader=val,
+                                measure_fn=None if args.no_measure_loop else measure_fn,
+                            )  # fmt: skip
+                            small = res.model
+                            row = (
+                                base
+                                | {
+                                    "seed": seed,
+                                    "accuracy": res.report.accuracy,
+                                    "loop_measured_ms": res.report.measured_ms,
+                                    "internal_budget_ms": res.report.internal_budget_ms,
+                                    "calibration": res.report.calibration,
+                                    "measure_rounds": res.report.measure_rounds,
+                                    "masked_accuracy": res.report.masked_accuracy,
+                                    "widths_requested": res.report.widths_requested,
+                                    "widths_after": res.report.widths_after,
+                                    "predicted_ms": predicted(table, target, small, example),
+                                    "params": sum(q.numel() for q in small.parameters()),
+                                    "seconds": time.perf_counter() - t,
+                                }
+                                | common
+                            )
+                            smalls[_key(row)] = small
+                            model_rows.append(row)
+                            print(json.dumps({k: v for k, v in row.items() if k not in NOISY}), flush=True)
                     else:
                         if method == "uniform":
 
@@ -288,33 +468,47 @@ def main() -> None:
                                 return bisect_ratio(lambda r: tp_model(m, x, r, rt), fits_at(tb))[1]
 
                         if args.no_measure_loop:
-                            small, internal, loop_rounds = make_at(budget), budget, []
+                            pruned, internal, loop_rounds = make_at(budget), budget, []
                         else:
-                            small, internal, loop_rounds = closed_loop(
+                            pruned, internal, loop_rounds = closed_loop(
                                 make_at, lambda m, x=example, t=table: predicted(t, target, m, x),
                                 lambda mod, x=example, f=measure_fn: f(mod, x), budget,
+                                steps=args.measure_steps, tol=args.tolerance,
                             )  # fmt: skip
-                        row |= {"internal_budget_ms": internal, "measure_rounds": loop_rounds}
-                        acc = train_classifier(small, train, val, epochs=total_epochs, lr=args.lr)
-                    row |= {
-                        "accuracy": acc,
-                        "predicted_ms": predicted(table, target, small, example),
-                        "params": sum(q.numel() for q in small.parameters()),
-                        "seconds": time.perf_counter() - t,
-                    }
-                    smalls[f"{frac}/{method}"] = small
+                        search_s = time.perf_counter() - t
+                        for seed in seeds:  # one structure (seed-free), fine-tuned once per seed
+                            t = time.perf_counter()
+                            small = copy.deepcopy(pruned)
+                            acc = train_classifier(
+                                small, train, val, epochs=total_epochs, lr=args.lr, seed=seed
+                            )
+                            row = (
+                                base
+                                | {
+                                    "seed": seed,
+                                    "accuracy": acc,
+                                    "internal_budget_ms": internal,
+                                    "measure_rounds": loop_rounds,
+                                    "predicted_ms": predicted(table, target, small, example),
+                                    "params": sum(q.numel() for q in small.parameters()),
+                                    "seconds": time.perf_counter() - t + search_s / len(seeds),
+                                }
+                                | common
+                            )
+                            smalls[_key(row)] = small
+                            model_rows.append(row)
+                            print(json.dumps({k: v for k, v in row.items() if k not in NOISY}), flush=True)
                 except Exception as exc:  # a baseline that cannot reach the budget is a result too
-                    row["error"] = f"{type(exc).__name__}: {exc}"
-                row |= {"dense_accuracy": dense_acc, "dense_predicted_ms": dense_pred}
-                model_rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "measure_rounds"}), flush=True)
+                    row = base | {"error": f"{type(exc).__name__}: {exc}"} | common
+                    model_rows.append(row)
+                    print(json.dumps(row), flush=True)
         # every result of this network measured side by side, interleaved with the dense model
         sessions = {"dense": dense_sess} | {k: meter.session(m, example) for k, m in smalls.items()}
         for sess in sessions.values():
             target.time_session(sess, meter.timing)  # warm every session once
         meas = meter.paired(sessions, dense_sess, dense_meas["median_ms"])
         for row in model_rows:
-            key = f"{row['fraction']}/{row['method']}"
+            key = _key(row)
             row["dense_measured"] = meas["dense"]
             if key in meas:
                 row["measured"] = meas[key]
@@ -323,6 +517,8 @@ def main() -> None:
             print(json.dumps({k: row.get(k) for k in ("model", "fraction", "method", "accuracy", "predicted_ms",
                                                       "measured_vs_budget")}), flush=True)  # fmt: skip
         rows.extend(model_rows)
+        summaries.extend(summarise(model_rows))
+        comparisons.append(compare(name, summaries))
         write()
 
 

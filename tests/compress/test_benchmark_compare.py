@@ -1,0 +1,56 @@
+"""The baselines benchmark's comparison at equal measured latency and at equal accuracy (pure logic)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compress_vs_baselines.py"
+
+
+@pytest.fixture(scope="module")
+def cvb():
+    spec = importlib.util.spec_from_file_location("cvb", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(method, frac, seed, acc, ms, budget=1.0):
+    return {
+        "model": "m", "fraction": frac, "method": method, "seed": seed, "budget_ms": budget,
+        "accuracy": acc, "measured": {"median_ms": ms}, "measured_vs_budget": ms / budget,
+        "adheres_1_10": ms <= 1.1 * budget, "predicted_ms": ms,
+    }  # fmt: skip
+
+
+def test_summary_over_seeds_and_errors(cvb) -> None:
+    rows = [_row("ours", 0.5, s, a, 0.5) for s, a in enumerate((0.9, 0.92, 0.94))]
+    rows.append({"model": "m", "fraction": 0.35, "method": "tp", "budget_ms": 0.35, "error": "ValueError: x"})
+    s = cvb.summarise(rows)
+    assert s[0]["accuracy"]["mean"] == pytest.approx(0.92) and s[0]["accuracy"]["n"] == 3
+    assert s[0]["accuracy"]["std"] == pytest.approx(0.02) and s[0]["accuracy"]["min"] == 0.9
+    assert s[1]["error"] == "ValueError: x" and "accuracy" not in s[1]
+
+
+def test_equal_latency_and_equal_accuracy_comparisons(cvb) -> None:
+    rows = []
+    for s in range(2):  # ours: (0.4 ms, 0.90), (0.6 ms, 0.94); flops_reg slower at each accuracy
+        rows += [_row("ours", 0.35, s, 0.90, 0.4), _row("ours", 0.5, s, 0.94, 0.6)]
+        rows += [_row("flops_reg", 0.35, s, 0.90, 0.5), _row("uniform", 0.5, s, 0.925 + 0.03 * s, 0.5)]
+        rows += [_row("tp_magnitude", 0.5, s, 0.80, 0.3), _row("tp_magnitude_r8", 0.7, s, 0.99, 0.9)]
+    c = cvb.compare("m", cvb.summarise(rows))
+    by = {(r["method"], r["fraction"]): r for r in c["equal_measured_latency"]}
+    u = by[("uniform", 0.5)]  # at 0.5 ms ours interpolates to 0.92 vs 0.94 +- 0.021 (2 seeds)
+    assert u["ours_acc_at_latency"] == pytest.approx(0.92) and u["diff"] == pytest.approx(-0.02)
+    assert u["verdict"] == "within noise"
+    assert by[("flops_reg", 0.35)]["verdict"] == "ours >="  # 0.9 at 0.5 ms: ours 0.92 there
+    assert by[("tp_magnitude", 0.5)]["verdict"].startswith("outside")  # faster than all of ours
+    r8 = by[("tp_magnitude_r8", 0.7)]  # slower than all of ours: ours' best (0.94) vs 0.99
+    assert r8["ours_acc_at_latency"] == pytest.approx(0.94) and r8["verdict"] == "baseline better"
+    (lf,) = c["latency_vs_flops_at_equal_accuracy"]
+    assert lf["ours_ms_at_accuracy_at_most"] == pytest.approx(0.4) and lf["ratio_at_most"] == pytest.approx(
+        0.8
+    )
