@@ -8,8 +8,9 @@ controller also stops a little short of or over the budget. Two fitters close th
 prediction stays within the target), keeping the proportions growth chose; :func:`fill_to_budget`
 instead adds the single channel whose predicted cost is lowest, one at a time (it exploits any layer
 the table under-prices, so it is not the default). :func:`fit_to_measured_budget` wraps either in a
-calibration loop: measure the candidate, scale the prediction target by ``budget / measured``, refit,
-and keep the measured candidate closest to the budget from below (or the least over, if none is).
+calibration loop: measure the candidate, divide the prediction target by the measured / predicted
+ratio pooled over the candidates so far, refit, and keep the measured candidate closest to the budget
+from below (or the least over, if none is).
 
 ``cost`` and ``measure`` are callables the caller supplies (the table lookup and, for example, a
 runtime's ``measure_model``), so this module needs neither the lookup tables nor the profiler.
@@ -18,6 +19,7 @@ runtime's ``measure_model``), so this module needs neither the lookup tables nor
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,8 +139,8 @@ def fit_to_measured_budget(
     ``method`` "scale" (default) keeps the grown proportions (:func:`scale_to_budget`); "greedy" adds
     the cheapest single channels (:func:`fill_to_budget`). The aim is ``budget * (1 - tolerance / 2)``,
     inside the accepted band ``[budget * (1 - tolerance), budget]``. Round 0 fits the prediction to the
-    aim; each later round multiplies the prediction target by ``aim / measured`` (the table's ratio to
-    the runtime on the last candidate) and refits from the grown widths. Stops once a measured
+    aim; each later round sets the prediction target to ``aim / ratio``, ``ratio`` being the median of
+    measured / predicted over every candidate so far, and refits from the grown widths. Stops once a measured
     candidate lies in the band. Without ``measure``, returns the round-0 widths.
     """
     if budget_ms <= 0:
@@ -167,7 +169,10 @@ def fit_to_measured_budget(
             best = (w, pred, meas)
         if budget_ms * (1 - tolerance) <= meas <= budget_ms:
             break
-        target = target * goal / meas
+        # The runtime / table ratio, pooled over every candidate measured so far (median): one noisy
+        # measurement on a shared core should not swing the next target.
+        ratio = statistics.median(row["measured_ms"] / row["predicted_ms"] for row in log)
+        target = goal / ratio
     assert best is not None
     return FitResult(best[0], best[1], best[2], budget_ms, log)
 
