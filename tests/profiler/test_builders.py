@@ -124,6 +124,13 @@ def test_unsupported_combinations_raise_clear_errors() -> None:
         build_tflite_op(OpContext(OpKind.CONV2D, kernel=(5, 5), spatial=(3, 3)), 4, 5)
 
 
+def _converted(net, x, path, *, transposes: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:  # type: ignore[no-untyped-def]
+    """The op list of ``net`` converted by litert-torch (skips without it)."""
+    litert_torch = pytest.importorskip("litert_torch")
+    litert_torch.convert(net.eval(), (x,)).export(str(path))
+    return _tflite_ops(path.read_bytes(), transposes=transposes)
+
+
 def _tflite_ops(data: bytes, *, transposes: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
     """(op name, fused activation, output shape) per operator, layout transposes dropped unless asked."""
     from ai_edge_litert import schema_py_generated as s
@@ -185,13 +192,11 @@ def test_tflite_builder_matches_litert_torch_conversion(tmp_path) -> None:
 def test_tflite_one_channel_conv_is_a_depthwise_conv_like_the_converter(tmp_path) -> None:
     """litert-torch turns Conv2d(1, C) into DEPTHWISE_CONV_2D with multiplier C; the one-op model must too."""
     torch = pytest.importorskip("torch")
-    litert_torch = pytest.importorskip("litert_torch")
     from torch import nn
 
-    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU()).eval()
-    path = tmp_path / "stem.tflite"
-    litert_torch.convert(net, (torch.randn(1, 1, 16, 16),)).export(str(path))
-    converted = [o for o in _tflite_ops(path.read_bytes()) if o[0] not in ("RESHAPE", "TRANSPOSE")]
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU())
+    ops = _converted(net, torch.randn(1, 1, 16, 16), tmp_path / "stem.tflite")
+    converted = [o for o in ops if o[0] not in ("RESHAPE", "TRANSPOSE")]
     ctx = OpContext(OpKind.CONV2D, (5, 5), (1, 1), (2, 2), (16, 16), activation="relu")
     assert (
         _tflite_ops(build_tflite_op(ctx, 1, 6))
@@ -203,13 +208,11 @@ def test_tflite_one_channel_conv_is_a_depthwise_conv_like_the_converter(tmp_path
 @pytest.mark.filterwarnings("ignore")
 def test_tflite_flatten_of_a_feature_map_transposes_first_like_the_converter(tmp_path) -> None:
     torch = pytest.importorskip("torch")
-    litert_torch = pytest.importorskip("litert_torch")
     from torch import nn
 
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten()).eval()
-    path = tmp_path / "flat.tflite"
-    litert_torch.convert(net, (torch.randn(1, 3, 4, 4),)).export(str(path))
-    converted = [n for n, _, _ in _tflite_ops(path.read_bytes(), transposes=True)]
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten())
+    ops = _converted(net, torch.randn(1, 3, 4, 4), tmp_path / "flat.tflite", transposes=True)
+    converted = [n for n, _, _ in ops]
     flatten = converted[converted.index("CONV_2D") + 1 :]
     flat = OpContext(OpKind.OTHER, spatial=(4, 4), variant="reshape")
     ours = [n for n, _, _ in _tflite_ops(build_tflite_op(flat, 8, 8), transposes=True)]

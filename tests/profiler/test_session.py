@@ -235,21 +235,16 @@ def test_spike_points_checks_the_ends_of_each_line() -> None:
 def test_second_pass_measures_every_point_again(fast_timing, tmp_path) -> None:
     ctx = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
     plan = [ContextPlan(ctx, 10, 10)]
-    one = profile_table(
-        get_target("ort-cpu"),
-        plan,
-        out=tmp_path / "one.json",
-        timing=fast_timing,
-        refine=False,
-        config=ProfileConfig(recheck_rounds=0, seed=3),
-    )
-    two = profile_table(
-        get_target("ort-cpu"),
-        plan,
-        out=tmp_path / "two.json",
-        timing=fast_timing,
-        refine=False,
-        config=ProfileConfig(recheck_rounds=0, seed=3, passes=2),
+    one, two = (
+        profile_table(
+            get_target("ort-cpu"),
+            plan,
+            out=tmp_path / f"passes{n}.json",
+            timing=fast_timing,
+            refine=False,
+            config=ProfileConfig(recheck_rounds=0, seed=3, passes=n),
+        )
+        for n in (1, 2)
     )
     assert len(one.points(ctx)) == len(two.points(ctx)) == 10
     assert one.meta["points_measured_last_run"] == one.n_points()  # plus layout reorder points

@@ -208,6 +208,27 @@ class OrtTarget(LocalTarget):
             manys.append(chain(nodes).median_ms)
         return max((min(manys) - min(ones)) / (nodes - 1), 0.0)
 
+    def _conv_is_blocked(self, c_in: int, c_out: int) -> bool:
+        """Whether the NCHWc transformer rewrites a one-op 1x1 conv ``c_in -> c_out`` (4x4 input)."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, 4, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c_out, 4, 4])
+        w = numpy_helper.from_array(np.zeros((c_out, c_in, 1, 1), np.float32), "w")
+        graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        ort = self._ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        with tempfile.TemporaryDirectory(prefix="edgetrim-ort-") as tmp:
+            so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+            ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+            nodes = onnx.load(so.optimized_model_filepath).graph.node
+        return any(n.domain == "com.microsoft.nchwc" for n in nodes)
+
     def nchwc_block(self) -> int | None:
         """Channel block of onnxruntime's NCHWc layout on this CPU (8 on AVX2, 16 on AVX-512), or None.
 
@@ -217,32 +238,9 @@ class OrtTarget(LocalTarget):
         """
         if self.cuda:
             return None
-        if hasattr(self, "_nchwc_block"):
-            return self._nchwc_block  # type: ignore[has-type]
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-
-        found = None
-        for block in (8, 16):
-            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, block, 4, 4])
-            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, block, 4, 4])
-            w = numpy_helper.from_array(np.zeros((block, block, 1, 1), np.float32), "w")
-            graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-            model.ir_version = 9
-            ort = self._ort
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.log_severity_level = 3
-            with tempfile.TemporaryDirectory(prefix="edgetrim-ort-") as tmp:
-                so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-                ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
-                domains = {n.domain for n in onnx.load(so.optimized_model_filepath).graph.node}
-            if "com.microsoft.nchwc" in domains:
-                found = block
-                break
-        self._nchwc_block = found
-        return found
+        if not hasattr(self, "_nchwc_block"):
+            self._nchwc_block = next((b for b in (8, 16) if self._conv_is_blocked(b, b)), None)
+        return self._nchwc_block
 
     def nchwc_conv_alignment(self, block: int) -> int | None:
         """Smallest input-width alignment at which a one-op 1x1 conv still runs blocked (NCHWc).
@@ -252,29 +250,9 @@ class OrtTarget(LocalTarget):
         widths ``block + block/2``, ``block + block/4`` and ``block + 1``; ``None`` when only
         multiples of the block are.
         """
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-
-        def blocked(c: int) -> bool:
-            w = numpy_helper.from_array(np.zeros((8, c, 1, 1), np.float32), "w")
-            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])
-            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])
-            graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-            model.ir_version = 9
-            ort = self._ort
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.log_severity_level = 3
-            with tempfile.TemporaryDirectory(prefix="edgetrim-ort-") as tmp:
-                so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-                ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
-                nodes = onnx.load(so.optimized_model_filepath).graph.node
-            return any(n.domain == "com.microsoft.nchwc" for n in nodes)
-
         found = None
         for align in (block // 2, block // 4, 1):
-            if align < 1 or not blocked(block + align):
+            if align < 1 or not self._conv_is_blocked(block + align, block):
                 break
             found = align
         return found
