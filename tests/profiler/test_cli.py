@@ -136,6 +136,10 @@ def test_measure_with_input_shape(model_file) -> None:
         (["profile", "--target", "ort-cpu", "--out", "t.json"], "exactly one of --model or --spec"),
         (["profile", "--target", "ort-cpu", "--spec", "nope.json", "--out", "t.json"], "does not exist"),
         (["measure", "--target", "ort-cpu", "--model", "MODEL:tiny", "--cores", "0,x"], "comma-separated"),
+        (
+            ["profile", "--target", "ort-cpu", "--model", "MODEL:tiny", "--out", "t.json", "--passes", "0"],
+            "--passes",
+        ),
     ],
 )
 def test_one_line_errors(argv, message, model_file) -> None:
