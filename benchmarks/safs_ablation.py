@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     ratios = sorted({args.sparsity, *(float(r) for r in args.sweep.split(",") if r)})
 
-    def write(seeds_done: int) -> tuple[dict[str, object], dict[str, object]]:
-        """Summarise the rows so far and write the JSON (after every seed: a cut-off run keeps them)."""
+    def write() -> tuple[dict[str, object], dict[str, object]]:
+        """Summarise the rows so far and write the JSON (after every block: a cut-off run keeps them)."""
 
         def acc(ratio: float, arm: str) -> list[float]:
             return [
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         sweep = {}
         for ratio in ratios:
+            if not acc(ratio, "safs"):
+                continue  # not run yet
             gains = [s - r for s, r in zip(acc(ratio, "safs"), acc(ratio, "relu"), strict=True)]
             sweep[str(ratio)] = {
                 "relu": _stats(acc(ratio, "relu")),
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": sweep,
             "paper_lenet5_mnist_99": PAPER_LENET_MNIST_99,
             "paper_vgg16_cifar10_sweep_gain": PAPER_VGG_SWEEP_GAIN,
-            "seeds_completed": seeds_done,
+            "completed": sorted({(float(r["sparsity"]), int(r["seed"])) for r in rows}),
             "rows": rows,
             "seconds": time.perf_counter() - start,
             "machine": {
@@ -164,12 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         return ablation, sweep
 
     tmp = tempfile.mkdtemp(prefix="safs_ablation_")
-    for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        dense, example = lenet5(image_size=args.image_size)
-        pretrain_dense_(dense, train, FinetuneConfig(epochs=args.dense_epochs), seed=seed)
-        dense_acc = evaluate(dense, *test)[0]
-        for ratio in ratios:
+    denses: dict[int, tuple[torch.nn.Module, tuple[torch.Tensor, ...], float]] = {}
+    # The 99% ablation for every seed first, then the other sweep ratios: a run cut short keeps the
+    # main table complete (the JSON is rewritten after every block).
+    order = [args.sparsity, *sorted((r for r in ratios if r != args.sparsity), reverse=True)]
+    for ratio in order:
+        for seed in range(args.seeds):
+            if seed not in denses:
+                torch.manual_seed(seed)
+                dense, example = lenet5(image_size=args.image_size)
+                pretrain_dense_(dense, train, FinetuneConfig(epochs=args.dense_epochs), seed=seed)
+                denses[seed] = (dense, example, evaluate(dense, *test)[0])
+            dense, example, dense_acc = denses[seed]
             arms = list(ARMS) if ratio == args.sparsity else ["relu", "safs"]
             for arm in arms:
                 t0 = time.perf_counter()
@@ -215,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     file=sys.stderr,
                 )
-        write(seed + 1)
+            write()
 
     shutil.rmtree(tmp, ignore_errors=True)
-    ablation, sweep = write(args.seeds)
+    ablation, sweep = write()
     print(json.dumps({k: round(v["mean"], 2) for k, v in ablation.items()}), file=sys.stderr)
     print(json.dumps({k: round(v["gain"]["mean"], 2) for k, v in sweep.items()}), file=sys.stderr)
     return 0

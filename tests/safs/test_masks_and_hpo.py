@@ -73,6 +73,20 @@ def test_masks_unchanged_after_finetuning(cfg: FinetuneConfig) -> None:
     assert not torch.equal(params["1.scalars.alpha"].detach(), before["1.scalars.alpha"])  # scalars learned
 
 
+def test_diverging_finetune_rolls_back_to_finite_masked_weights() -> None:
+    model = nn.Sequential(nn.Linear(16, 32), ParametricActivation("symexp", learnable=True), nn.Linear(32, 4))
+    masks = magnitude_masks(model, 0.9)
+    hold_masks(model, masks)
+    cfg = FinetuneConfig(epochs=4, optimizer=OptimizerKind.SGD, lr=1e6, momentum=0.9, scalar_lr_scale=10.0)
+    rep = finetune_(model, masks, *_data(), cfg, seed=0, val=_data(32))
+    assert rep.diverged and rep.train_loss == math.inf
+    params = dict(model.named_parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in params.values())  # rolled back, no NaN
+    for name, mask in masks.items():
+        assert bool((params[name].detach()[~mask] == 0).all()), name
+    assert rep.val_acc is not None and 0.0 <= rep.val_acc <= 1.0
+
+
 def test_kfold_partitions_the_samples() -> None:
     folds = kfold_indices(10, 3, seed=0)
     vals = torch.cat([v for _, v in folds]).sort().values

@@ -81,6 +81,7 @@ class FinetuneReport:
     val_acc: float | None  # accuracy on the validation tensors after the last epoch (None if none given)
     val_loss: float | None
     epochs: int
+    diverged: bool = False  # a non-finite loss or weight: the model was rolled back to the last finite epoch
 
 
 # --------------------------------------------------------------------------------------------- masks
@@ -197,7 +198,10 @@ def finetune_(
 
     Trainable parameters are whatever has ``requires_grad`` (activation scalars included in stage 2).
     The minibatch order comes from a generator seeded with ``seed``, so runs are reproducible.
-    A non-finite loss stops the run early (reported as an infinite train loss).
+    A non-finite loss (or a non-finite weight at the end of an epoch) stops the run early: the model
+    is rolled back to its state at the start of that epoch (finite, masks exact) and the report says
+    ``diverged`` with an infinite train loss. Without the rollback a diverged fine-tune returned NaN
+    weights (NaN * 0 is NaN, so even the pruned entries stopped being zero).
     """
     opt = _optimizer(model, cfg)
     held = hold_masks(model, masks, opt) if masks else None
@@ -206,6 +210,7 @@ def finetune_(
     model.train()
     last_loss = float("nan")
     for _ in range(cfg.epochs):
+        snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         perm = torch.randperm(len(x), generator=gen)
         total, count = 0.0, 0
         for i in range(0, len(x), cfg.batch_size):
@@ -215,16 +220,14 @@ def finetune_(
             out = model(x[idx])
             loss = F.cross_entropy(out, y[idx])
             if not torch.isfinite(loss):
-                logger.debug("non-finite loss; stopping this fine-tune early")
-                if held is not None:
-                    held.detach()
-                acc_loss = evaluate(model, *val) if val is not None else (None, None)
-                return FinetuneReport(float("inf"), acc_loss[0], acc_loss[1], cfg.epochs)
+                return _rollback(model, snapshot, held, val, cfg.epochs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            return _rollback(model, snapshot, held, val, cfg.epochs)
         if sched is not None:
             sched.step()
         last_loss = total / max(count, 1)
@@ -232,3 +235,19 @@ def finetune_(
         held.detach()
     acc, vloss = evaluate(model, *val) if val is not None else (None, None)
     return FinetuneReport(last_loss, acc, vloss, cfg.epochs)
+
+
+def _rollback(
+    model: nn.Module,
+    snapshot: dict[str, Tensor],
+    held: WeightMasks | None,
+    val: tuple[Tensor, Tensor] | None,
+    epochs: int,
+) -> FinetuneReport:
+    logger.debug("non-finite loss or weight; rolling back to the start of the epoch and stopping")
+    if held is not None:
+        held.detach()
+    with torch.no_grad():
+        model.load_state_dict(snapshot)
+    acc, vloss = evaluate(model, *val) if val is not None else (None, None)
+    return FinetuneReport(float("inf"), acc, vloss, epochs, diverged=True)
