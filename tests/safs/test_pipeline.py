@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -168,3 +169,13 @@ def test_kfold_fitness_breaks_accuracy_ties_by_loss() -> None:
     assert kfold_fitness([0.1, 0.1], [2.0, 2.0]) > kfold_fitness([0.1, 0.1], [2.3, 2.3])
     assert kfold_fitness([0.3, 0.3], [9.0, 9.0]) > kfold_fitness([0.2, 0.2], [0.1, 0.1])  # accuracy decides
     assert kfold_fitness([0.1], [float("nan")]) == kfold_fitness([0.1], [None]) == 0.1 - 0.1
+
+
+def test_chance_floor_is_the_majority_share_plus_three_sigma() -> None:
+    from edgetrim.compress.safs.pipeline import chance_floor
+
+    y = torch.arange(10).repeat(100)  # 1000 samples, 10 balanced classes
+    assert chance_floor(y) == pytest.approx(0.1 + 3 * math.sqrt(0.1 * 0.9 / 1000))
+    assert chance_floor(torch.zeros(50, dtype=torch.long)) == pytest.approx(
+        1.0
+    )  # one class: nothing beats it

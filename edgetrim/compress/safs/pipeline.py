@@ -133,6 +133,17 @@ def kfold_fitness(accs: list[float], losses: list[float | None]) -> float:
     return sum(accs) / len(accs) - STAGE_LOSS_WEIGHT * sum(capped) / len(capped)
 
 
+def chance_floor(y: Tensor, *, sigmas: float = 3.0) -> float:
+    """k-fold accuracy below which a configuration is indistinguishable from guessing the majority class.
+
+    ``p + sigmas * sqrt(p (1 - p) / n)`` with ``p`` the majority-class share of ``y`` and ``n = len(y)``
+    (the mean over k folds validates every sample once).
+    """
+    counts = torch.bincount(y.flatten().long())
+    p = float(counts.max()) / max(len(y), 1)
+    return p + sigmas * math.sqrt(p * (1.0 - p) / max(len(y), 1))
+
+
 def _split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(len(x) * fraction))
@@ -272,11 +283,24 @@ def run_safs(
 
         say(f"stage 2: {cfg.hpo.trials} trials x {cfg.hpo.folds} folds")
         hpo: HPOResult = optimise(objective, base, cfg.hpo)
-        final_cfg = FinetuneConfig(**{**hpo.best.to_dict(), "epochs": cfg.finetune.epochs})
+        best_index = [t["value"] for t in hpo.trials].index(hpo.best_value)
+        floor = chance_floor(y_tr)
+        chosen = hpo.best
+        if fold_accuracy[best_index] < floor:
+            # Every trial sat at chance: the k-fold signal carries no information, and its "winner" is
+            # typically a configuration that does not train at all (it keeps the pruned net's chance
+            # accuracy while the default drifts slightly below it). Keep the default recipe instead.
+            chosen = base
+            say(
+                f"stage 2: best k-fold accuracy {fold_accuracy[best_index]:.3f} is at chance (< {floor:.3f}): default kept"
+            )
+        final_cfg = FinetuneConfig(**{**chosen.to_dict(), "epochs": cfg.finetune.epochs})
         stage2_info = {
+            "chance_floor": floor,
+            "kept_default_at_chance": chosen is not hpo.best,
             "backend": hpo.backend.value,
             "objective": "mean k-fold accuracy - 0.01 x mean k-fold loss (capped at 10)",
-            "best_kfold_accuracy": fold_accuracy[[t["value"] for t in hpo.trials].index(hpo.best_value)],
+            "best_kfold_accuracy": fold_accuracy[best_index],
             "default_kfold_accuracy": fold_accuracy[0],
             "kfold_accuracy_per_trial": fold_accuracy,
             "best": hpo.best.to_dict(),
