@@ -9,8 +9,8 @@ prediction stays within the target), keeping the proportions growth chose; :func
 instead adds the single channel whose predicted cost is lowest, one at a time (it exploits any layer
 the table under-prices, so it is not the default). :func:`fit_to_measured_budget` wraps either in a
 calibration loop: measure the candidate, divide the prediction target by the measured / predicted
-ratio pooled over the candidates so far, refit, and keep the measured candidate closest to the budget
-from below (or the least over, if none is).
+ratio pooled over the candidates so far (the starting widths included), refit, and keep the measured
+candidate closest to the budget (``prefer_under``: the closest one not over it).
 
 ``cost`` and ``measure`` are callables the caller supplies (the table lookup and, for example, a
 runtime's ``measure_model``), so this module needs neither the lookup tables nor the profiler.
@@ -133,6 +133,7 @@ def fit_to_measured_budget(
     rounds: int = 4,
     tolerance: float = 0.06,
     method: str = "scale",
+    prefer_under: bool = False,
 ) -> FitResult:
     """Fit widths to ``budget_ms`` on the table, then correct the table's bias by measurement.
 
@@ -141,7 +142,9 @@ def fit_to_measured_budget(
     inside the accepted band ``[budget * (1 - tolerance), budget]``. Round 0 fits the prediction to the
     aim; each later round sets the prediction target to ``aim / ratio``, ``ratio`` being the median of
     measured / predicted over every candidate so far, and refits from the grown widths. Stops once a measured
-    candidate lies in the band. Without ``measure``, returns the round-0 widths.
+    candidate lies in the band. Returns the measured candidate closest to the budget (either side:
+    runtime latency is a staircase in the widths, and the step below can be far below); with
+    ``prefer_under`` the closest one not over it, if any. Without ``measure``, the round-0 widths.
     """
     if budget_ms <= 0:
         raise ValueError(f"budget_ms must be > 0, got {budget_ms}")
@@ -153,6 +156,13 @@ def fit_to_measured_budget(
     log: list[dict[str, Any]] = []
     seen: dict[tuple[int, ...], float] = {}
     best: tuple[Widths, float, float] | None = None
+    if measure is not None:  # the starting (grown) widths are a candidate too
+        w0 = [int(a) for a in widths]
+        seen[tuple(w0)] = m0 = measure(w0)
+        log.append(
+            {"round": "start", "target": None, "widths": w0, "predicted_ms": cost(w0), "measured_ms": m0}
+        )
+        best = (w0, cost(w0), m0)
     for r in range(max(1, rounds)):
         w = fitter(widths, max_widths, cost, target)
         pred = cost(w)
@@ -165,7 +175,7 @@ def fit_to_measured_budget(
         seen[key] = meas
         log.append({"round": r, "target": target, "widths": w, "predicted_ms": pred, "measured_ms": meas})
         logger.info("fit round %d: widths %s predicted %.4f measured %.4f ms", r, w, pred, meas)
-        if best is None or _better(meas, best[2], budget_ms):
+        if best is None or _better(meas, best[2], budget_ms, prefer_under=prefer_under):
             best = (w, pred, meas)
         if budget_ms * (1 - tolerance) <= meas <= budget_ms:
             break
@@ -177,8 +187,11 @@ def fit_to_measured_budget(
     return FitResult(best[0], best[1], best[2], budget_ms, log)
 
 
-def _better(candidate: float, incumbent: float, budget: float) -> bool:
-    """Under the budget beats over it; among under, closer wins; among over, smaller wins."""
+def _better(candidate: float, incumbent: float, budget: float, *, prefer_under: bool = False) -> bool:
+    """Closer to the budget wins. With ``prefer_under``: under the budget beats over it; among under,
+    closer wins; among over, smaller wins (a hard cap, at the price of landing on a lower latency step)."""
+    if not prefer_under:
+        return abs(candidate - budget) < abs(incumbent - budget)
     c_ok, i_ok = candidate <= budget, incumbent <= budget
     if c_ok != i_ok:
         return c_ok
