@@ -251,3 +251,22 @@ def test_second_pass_measures_every_point_again(fast_timing, tmp_path) -> None:
     assert two.meta["points_measured_last_run"] == 2 * two.n_points()
     with pytest.raises(ValueError, match="passes"):
         ProfileConfig(passes=0)
+
+
+def test_overhead_inflated_by_load_is_remeasured_and_points_rebased(fast_timing, tmp_path) -> None:
+    ctx = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
+    out = tmp_path / "t.json"
+    cfg = ProfileConfig(refine_rounds=0, recheck_rounds=0)
+    plan = [ContextPlan(ctx, 4, 4)]
+    table = profile_table(get_target("ort-cpu"), plan, out=out, timing=fast_timing, refine=False, config=cfg)
+    before = {i: s.median_ms for i, _, s in table.points(ctx)}
+    inflated = table.meta["invoke_overhead_ms"] + 1.0  # ms: a burst of load at the first measurement
+    table.meta["invoke_overhead_ms"] = inflated
+    table.save(out)
+    again = profile_table(
+        get_target("ort-cpu"), plan, out=out, resume=True, timing=fast_timing, refine=False, config=cfg
+    )
+    now = again.meta["invoke_overhead_ms"]
+    assert now < inflated - 0.5
+    for i, _, s in again.points(ctx):  # every point gets the over-subtracted part back
+        assert s.median_ms == pytest.approx(before[i] + inflated - now)
