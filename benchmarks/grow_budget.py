@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from _sparse_common import summary as _stats
 
 from edgetrim.compress.grow import (
     BudgetKind,
@@ -55,17 +55,6 @@ PAPER = {
     "resnet20_cifar10": {"params_pct": 35.8, "acc_drop": -0.4, "train_cost_saving_x": 2.40},
     "vgg16_cifar10": {"params_pct": 5.0, "acc_drop": -0.4, "train_cost_saving_x": 4.95},
 }
-
-
-def _stats(values: list[float]) -> dict[str, object]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "values": values,
-    }
 
 
 def _uniform_widths(spec: GrowNetSpec, params: int) -> list[int]:

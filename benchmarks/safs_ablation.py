@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from _sparse_common import summary as _stats
 
 from edgetrim.compress.safs import SafsConfig, SearchConfig, pretrain_dense_, run_safs
 from edgetrim.compress.safs.hpo import HPOConfig
@@ -43,17 +43,6 @@ from edgetrim.io_utils import atomic_write_json
 ARMS = {"relu": (False, False), "stage1": (True, False), "stage2": (False, True), "safs": (True, True)}
 PAPER_LENET_MNIST_99 = {"dense": 98.49, "relu": 46.69, "stage1": 61.63, "stage2": 60.2, "safs": 62.22}
 PAPER_VGG_SWEEP_GAIN = {"0.9": 1.65, "0.95": 7.45, "0.99": 8.88}
-
-
-def _stats(values: list[float]) -> dict[str, float | list[float]]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "values": values,
-    }
 
 
 def _git_sha() -> str:
