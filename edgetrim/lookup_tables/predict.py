@@ -188,15 +188,16 @@ def nchwc_eligible(ctx: OpContext, in_w: int, block: int, conv_align: int | None
     blocked when its input width is a multiple of ``conv_align`` (the transformer pads channels up to
     the block; 4 with block 8 on onnxruntime 1.2x, probed by the profiler and stored as
     ``meta["ort_nchwc_conv_alignment"]``; the block itself when unknown), its input reordered; a
-    groups=1 conv also below the block (NCHW input, no reorder), whatever its output width. Max/avg
+    groups=1 conv below the block is blocked too but reads its NCHW input directly (no reorder),
+    whatever its output width. Max/avg
     pools are blocked when the width is a multiple of the block. Global pools export as ReduceMean,
     which is never blocked.
     """
     align = conv_align or block
     if ctx.kind is OpKind.CONV2D:
-        if in_w % align == 0:
-            return True, True
-        return in_w < block, False
+        if in_w < block:  # the transformer reads NCHW input directly below the block, aligned or not
+            return True, False
+        return in_w % align == 0, in_w % align == 0
     if ctx.kind is OpKind.DEPTHWISE_CONV2D:
         ok = in_w % align == 0
         return ok, ok

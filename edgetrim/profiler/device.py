@@ -43,6 +43,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+def cpu_vector_isa(cpuinfo: str | None = None) -> str:
+    """Widest SIMD extension the CPU reports (``avx512``, ``avx2``, ``avx``, ``sve``, ``neon``), or "".
+
+    Part of the device name because kernels are chosen by it: the same CPU model string (clouds
+    often mask it, e.g. "AMD EPYC") can run onnxruntime with an 8- or a 16-channel NCHWc block.
+    """
+    text = cpuinfo
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    for isa, needed in (
+        ("avx512", "avx512f"),
+        ("avx2", "avx2"),
+        ("avx", "avx"),
+        ("sve", "sve"),
+        ("neon", "asimd"),
+    ):
+        if needed in flags:
+            return isa
+    return ""
+
+
 def cpu_governor(core: int = 0) -> str:
     """The cpufreq scaling governor of ``core`` ("performance", "powersave", ...) or "unknown"."""
     path = Path(f"/sys/devices/system/cpu/cpu{core}/cpufreq/scaling_governor")
@@ -95,6 +124,11 @@ def apply_affinity(cores: Sequence[int] | None) -> tuple[int, ...]:
     return current_affinity()
 
 
+def _cpu_name() -> str:
+    isa = cpu_vector_isa()
+    return f"{cpu_model()} ({isa})" if isa else cpu_model()
+
+
 def local_device_info(
     *,
     target: str,
@@ -115,7 +149,7 @@ def local_device_info(
         target=target,
         runtime=runtime,
         runtime_version=runtime_version,
-        device=device or cpu_model(),
+        device=device or _cpu_name(),
         threads=threads,
         affinity=tuple(affinity) if affinity is not None else current_affinity(),
         governor=cpu_governor(),

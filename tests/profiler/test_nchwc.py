@@ -40,7 +40,7 @@ GPOOL = OpContext(OpKind.POOL, spatial=(6, 6), variant="global_avg")
 @pytest.mark.parametrize(
     ("ctx", "in_w", "out_w"),
     [(CONV, 3, 8), (CONV, 8, 8), (CONV, 16, 13), (CONV, 13, 16), (CONV, 9, 8), (CONV, 24, 24),
-     (CONV, 12, 16), (CONV, 10, 8), (CONV, 20, 7), (DW, 8, 8), (DW, 13, 13), (DW, 12, 12), (DW, 20, 20),
+     (CONV, 12, 16), (CONV, 10, 8), (CONV, 20, 7), (CONV, 4, 8), (CONV, 28, 9), (CONV, 17, 16), (DW, 8, 8), (DW, 13, 13), (DW, 12, 12), (DW, 20, 20),
      (DW, 6, 6), (POOL, 16, 16), (POOL, 13, 13), (POOL, 12, 12), (GPOOL, 16, 16)],
 )  # fmt: skip
 def test_eligibility_rules_match_the_optimised_graph(target, tmp_path, ctx, in_w, out_w) -> None:  # type: ignore[no-untyped-def]

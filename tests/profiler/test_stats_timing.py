@@ -145,3 +145,20 @@ def test_cores_pin_the_measuring_process_and_are_recorded() -> None:
     assert out.strip() == "(0,) [0]"
     with pytest.raises(EdgetrimError, match="do not exist"):
         apply_affinity((10_000,))
+
+
+def test_cpu_vector_isa_reads_the_widest_extension() -> None:
+    from edgetrim.profiler.device import cpu_vector_isa
+
+    assert cpu_vector_isa("processor : 0\nflags : fpu sse avx avx2 avx512f avx512bw\n") == "avx512"
+    assert cpu_vector_isa("flags\t\t: fpu sse avx avx2 fma\n") == "avx2"
+    assert cpu_vector_isa("Features : fp asimd evtstrm aes\n") == "neon"
+    assert cpu_vector_isa("model name : x\n") == ""
+
+
+def test_device_name_carries_the_isa_so_tables_from_other_vector_units_do_not_match() -> None:
+    from edgetrim.profiler.device import cpu_vector_isa, local_device_info
+
+    info = local_device_info(target="t", runtime="r", runtime_version="1", threads=1)
+    isa = cpu_vector_isa()
+    assert (f"({isa})" in info.fingerprint()) == bool(isa)

@@ -232,15 +232,40 @@ class OrtTarget(LocalTarget):
     def nchwc_block(self) -> int | None:
         """Channel block of onnxruntime's NCHWc layout on this CPU (8 on AVX2, 16 on AVX-512), or None.
 
-        Read off the optimised graph of a one-op 1x1 conv: the NCHWc transformer rewrites it into a
-        ``com.microsoft.nchwc`` Conv wrapped in ReorderInput / ReorderOutput when the width is a
-        multiple of the block. None on CUDA or when nothing is rewritten.
+        None on CUDA or when the NCHWc transformer rewrites nothing (a one-op 1x1 conv at 16 -> 16
+        stays plain). The size itself cannot be read off which convs get rewritten: recent versions
+        pad channel counts up to the block, so an 8 -> 8 conv is blocked on AVX-512 (block 16) as
+        well. ``ReorderOutput`` checks its input width against the real block, so the smallest
+        width at which it runs is the block.
         """
         if self.cuda:
             return None
         if not hasattr(self, "_nchwc_block"):
-            self._nchwc_block = next((b for b in (8, 16) if self._conv_is_blocked(b, b)), None)
+            blocked = self._conv_is_blocked(16, 16)
+            self._nchwc_block = (
+                next((b for b in (8, 16) if self._reorder_output_runs(b)), None) if blocked else None
+            )
         return self._nchwc_block
+
+    def _reorder_output_runs(self, width: int) -> bool:
+        """Whether ``ReorderOutput`` accepts a ``width``-channel blocked tensor (width % block == 0)."""
+        from onnx import TensorProto, helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width, 2, 2])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width, 2, 2])
+        node = helper.make_node("ReorderOutput", ["x"], ["y"], domain="com.microsoft.nchwc", channels=width)
+        graph = helper.make_graph([node], "reorder_probe", [x], [y])
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft.nchwc", 1)]
+        model = helper.make_model(graph, opset_imports=opsets)
+        model.ir_version = 9
+        so = self._ort.SessionOptions()
+        so.log_severity_level = 4  # the expected failure is an answer, not an error to print
+        try:
+            sess = self._ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+            sess.run(None, {"x": np.zeros((1, width, 2, 2), np.float32)})
+        except Exception:  # onnxruntime raises its own error types; any failure means "not this block"
+            return False
+        return True
 
     def nchwc_conv_alignment(self, block: int) -> int | None:
         """Smallest input-width alignment at which a one-op 1x1 conv still runs blocked (NCHWc).
