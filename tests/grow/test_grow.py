@@ -285,3 +285,67 @@ def test_scale_to_budget_keeps_proportions_and_the_target() -> None:
     assert cost(scale_to_budget([2, 4, 8], [32, 32, 32], cost, 40.0 * 0.8)) < cost(w)
     assert scale_to_budget([2, 4], [4, 8], lambda v: 0.0, 1.0) == [4, 8]  # clipped at the maximum
     assert cost(scale_to_budget([30, 30, 30], [32, 32, 32], cost, 10.0)) <= 10.0  # shrinks when over
+
+
+def _reference_bn_stats(plain: nn.Sequential, x: torch.Tensor, batch_size: int) -> list[tuple]:
+    """Running statistics a fresh BatchNorm (momentum None: cumulative) collects on ``x`` in ``plain``."""
+    import copy
+
+    ref = copy.deepcopy(plain)
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    ref.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            ref(x[i : i + batch_size])
+    return [(m.running_mean, m.running_var) for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_recalibrate_bn_gives_the_final_architectures_statistics() -> None:
+    torch.manual_seed(0)
+    net = GrowNet(SPEC)
+    _random_state(net, 3)  # running statistics are random: stale for any architecture
+    x = torch.randn(40, 1, 8, 8)
+    weights = {n: p.detach().clone() for n, p in net.named_parameters()}
+    stale = [
+        (m.running_mean.clone(), m.running_var.clone())
+        for m in net.materialize()
+        if isinstance(m, nn.BatchNorm2d)
+    ]
+    net.eval()
+    net.recalibrate_bn_(x, batch_size=16)
+    plain = net.materialize()
+    got = [(m.running_mean, m.running_var) for m in plain if isinstance(m, nn.BatchNorm2d)]
+    want = _reference_bn_stats(plain, x, batch_size=16)
+    assert len(got) == len(want) == 3
+    for (gm, gv), (wm, wv), (sm, _) in zip(got, want, stale, strict=True):
+        torch.testing.assert_close(gm, wm, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gv, wv, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(gm, sm)  # the stale statistics were really replaced
+    for n, p in net.named_parameters():  # weights, logits and gates untouched
+        torch.testing.assert_close(p.detach(), weights[n], rtol=0, atol=0)
+    assert not net.training and net._calibration_batch == 0  # mode restored, sampling forward back
+    torch.testing.assert_close(plain(x), net(x), rtol=1e-5, atol=1e-5)  # parity still holds
+
+
+def test_growth_ends_with_recalibrated_bn_and_the_weight_schedule_is_honoured(digits) -> None:
+    train, _ = digits
+    rows = {}
+    for schedule in ("constant", "cosine"):
+        torch.manual_seed(0)
+        net = GrowNet(SPEC)
+        rep = grow_(
+            net, train, GrowConfig(budget_value=0.3, epochs=3, batch_size=128, weight_schedule=schedule)
+        )
+        rows[schedule] = [r["weight_lr"] for r in rep.history]
+        plain = net.materialize()
+        got = [m.running_mean for m in plain if isinstance(m, nn.BatchNorm2d)]
+        want = _reference_bn_stats(plain, train[0], batch_size=256)
+        for g, (w, _) in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert rows["constant"] == [0.05, 0.05, 0.05]  # held while the architecture grows
+    assert rows["cosine"][0] == 0.05 and rows["cosine"][1] < 0.05 and rows["cosine"][2] < rows["cosine"][1]
+    with pytest.raises(ValueError, match="weight_schedule"):
+        GrowConfig(weight_schedule="step")

@@ -136,6 +136,9 @@ class GrowNet(nn.Module):
             torch.arange(w) < seed_units for w in self.group_width
         ]  # sampled q (bool)
         self.layer_active = torch.zeros(len(gated), dtype=torch.bool)
+        # Set only inside recalibrate_bn_: train-mode BN (batch statistics, cumulative running average)
+        # on the deterministic (s > 0) architecture instead of the sampled one.
+        self._calibration_batch = 0
 
     # ------------------------------------------------------------------------------ gate values
     def channel_beta(self, g: int) -> Tensor:
@@ -175,7 +178,9 @@ class GrowNet(nn.Module):
         bn = self.bns[j]
         if self.training:
             rm, rv = bn.running_mean[idx].clone(), bn.running_var[idx].clone()
-            out = F.batch_norm(y, rm, rv, bn.weight[idx], bn.bias[idx], True, bn.momentum or 0.1, bn.eps)
+            # calibration: cumulative average over the k-th batch (momentum 1/k), as BatchNorm with momentum None
+            momentum = 1.0 / self._calibration_batch if self._calibration_batch else (bn.momentum or 0.1)
+            out = F.batch_norm(y, rm, rv, bn.weight[idx], bn.bias[idx], True, momentum, bn.eps)
             with torch.no_grad():
                 bn.running_mean[idx] = rm
                 bn.running_var[idx] = rv
@@ -186,7 +191,7 @@ class GrowNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Training: the sampled subnetwork with soft gates. Eval: the final (s > 0) architecture."""
-        if self.training:
+        if self.training and not self._calibration_batch:
             active, layer_active, soft_layers = self.active, self.layer_active, True
         else:
             active, layer_active = self.deterministic_state()
@@ -216,6 +221,33 @@ class GrowNet(nn.Module):
                 x = F.max_pool2d(x, 2)
         x = x.mean(dim=(2, 3))  # (B, C) global average pool
         return F.linear(x, self.fc.weight.index_select(1, cur), self.fc.bias)
+
+    @torch.no_grad()
+    def recalibrate_bn_(self, x: Tensor, *, batch_size: int = 256) -> None:
+        """Re-estimate every BatchNorm's running statistics on ``x`` for the final (s > 0) architecture.
+
+        During growth the running statistics are exponential averages over *sampled* networks: units
+        near the threshold switch on and off from epoch to epoch, the gates that scale each layer's
+        input sharpen after every epoch (the temperature counters advance after the last one too), and
+        the early entries come from a much smaller network. Evaluation and :meth:`materialize` use the
+        deterministic architecture, whose pre-BN activations differ from all of those, so the carried
+        statistics are stale. This pass replaces them with the exact (cumulative) statistics of the
+        deterministic network on ``x`` (the training data); weights, logits and gates are untouched.
+        """
+        was = self.training
+        active, _ = self.deterministic_state()
+        for j, bn in enumerate(self.bns):
+            idx = active[self.group_of[j]].nonzero().flatten()
+            bn.running_mean[idx] = 0.0
+            bn.running_var[idx] = 1.0
+        self.train()
+        try:
+            for k, i in enumerate(range(0, len(x), batch_size), start=1):
+                self._calibration_batch = k
+                self(x[i : i + batch_size])
+        finally:
+            self._calibration_batch = 0
+            self.train(was)
 
     # ------------------------------------------------------------------------------- materialise
     def units_for_widths(self, widths: Sequence[int]) -> list[Tensor]:

@@ -46,6 +46,9 @@ class BudgetKind(enum.StrEnum):
     LATENCY = "latency"  # value: milliseconds predicted by a LatencyTable
 
 
+WEIGHT_SCHEDULES = ("cosine", "constant")
+
+
 @dataclass(frozen=True)
 class GrowConfig:
     """Growth run settings (defaults: the paper's channel-growth setting, rescaled to digits)."""
@@ -57,7 +60,11 @@ class GrowConfig:
     lambda2_base: float = 0.1  # layer gates
     final_beta: float = 100.0  # gamma = final_beta ** (1 / epochs)
     global_temperature: bool = False  # ablation: one global counter instead of per-unit counters
-    lr: float = 0.05  # weights: SGD + momentum + cosine
+    lr: float = 0.05  # weights: SGD + momentum, schedule below
+    # "cosine": the weight lr anneals to 0 over the growth epochs (the network is used as it is, paper
+    # Table 1). "constant": the lr stays at ``lr`` while the architecture is still growing, so the
+    # annealing is left to the fine-tune of the final architecture (grow, then fine-tune: Tables 3/4).
+    weight_schedule: str = "cosine"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     mask_lr: float = 0.1  # logits: SGD lr 0.1, momentum 0.9, wd 1e-6, same schedule (paper §4.2)
@@ -69,6 +76,9 @@ class GrowConfig:
     logit_off: float = -3.0
     logit_jitter: float = 0.5  # uniform spread of the dormant logits (breaks all-at-once growth)
     measure_final: bool = True  # u_G of the architecture kept now (s > 0); False: of the sampled network
+    recalibrate_bn: bool = (
+        True  # after growth: BN statistics of the final architecture (GrowNet.recalibrate_bn_)
+    )
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +95,10 @@ class GrowConfig:
             raise ValueError(f"seed_units must be >= 1, got {self.seed_units}")
         if not self.logit_off < 0 < self.logit_on:
             raise ValueError(f"need logit_off < 0 < logit_on, got {self.logit_off}, {self.logit_on}")
+        if self.weight_schedule not in WEIGHT_SCHEDULES:
+            raise ValueError(
+                f"weight_schedule must be one of {WEIGHT_SCHEDULES}, got {self.weight_schedule!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -236,7 +250,12 @@ def grow_(
     m_opt = torch.optim.SGD(
         logits, lr=cfg.mask_lr, momentum=cfg.mask_momentum, weight_decay=cfg.mask_weight_decay
     )
-    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs)
+    if cfg.weight_schedule == "constant":
+        w_sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
+            w_opt, lambda _: 1.0
+        )
+    else:
+        w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs)
     m_sched = torch.optim.lr_scheduler.CosineAnnealingLR(m_opt, T_max=cfg.epochs)
     named = dict(net.named_parameters())
     full_params, full_macs = count_resources(net.spec, list(net.spec.widths), [True] * len(net.spec.widths))
@@ -254,6 +273,7 @@ def grow_(
         lam1 = budget_lambda(cfg.lambda1_base, meter.target, u_g)
         lam2 = budget_lambda(cfg.lambda2_base, meter.target, u_g)
         _, macs = count_resources(net.spec, widths, on)
+        weight_lr = float(w_opt.param_groups[0]["lr"])
         held = _weight_active_masks(net, net.active, net.layer_active)
         net.train()
         perm = torch.randperm(len(x_all), generator=gen)
@@ -315,6 +335,7 @@ def grow_(
             "lambda2": lam2,
             "resource": meter.in_budget_unit(widths, on),
             "train_loss": total_loss / max(seen, 1),
+            "weight_lr": weight_lr,
             "kept_widths": net.widths_of(net.deterministic_state()[0]),
             "expected_widths": [
                 round(float(net.channel_gates(net.group_of[j]).detach().sum()), 2) for j in range(len(widths))
@@ -326,6 +347,8 @@ def grow_(
         logger.info("epoch %d widths %s u_G=%.3f lambda1=%.3f", epoch, widths, u_g, lam1)
         if on_epoch is not None:
             on_epoch(row)
+    if cfg.recalibrate_bn:
+        net.recalibrate_bn_(x_all)
     chans, layers = net.deterministic_state()
     disagreement = int(sum(int((c != a).sum()) for c, a in zip(chans, net.active, strict=True)))
     final_w = net.widths_of(chans)
