@@ -44,6 +44,10 @@ from edgetrim.types import LayerOp, OpContext, OpKind
 
 logger = logging.getLogger(__name__)
 
+#: onnxruntime reorder chains profiled per spatial shape: ``other/nchwc<B>_pair<k>`` runs ``k``
+#: ReorderInput -> ReorderOutput pairs in one graph; the two lengths price a reorder inside a model.
+NCHWC_PAIR_CHAINS = (1, 8)
+
 #: Kinds whose latency must come from their own context's table.
 TABLED_KINDS = frozenset({OpKind.CONV2D, OpKind.LINEAR, OpKind.DEPTHWISE_CONV2D})
 
@@ -219,7 +223,8 @@ def _nchwc_layout(
 
     The ops are walked as a chain (the order torch executes them): a blocked region starts at the
     first blocked op and ends at the first op that cannot run blocked (global pool, broadcast
-    multiply, reshape, linear, ...) or at the model's end. Branches that re-join (residual adds) are
+    multiply, reshape, linear, ...), at a conv below the block (blocked, but it reads NCHW input, so
+    the region before it is reordered out and a new one starts) or at the model's end. Branches that re-join (residual adds) are
     priced as the chain sees them.
     """
     reorder_ctx = {d: OpContext(OpKind.OTHER, variant=f"nchwc{block}_{d}") for d in ("in", "out")}
@@ -229,9 +234,36 @@ def _nchwc_layout(
         return rows  # no reorder costs measured: leave the table's one-op prices as they are
 
     def reorder_ms(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
+        """What a one-op graph paid for this reorder (taken off the blocked op's price)."""
         c = cal.for_context(reorder_ctx[direction])
         ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant=reorder_ctx[direction].variant)
         return 0.0 if c is None else c(elements(ctx, width, width))
+
+    variants = {c.variant for c in table.contexts()}
+    short, long_ = (
+        cal.for_context(OpContext(OpKind.OTHER, variant=f"nchwc{block}_pair{k}"))
+        if f"nchwc{block}_pair{k}" in variants
+        else None  # for_context would fall back to the other reorder points
+        for k in NCHWC_PAIR_CHAINS
+    )
+    dispatch = float(table.meta.get("per_op_overhead_ms") or 0.0)
+
+    def boundary_ms(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
+        """What the reorder costs inside a model, where the layout row is added.
+
+        Alone in a graph a reorder costs more than between two kernels; a chain of ``k`` pairs
+        against a chain of one prices an in-graph pair (its two node dispatches are counted with
+        the other nodes), split between the directions as their one-op prices split. Without
+        chain contexts (older tables) the one-op price stands.
+        """
+        alone = reorder_ms(direction, width, spatial, tokens)
+        if short is None or long_ is None:
+            return alone
+        e = elements(OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens), width, width)
+        pair = (long_(e) - short(e)) / (NCHWC_PAIR_CHAINS[1] - NCHWC_PAIR_CHAINS[0])
+        both = reorder_ms("in", width, spatial, tokens) + reorder_ms("out", width, spatial, tokens)
+        share = alone / both if both > 0 else 0.5
+        return max(pair * share - dispatch, 0.0)
 
     out: list[LayerPrediction] = []
     blocked = False
@@ -247,7 +279,11 @@ def _nchwc_layout(
                 paid += reorder_ms("in", op.in_width, ctx.spatial, ctx.tokens)
             if not blocked and paid_in:
                 out.append(_layout_row(f"{op.name}:reorder_in", reorder_ctx["in"], op.in_width,
-                                       reorder_ms("in", op.in_width, ctx.spatial, ctx.tokens)))  # fmt: skip
+                                       boundary_ms("in", op.in_width, ctx.spatial, ctx.tokens)))  # fmt: skip
+            elif blocked and not paid_in:  # a conv below the block reads NCHW: the region ends first
+                w, sp, tok = cur
+                out.append(_layout_row(f"{op.name}:reorder_out", reorder_ctx["out"], w,
+                                       boundary_ms("out", w, sp, tok)))  # fmt: skip
             out.append(_replace_ms(row, max(row.ms - paid, 0.0)))
             blocked = True
             fusable = act_fusable = ctx.kind is not OpKind.POOL and ctx.activation == "none"
@@ -265,13 +301,13 @@ def _nchwc_layout(
             if blocked:
                 w, sp, tok = cur
                 out.append(_layout_row(f"{op.name}:reorder_out", reorder_ctx["out"], w,
-                                       reorder_ms("out", w, sp, tok)))  # fmt: skip
+                                       boundary_ms("out", w, sp, tok)))  # fmt: skip
             blocked = fusable = act_fusable = False
             out.append(row)
         cur = (op.out_width, _out_spatial(ctx), ctx.tokens)
     if blocked:
         w, sp, tok = cur
-        out.append(_layout_row("output:reorder_out", reorder_ctx["out"], w, reorder_ms("out", w, sp, tok)))
+        out.append(_layout_row("output:reorder_out", reorder_ctx["out"], w, boundary_ms("out", w, sp, tok)))
     return out
 
 

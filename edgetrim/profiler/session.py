@@ -33,6 +33,7 @@ from typing import Any
 from edgetrim.errors import EdgetrimError, TableError
 from edgetrim.lookup_tables import LatencyTable, load_table
 from edgetrim.lookup_tables.grid import plan_points, refine_points
+from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS
 from edgetrim.profiler.builders import UnsupportedOpError, validate_context
 from edgetrim.profiler.builders._common import conv_out_hw
 from edgetrim.profiler.stats import shift_stats
@@ -363,6 +364,12 @@ def nchwc_reorder_requests(plans: Sequence[ContextPlan], block: int) -> list[OpR
         widths = {block * k for k in _REORDER_BLOCKS if block * k <= max(max_w, block)}
         if direction == "out":
             widths |= {w + block // 2 + 1 for w in widths if w + block // 2 + 1 <= max_w}
+        else:  # in-graph price of a reorder: chains of pairs, at the shapes where regions start
+            for k in NCHWC_PAIR_CHAINS:
+                chain = OpContext(
+                    OpKind.OTHER, spatial=spatial, tokens=tokens, variant=f"nchwc{block}_pair{k}"
+                )
+                reqs.extend((chain, w, w) for w in sorted(widths))
         reqs.extend((ctx, w, w) for w in sorted(widths))
     return reqs
 

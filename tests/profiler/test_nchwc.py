@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetrim.lookup_tables.predict import nchwc_eligible
+from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS, nchwc_eligible
 from edgetrim.profiler.builders import build_onnx_op
 from edgetrim.profiler.session import ContextPlan, nchwc_reorder_requests
 from edgetrim.profiler.timing import TimingConfig
@@ -22,7 +22,7 @@ def target():  # type: ignore[no-untyped-def]
     return get_target("ort-cpu", threads=1)
 
 
-def _optimised_ops(data: bytes, tmp_path) -> list[str]:  # type: ignore[no-untyped-def]
+def _optimised_ops(data: bytes | str, tmp_path) -> list[str]:  # type: ignore[no-untyped-def]
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
@@ -61,8 +61,9 @@ def test_reorder_contexts_build_and_run(target) -> None:  # type: ignore[no-unty
     plans = [ContextPlan(CONV, 2 * block, 2 * block + 3), ContextPlan(GPOOL, 16, 16)]
     reqs = nchwc_reorder_requests(plans, block)
     keys = {(c.variant, c.spatial) for c, _, _ in reqs}
-    assert keys == {(f"nchwc{block}_in", (6, 6)), (f"nchwc{block}_out", (6, 6))}  # the global pool adds none
-    assert all(i % block == 0 for c, i, _ in reqs if c.variant.endswith("_in"))  # kernel needs multiples
+    pairs = {(f"nchwc{block}_pair{k}", (6, 6)) for k in NCHWC_PAIR_CHAINS}  # in-graph reorder price
+    assert keys == {(f"nchwc{block}_in", (6, 6)), (f"nchwc{block}_out", (6, 6)), *pairs}  # global pool: none
+    assert all(i % block == 0 for c, i, _ in reqs if not c.variant.endswith("_out"))  # kernel needs multiples
     assert any(i % block for c, i, _ in reqs if c.variant.endswith("_out"))
     for ctx, w in ((OpContext(OpKind.OTHER, spatial=(3, 5), variant=f"nchwc{block}_out"), block + 3),
                    (OpContext(OpKind.OTHER, spatial=(3, 5), variant=f"nchwc{block}_in"), block)):  # fmt: skip
@@ -78,6 +79,19 @@ def test_reorder_contexts_build_and_run(target) -> None:  # type: ignore[no-unty
             assert y.shape == (1, w, 3, 5)
 
 
+def test_reorder_pair_chains_round_trip(target) -> None:  # type: ignore[no-untyped-def]
+    block = target.nchwc_block()
+    if block is None:
+        pytest.skip("onnxruntime does not use the NCHWc layout on this CPU")
+    x = np.random.default_rng(2).standard_normal((1, 2 * block, 3, 5)).astype(np.float32)
+    for k in NCHWC_PAIR_CHAINS:
+        ctx = OpContext(OpKind.OTHER, spatial=(3, 5), variant=f"nchwc{block}_pair{k}")
+        data = build_onnx_op(ctx, 2 * block, 2 * block)
+        kinds = [n.op_type for n in onnx.load_from_string(data).graph.node if n.op_type.startswith("Reorder")]
+        assert kinds == ["ReorderInput", "ReorderOutput"] * k
+        np.testing.assert_array_equal(target.session(data).run(None, {"x": x})[0], x)
+
+
 def test_global_avg_pool_builder_is_a_mean(target) -> None:  # type: ignore[no-untyped-def]
     sess = target.session(build_onnx_op(GPOOL, 5, 5))
     x = np.random.default_rng(1).standard_normal((1, 5, 6, 6)).astype(np.float32)
@@ -90,3 +104,56 @@ def test_table_meta_has_dispatch_cost_and_block(target) -> None:  # type: ignore
     assert meta.get("ort_nchwc_block") in (None, 8, 16)
     if meta.get("ort_nchwc_block"):  # an alignment is only recorded where it is finer than the block
         assert meta.get("ort_nchwc_conv_alignment") in (None, 1, 2, 4, 8)
+
+
+def _constant_table(ops, block: int, align: int | None):  # type: ignore[no-untyped-def]
+    """Every context of ``ops`` at a flat cost plus both reorder contexts: only the layout matters."""
+    from edgetrim.lookup_tables import LatencyTable
+    from edgetrim.types import DeviceInfo, LatencyStats
+
+    meta = {"ort_nchwc_block": block, **({"ort_nchwc_conv_alignment": align} if align else {})}
+    table = LatencyTable(DeviceInfo("ort-cpu", "onnxruntime", "test", "synthetic"), meta=meta)
+    flat = LatencyStats(0.01, 0.01, 0.01, 0.01, 0.0, 5)
+    for op in ops:
+        widths = {(w, w) for w in (1, op.in_width, op.out_width)} if op.context.one_axis else {
+            (i, o) for i in (1, op.in_width) for o in (1, op.out_width)}  # fmt: skip
+        for i, o in widths:
+            table.record(op.context, i, o, flat)
+    for d in ("in", "out"):
+        for w in (block, 4 * block):
+            ms = 1e-6 * w * 16
+            table.record(OpContext(OpKind.OTHER, spatial=(4, 4), variant=f"nchwc{block}_{d}"), w, w,
+                         LatencyStats(ms, ms, ms, ms, 0.0, 5))  # fmt: skip
+    return table
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("mobilenetv3_small", {"width_mult": 0.61, "divisor": 1, "image_size": 16}),
+     ("mobilenetv3_small", {"image_size": 16}),
+     ("efficientnet_b0_small", {"width_mult": 0.43, "divisor": 1, "image_size": 16}),
+     ("resnet_small", {"widths": (11, 27, 53), "image_size": 16}),
+     ("cnn3", {"widths": (13, 29, 27), "image_size": 16})],
+)  # fmt: skip
+def test_predicted_reorders_match_the_optimised_model(target, tmp_path, name, kwargs) -> None:  # type: ignore[no-untyped-def]
+    """The predictor's layout walk inserts as many ReorderInput / ReorderOutput as onnxruntime does."""
+    from edgetrim.examples.models import build
+    from edgetrim.lookup_tables import predict_model
+    from edgetrim.model_ops import extract_layer_ops
+    from edgetrim.profiler.targets.onnxruntime_target import export_onnx_for_timing
+
+    block = target.nchwc_block()
+    if block is None:
+        pytest.skip("onnxruntime does not use the NCHWc layout on this CPU")
+    module, inputs = build(name, **kwargs)
+    ops = extract_layer_ops(module, inputs, fusion=target.fusion)
+    pred = predict_model(_constant_table(ops, block, target.nchwc_conv_alignment(block)), ops)
+    predicted = {d: sum(r.method == "layout" and r.name.endswith(f":reorder_{d}") for r in pred.rows)
+                 for d in ("in", "out")}  # fmt: skip
+    path = tmp_path / "m.onnx"
+    export_onnx_for_timing(module, tuple(inputs), path)
+    graph_ops = _optimised_ops(str(path), tmp_path)  # a path: the export may keep weights beside it
+    actual = {
+        d: graph_ops.count((f"Reorder{d.capitalize()}put", "com.microsoft.nchwc")) for d in ("in", "out")
+    }
+    assert predicted == actual, [r.name for r in pred.rows if r.method == "layout"]

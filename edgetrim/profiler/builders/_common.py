@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from edgetrim.errors import EdgetrimError
+from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS
 from edgetrim.types import OpContext, OpKind
 
 # Canonical activation names used in OpContext.activation / ACTIVATION variants.
@@ -29,12 +30,13 @@ NCHWC_REORDER_PREFIX = "nchwc"
 
 
 def nchwc_reorder(ctx: OpContext) -> tuple[int, str] | None:
-    """(block, "in" | "out") of an NCHWc reorder context (``variant == "nchwc<block>_<in|out>"``)."""
+    """(block, "in" | "out" | "pair<k>") of an NCHWc reorder context (``variant == "nchwc<B>_<dir>"``)."""
     v = ctx.variant
     if ctx.kind is not OpKind.OTHER or not v.startswith(NCHWC_REORDER_PREFIX) or "_" not in v:
         return None
     block, _, direction = v[len(NCHWC_REORDER_PREFIX) :].partition("_")
-    if not block.isdigit() or int(block) < 1 or direction not in ("in", "out"):
+    pairs = {f"pair{k}" for k in NCHWC_PAIR_CHAINS}
+    if not block.isdigit() or int(block) < 1 or direction not in ("in", "out", *pairs):
         return None
     return int(block), direction
 
@@ -124,7 +126,7 @@ def output_shape(ctx: OpContext, in_w: int, out_w: int) -> tuple[int, ...]:
         if reorder is not None:
             block, direction = reorder
             padded = -(-in_w // block) * block
-            return (ctx.tokens, padded if direction == "in" else in_w, *ctx.spatial)
+            return (ctx.tokens, padded if direction == "in" else in_w, *ctx.spatial)  # pair: NCHW again
         raise UnsupportedOpError(
             f"OTHER op {ctx.variant!r} ({ctx.key()}) has no one-op model; known: {sorted(OTHER_VARIANTS)}"
         )

@@ -208,6 +208,11 @@ def build_onnx_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         if direction == "in":
             x = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
             y = g.node("ReorderInput", [x], domain="com.microsoft.nchwc")
+        elif direction.startswith("pair"):
+            y = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
+            for _ in range(int(direction[len("pair") :])):
+                blocked = g.node("ReorderInput", [y], domain="com.microsoft.nchwc")
+                y = g.node("ReorderOutput", [blocked], domain="com.microsoft.nchwc", channels=in_w)
         else:
             x = g.input("x", (ctx.tokens, -(-in_w // block) * block, *ctx.spatial))
             y = g.node("ReorderOutput", [x], domain="com.microsoft.nchwc", channels=in_w)
