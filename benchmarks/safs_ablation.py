@@ -12,7 +12,10 @@ Budgets are the paper's shape scaled to one CPU core (the paper: 20 LAHC evaluat
 SMAC trials x 3 folds, 200-epoch final training): by default 10 stage-1 evaluations of 10 epochs, 5
 HPO trials x 2 folds x 15 epochs, 40-epoch final fine-tune for every arm (about 30 minutes on one
 shared core). The "stage1" and "safs"
-arms run the same seeded stage-1 search; the second replays the first's memo.
+arms run the same seeded stage-1 search; the second replays the first's memo. Each stage's winner is
+kept only if it beats its incumbent (original operators; frozen scalars with the default recipe) on the
+same k folds of the training split at the final fine-tune's length (``--no-incumbent-check``: each
+stage's low-fidelity winner taken as it is, the earlier behaviour).
 
     .venv/bin/python benchmarks/safs_ablation.py            # 3 seeds, 99% ablation + 90/95/99% sweep
     .venv/bin/python benchmarks/safs_ablation.py --quick    # minutes: proves the script works
@@ -67,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--sparsity", type=float, default=0.99)
     ap.add_argument("--scope", default="layer", help="layer (SAFS reference) or global magnitude pruning")
+    ap.add_argument(
+        "--no-incumbent-check",
+        action="store_true",
+        help="ablation: take each stage's low-fidelity winner without the final-length k-fold check",
+    )
     ap.add_argument("--sweep", default="0.9,0.95,0.99", help="ratios for the ReLU-vs-SAFS sweep ('' to skip)")
     ap.add_argument(
         "--reduced", "--quick", action="store_true", help="small budgets to prove the script works"
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             hpo=HPOConfig(trials=args.stage2_trials, folds=args.folds, seed=seed),
             stage2_epochs=args.stage2_epochs,
             finetune=FinetuneConfig(epochs=args.finetune_epochs),
+            incumbent_check=not args.no_incumbent_check,
             seed=seed,
         )
 
@@ -187,7 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                     "stage1": None
                     if rep.stage1 is None
                     else {
-                        k: rep.stage1[k] for k in ("best", "best_energy", "evaluations", "original_energy")
+                        k: rep.stage1[k]
+                        for k in (
+                            "best",
+                            "best_energy",
+                            "evaluations",
+                            "original_energy",
+                            "incumbent_check",
+                            "chosen",
+                        )
                     },
                     "stage2": None
                     if rep.stage2 is None

@@ -179,3 +179,91 @@ def test_chance_floor_is_the_majority_share_plus_three_sigma() -> None:
     assert chance_floor(torch.zeros(50, dtype=torch.long)) == pytest.approx(
         1.0
     )  # one class: nothing beats it
+
+
+def _fake_finetune(monkeypatch, score):
+    """Replace the masked fine-tune in the pipeline by ``score(ops, learnable, cfg) -> val accuracy``.
+
+    Weights are left as they are (the masks stay exact); only the validation report is scripted, so the
+    tests pin down which configuration each stage selection keeps.
+    """
+    from edgetrim.compress.safs import pipeline
+    from edgetrim.compress.safs.activations import ParametricActivation
+    from edgetrim.compress.safs.train import FinetuneReport
+
+    def fake(model, masks, x, y, cfg, *, seed=0, val=None):
+        acts = [m for m in model.modules() if isinstance(m, ParametricActivation)]
+        ops = tuple(m.op_name for m in acts)
+        learnable = any(p.requires_grad for m in acts for p in m.scalars.values())
+        acc = score(ops, learnable, cfg) if val is not None else None
+        return FinetuneReport(0.0, acc, None if acc is None else 1.0, cfg.epochs)
+
+    monkeypatch.setattr(pipeline, "finetune_", fake)
+
+
+def _selection_cfg(stage1: bool, stage2: bool, check: bool) -> SafsConfig:
+    return SafsConfig(
+        sparsity=0.9,
+        stage1=stage1,
+        stage2=stage2,
+        search=SearchConfig(max_evals=3, min_steps=2, space=("symlog", "swish")),  # never the original
+        stage1_epochs=1,
+        hpo=HPOConfig(trials=3, folds=2, backend="random"),
+        stage2_epochs=2,
+        finetune=FinetuneConfig(epochs=6),
+        incumbent_check=check,
+    )
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_stage1_winner_must_beat_the_original_at_final_length(digits_small, monkeypatch, check) -> None:
+    dense, train, test = digits_small
+
+    def score(ops, learnable, cfg):  # the new operators look better after 1 epoch, worse after 6
+        if all(op == "relu" for op in ops):
+            return 0.8
+        return 0.9 if cfg.epochs == 1 else 0.7
+
+    _fake_finetune(monkeypatch, score)
+    _, rep = run_safs(dense, (torch.zeros(1, 64),), train, test, _selection_cfg(True, False, check))
+    assert rep.stage1["best"] != ["relu", "relu"]  # the search itself picked new operators
+    if check:
+        assert rep.chromosome == ["relu", "relu"]  # ... which lose at the final length: original kept
+        assert rep.stage1["incumbent_check"]["accepted"] is False
+        assert rep.stage1["incumbent_check"]["incumbent"]["kfold_accuracy"] == pytest.approx(0.8)
+    else:
+        assert rep.chromosome == rep.stage1["best"] and rep.stage1["incumbent_check"] is None
+
+
+def test_stage1_winner_that_wins_at_final_length_is_kept(digits_small, monkeypatch) -> None:
+    dense, train, test = digits_small
+    _fake_finetune(monkeypatch, lambda ops, learnable, cfg: 0.8 if all(op == "relu" for op in ops) else 0.85)
+    _, rep = run_safs(dense, (torch.zeros(1, 64),), train, test, _selection_cfg(True, False, True))
+    assert rep.chromosome == rep.stage1["best"] != ["relu", "relu"]
+    assert rep.stage1["incumbent_check"]["accepted"] is True
+
+
+@pytest.mark.parametrize("final_winner", ["tuned", "incumbent"])
+def test_stage2_recipe_must_beat_frozen_scalars_and_default_at_final_length(
+    digits_small, monkeypatch, final_winner
+) -> None:
+    dense, train, test = digits_small
+    default = FinetuneConfig(epochs=6)
+
+    def score(ops, learnable, cfg):
+        tuned = cfg.lr != default.lr
+        if cfg.epochs == 2:  # HPO trials: every sampled recipe beats the default
+            return 0.9 if tuned else 0.5
+        if not learnable and not tuned:
+            return 0.8  # the incumbent at the final length
+        return 0.85 if final_winner == "tuned" else 0.6  # e.g. a recipe that diverges after the trials
+
+    _fake_finetune(monkeypatch, score)
+    _, rep = run_safs(dense, (torch.zeros(1, 64),), train, test, _selection_cfg(False, True, True))
+    assert rep.stage2["best"]["lr"] != default.lr  # HPO chose a tuned recipe on its short trials
+    if final_winner == "tuned":
+        assert rep.stage2["learned_scalars"] and rep.finetune["lr"] == rep.stage2["best"]["lr"]
+        assert rep.finetune["epochs"] == 6
+    else:
+        assert not rep.stage2["learned_scalars"] and rep.finetune == default.to_dict()
+        assert rep.stage2["incumbent_check"]["candidate"]["kfold_accuracy"] == pytest.approx(0.6)

@@ -5,6 +5,13 @@ see the training tensors (stage 1 holds out ``stage1_val_fraction`` of them; sta
 test tensors are used once, for the final accuracy. The pruning mask is made once and held exactly by
 every fine-tune; ``masks_intact`` in the report is checked, not assumed.
 
+Each stage only replaces what came before it when it wins on the training split's k folds at the final
+fine-tune's length (``incumbent_check``): stage 1's operators against the original ones, stage 2's
+learned scalars and tuned recipe against frozen scalars with the default recipe. Both stages rank
+their candidates at low fidelity (a short fine-tune on one holdout; short HPO trials), and their winners
+were seen to lose to the incumbent after the real fine-tune (stage 1 at 90-95% sparsity) or to diverge
+past the trials' length (a tuned recipe at 95%). A stage that keeps its incumbent changes nothing.
+
 Turning the stages off gives the ablation arms of the paper:
 
 ===================  ================  ================
@@ -74,6 +81,11 @@ class SafsConfig:
     stage2_epochs: int | None = None  # per HPO trial and fold; None: final_epochs
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # the dense recipe (default HPs)
     latency_budget_ms: float | None = None
+    # Each stage's result must beat the configuration it replaces (the incumbent: the original
+    # activations, then the frozen scalars with the default recipe) on the k folds of the training split
+    # at the *final* fine-tune's length; otherwise the incumbent is kept. False: take each stage's
+    # low-fidelity winner as it is.
+    incumbent_check: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -223,6 +235,37 @@ def run_safs(
         set_scalars_learnable_(m, learnable)
         return m
 
+    folds = kfold_indices(len(x_tr), cfg.hpo.folds, cfg.seed)
+    final_scores: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def kfold_score(
+        chromosome: list[str] | tuple[str, ...], learnable: bool, ft: FinetuneConfig
+    ) -> dict[str, Any]:
+        """k-fold validation of one (operators, scalars learnable, recipe) at the recipe's length."""
+        key = (tuple(chromosome), learnable, tuple(sorted(ft.to_dict().items())))
+        if key not in final_scores:
+            accs, losses = [], []
+            for tr_idx, va_idx in folds:
+                m = fresh(chromosome, learnable)
+                rep = finetune_(
+                    m, masks, x_tr[tr_idx], y_tr[tr_idx], ft, seed=cfg.seed, val=(x_tr[va_idx], y_tr[va_idx])
+                )
+                accs.append(rep.val_acc or 0.0)
+                losses.append(rep.val_loss)
+            final_scores[key] = {
+                "fitness": kfold_fitness(accs, losses),
+                "kfold_accuracy": sum(accs) / len(accs),
+                "fold_accuracy": accs,
+            }
+        return final_scores[key]
+
+    def incumbent_check(
+        candidate: tuple[list[str], bool, FinetuneConfig], incumbent: tuple[list[str], bool, FinetuneConfig]
+    ) -> dict[str, Any]:
+        """Both at the final fine-tune's length on the same folds; the candidate must score strictly higher."""
+        c, i = kfold_score(*candidate), kfold_score(*incumbent)
+        return {"candidate": c, "incumbent": i, "accepted": c["fitness"] > i["fitness"]}
+
     # --- stage 1: operator search, scalars frozen at 1, dense recipe, low fidelity --------------------
     chromosome = list(original)
     stage1_info: dict[str, Any] | None = None
@@ -250,22 +293,36 @@ def run_safs(
             else None
         )
         chromosome = list(res.best)
+        check = None
+        if cfg.incumbent_check and chromosome != list(original):
+            # The search ranks candidates after a short fine-tune on one holdout; whether the winner
+            # is better than the original operators after the real fine-tune is a separate question.
+            check = incumbent_check((chromosome, False, cfg.finetune), (list(original), False, cfg.finetune))
+            say(
+                f"stage 1: {chromosome} k-fold {check['candidate']['kfold_accuracy']:.3f} vs original "
+                f"{check['incumbent']['kfold_accuracy']:.3f} at {cfg.finetune.epochs} epochs: "
+                + ("accepted" if check["accepted"] else "original kept")
+            )
+            if not check["accepted"]:
+                chromosome = list(original)
         stage1_info = {
-            "best": chromosome,
+            "best": list(res.best),
             "best_energy": res.best_energy,
             "evaluations": res.evaluations,
             "steps": res.steps,
             "original_energy": baseline_energy,
+            "incumbent_check": check,
+            "chosen": chromosome,
             "log": res.log,
         }
 
     # --- stage 2: learn alpha / beta while the optimiser tunes the fine-tune (k-fold validation) -----
     final_cfg = cfg.finetune
+    learn_scalars = False
     stage2_info: dict[str, Any] | None = None
     if cfg.stage2:
         trial_epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else cfg.finetune.epochs
         base = FinetuneConfig(**{**cfg.finetune.to_dict(), "epochs": trial_epochs})
-        folds = kfold_indices(len(x_tr), cfg.hpo.folds, cfg.seed)
 
         fold_accuracy: list[float] = []  # mean k-fold accuracy per trial, in trial order
 
@@ -295,7 +352,22 @@ def run_safs(
                 f"stage 2: best k-fold accuracy {fold_accuracy[best_index]:.3f} is at chance (< {floor:.3f}): default kept"
             )
         final_cfg = FinetuneConfig(**{**chosen.to_dict(), "epochs": cfg.finetune.epochs})
+        learn_scalars = True
+        check = None
+        if cfg.incumbent_check:
+            # The incumbent is what the run would do without stage 2: scalars frozen, default recipe.
+            # Trials shorter than the final fine-tune cannot see a recipe that overfits or diverges later.
+            check = incumbent_check((chromosome, True, final_cfg), (chromosome, False, cfg.finetune))
+            say(
+                f"stage 2: k-fold {check['candidate']['kfold_accuracy']:.3f} vs frozen scalars + default "
+                f"{check['incumbent']['kfold_accuracy']:.3f} at {cfg.finetune.epochs} epochs: "
+                + ("accepted" if check["accepted"] else "incumbent kept")
+            )
+            if not check["accepted"]:
+                final_cfg, learn_scalars = cfg.finetune, False
         stage2_info = {
+            "incumbent_check": check,
+            "learned_scalars": learn_scalars,
             "chance_floor": floor,
             "kept_default_at_chance": chosen is not hpo.best,
             "backend": hpo.backend.value,
@@ -309,7 +381,7 @@ def run_safs(
 
     # --- final fine-tune on all training data, then test once ----------------------------------------
     say("final fine-tune")
-    final = fresh(chromosome, learnable=cfg.stage2)
+    final = fresh(chromosome, learnable=cfg.stage2 and learn_scalars)
     finetune_(final, masks, x_tr, y_tr, final_cfg, seed=cfg.seed)
     intact = _masks_intact(final, masks)
     if not intact:  # a bug, not a user error: the mask engine must hold masks exactly
