@@ -6,7 +6,8 @@ Coverage policy, per :class:`~edgetrim.types.LayerOp`:
    (``extrapolated`` when a width is outside the measured range).
 2. *calibrated*: a kind that is not width-tabled per context (activations, adds, muls, pooling,
    norms, softmax, matmul, reshapes) whose exact context is missing, but the table holds contexts of
-   the same kind: a per-element cost ``ms = a + b * elements`` fitted (least squares, ``a, b >= 0``)
+   the same kind: a per-element cost ``ms = a + b * elements`` fitted (least squares, ``a, b >= 0``,
+   points far above the line dropped: load only adds time)
    over every measured point of that kind, preferring contexts with the same ``variant``.
    ``elements`` is width x spatial x tokens (two-axis kinds: in x out x tokens).
 3. *uncovered*: anything else of those kinds: ``ms = 0`` in the total, ``covered=False``, and its
@@ -132,6 +133,25 @@ def _fit_calibration(table: LatencyTable, contexts: Sequence[OpContext]) -> _Cal
     if not xs:
         return None
     x, y = np.asarray(xs), np.asarray(ys)
+    if np.ptp(x) == 0:
+        return _Calibration(float(np.median(y)), 0.0)
+    keep = np.ones(len(x), dtype=bool)
+    for _ in range(3):
+        fit = _line_fit(x[keep], y[keep])
+        # Load on a shared machine only adds time, and tiny ops (reorders, adds) catch whole
+        # scheduler hiccups: drop points far *above* the line (3 robust sigmas), then refit.
+        resid = y - fit(x)
+        centre = float(np.median(resid[keep]))
+        mad = 1.4826 * float(np.median(np.abs(resid[keep] - centre)))
+        new_keep = resid <= centre + 3.0 * max(mad, 1e-6)
+        if new_keep.sum() < max(3, len(x) // 2) or (new_keep == keep).all():
+            return fit
+        keep = new_keep
+    return _line_fit(x[keep], y[keep])
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray) -> _Calibration:
+    """Least-squares ``a + b * x`` with ``a, b >= 0`` (through the origin when the free fit is not)."""
     if np.ptp(x) == 0:
         return _Calibration(float(np.median(y)), 0.0)
     slope, intercept = np.polyfit(x, y, 1)

@@ -242,3 +242,21 @@ def test_nchwc_boundaries_are_priced_by_reorder_chains_when_measured() -> None:
     boundary = in_graph_pair * 16 * 64 / 2 - 1e-4  # half the pair (equal one-op prices), less one dispatch
     assert by_name["c1:reorder_in"].ms == pytest.approx(boundary, rel=1e-4)
     assert by_name["pool:reorder_out"].ms == pytest.approx(boundary, rel=1e-4)
+
+
+def test_calibrated_costs_ignore_points_that_load_pushed_up() -> None:
+    """A per-element fit over one-axis points is not dragged up by a few hiccups (load only adds)."""
+    from edgetrim.lookup_tables import LatencyTable
+    from edgetrim.lookup_tables.predict import _Calibrations
+
+    from .synth import DEVICE
+
+    t = LatencyTable(DEVICE)
+    ctx = OpContext(OpKind.OTHER, spatial=(4, 4), variant="transpose")
+    for w in range(1, 41):
+        ms = 1e-4 + 2e-6 * w * 16 + (2e-3 if w % 7 == 0 else 0.0)  # five points hit by a 2 us hiccup
+        t.record(ctx, w, w, stats(ms))
+    fit = _Calibrations(t).for_context(ctx)
+    assert fit is not None
+    assert fit.overhead_ms == pytest.approx(1e-4, rel=1e-3)
+    assert fit.ms_per_element == pytest.approx(2e-6, rel=1e-3)
