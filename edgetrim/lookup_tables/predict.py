@@ -254,10 +254,27 @@ def _nchwc_layout(
         return rows  # no reorder costs measured: leave the table's one-op prices as they are
 
     def reorder_ms(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
-        """What a one-op graph paid for this reorder (taken off the blocked op's price)."""
+        """A reorder alone in a one-op graph."""
         c = cal.for_context(reorder_ctx[direction])
         ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant=reorder_ctx[direction].variant)
         return 0.0 if c is None else c(elements(ctx, width, width))
+
+    def share(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
+        both = reorder_ms("in", width, spatial, tokens) + reorder_ms("out", width, spatial, tokens)
+        return reorder_ms(direction, width, spatial, tokens) / both if both > 0 else 0.5
+
+    def paid_ms(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
+        """What a blocked op's one-op graph paid for its reorder, taken off the op's price.
+
+        A graph that starts and ends in reorders costs more than its kernels: the one-pair chain
+        (ReorderInput -> ReorderOutput alone) measures exactly that, split between the directions
+        as their one-op prices split. Older tables without chains: the one-op reorder price.
+        """
+        if short is None:
+            return reorder_ms(direction, width, spatial, tokens)
+        e = elements(OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens), width, width)
+        # the blocked op's graph runs one node more than the pair, whose dispatch the model counts
+        return (short(e) + dispatch) * share(direction, width, spatial, tokens)
 
     variants = {c.variant for c in table.contexts()}
     short, long_ = (
@@ -276,14 +293,11 @@ def _nchwc_layout(
         the other nodes), split between the directions as their one-op prices split. Without
         chain contexts (older tables) the one-op price stands.
         """
-        alone = reorder_ms(direction, width, spatial, tokens)
         if short is None or long_ is None:
-            return alone
+            return reorder_ms(direction, width, spatial, tokens)
         e = elements(OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens), width, width)
         pair = (long_(e) - short(e)) / (NCHWC_PAIR_CHAINS[1] - NCHWC_PAIR_CHAINS[0])
-        both = reorder_ms("in", width, spatial, tokens) + reorder_ms("out", width, spatial, tokens)
-        share = alone / both if both > 0 else 0.5
-        return max(pair * share - dispatch, 0.0)
+        return max(pair * share(direction, width, spatial, tokens) - dispatch, 0.0)
 
     out: list[LayerPrediction] = []
     blocked = False
@@ -294,9 +308,9 @@ def _nchwc_layout(
         ctx = op.context
         elig, paid_in = nchwc_eligible(ctx, op.in_width, block, conv_align)
         if ctx.kind in (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.POOL) and elig:
-            paid = reorder_ms("out", op.out_width, _out_spatial(ctx), ctx.tokens)
+            paid = paid_ms("out", op.out_width, _out_spatial(ctx), ctx.tokens)
             if paid_in:
-                paid += reorder_ms("in", op.in_width, ctx.spatial, ctx.tokens)
+                paid += paid_ms("in", op.in_width, ctx.spatial, ctx.tokens)
             if not blocked and paid_in:
                 out.append(_layout_row(f"{op.name}:reorder_in", reorder_ctx["in"], op.in_width,
                                        boundary_ms("in", op.in_width, ctx.spatial, ctx.tokens)))  # fmt: skip
