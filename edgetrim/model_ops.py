@@ -48,7 +48,8 @@ class FusionRules:
         linear_nd_reshapes: a linear layer with bias on a >2-D input runs as Reshape -> Gemm ->
             Reshape (onnxruntime's MatMulAddFusion); the two reshapes are emitted as ``OTHER`` ops.
         add_into_layer_norm: a residual Add whose only consumer is a LayerNorm runs inside it
-            (onnxruntime's SkipLayerNormalization); the Add is not emitted.
+            (onnxruntime's SkipLayerNormalization); the Add is not emitted and the LayerNorm's context
+            gets ``variant="skip"`` (its one-op model adds the residual first, as the fused kernel does).
         transpose_into_matmul: a transpose of the last two axes whose only consumer is a matmul
             (as its second operand) runs inside it (onnxruntime's FusedMatMul, transB); not emitted.
     """
@@ -357,6 +358,8 @@ class _Extractor:
             for t in _tensors([*c.args, *c.kwargs.values()]):
                 self.consumers.setdefault(t.id, []).append(i)
         self.consumed: set[int] = set()
+        self.skip_layer_norms: set[int] = set()  # LayerNorm calls that absorbed a residual Add
+        self.current = -1  # index of the call being handled
         self.ops: list[LayerOp] = []
 
     # fusion look-ahead: the only consumer of ``out``, if it is a call whose first input is ``out``
@@ -412,6 +415,10 @@ class _Extractor:
             return
         tokens, spatial, width = lay
         self.emit(name, OpContext(kind, spatial=spatial, tokens=tokens, **kw), width, width)
+
+    def layer_norm(self, name: str, shape: tuple[int, ...]) -> None:
+        variant = "skip" if self.current in self.skip_layer_norms else ""
+        self.elementwise(name, OpKind.LAYER_NORM, (max(1, math.prod(shape[:-1])), shape[-1]), variant=variant)
 
     # -- per op family ---------------------------------------------------------------------
     def conv(self, c: _Call, x: _T, *, cin: int, cout: int, groups: int, kernel: Any, stride: Any,
@@ -536,7 +543,7 @@ class _Extractor:
             variant = "avg" if isinstance(m, nn.AvgPool2d) else "max"
             self.pool(c.name, x, variant, m.kernel_size, m.stride, m.padding)
         elif isinstance(m, nn.LayerNorm):
-            self.elementwise(c.name, OpKind.LAYER_NORM, (max(1, math.prod(x.shape[:-1])), x.shape[-1]))
+            self.layer_norm(c.name, x.shape)
         elif isinstance(m, nn.Softmax):
             self.elementwise(c.name, OpKind.SOFTMAX, (max(1, math.prod(x.shape[:-1])), x.shape[-1]))
         elif isinstance(m, (nn.Flatten, nn.Unflatten)):
@@ -578,6 +585,7 @@ class _Extractor:
                 logger.debug("%s: %s with a scalar is not tabled", c.name, op)
                 return
             if self.fusion.add_into_layer_norm and op == "add" and self._feeds_layer_norm(c):
+                self.skip_layer_norms.add(self._sole_next(c.out))  # type: ignore[arg-type]
                 return
             act, _ = self._take_activation(c.out, self.fusion.add_activations)
             self.elementwise(c.name, OpKind.ADD, out_shape, activation=act)
@@ -605,7 +613,7 @@ class _Extractor:
         elif op == "softmax":
             self.elementwise(c.name, OpKind.SOFTMAX, (max(1, math.prod(out_shape[:-1])), out_shape[-1]))
         elif op == "layer_norm":
-            self.elementwise(c.name, OpKind.LAYER_NORM, (max(1, math.prod(out_shape[:-1])), out_shape[-1]))
+            self.layer_norm(c.name, out_shape)
         elif op == "batch_norm" and ins:
             self.elementwise(c.name, OpKind.BATCH_NORM, ins[0].shape)
         elif op in ("adaptive_avg_pool2d", "adaptive_max_pool2d") and ins:
@@ -702,6 +710,7 @@ class _Extractor:
             if i in self.consumed:
                 continue
             self.consumed.add(i)
+            self.current = i
             if c.op == "module":
                 self.module_call(c)
             else:

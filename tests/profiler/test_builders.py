@@ -58,6 +58,7 @@ CASES: list[tuple[OpContext, int, int]] = [
         5,
     ),
     (OpContext(OpKind.LAYER_NORM, tokens=6), 16, 16),
+    (OpContext(OpKind.LAYER_NORM, tokens=6, variant="skip"), 16, 16),
     (OpContext(OpKind.BATCH_NORM, spatial=(4, 4)), 6, 6),
     (OpContext(OpKind.SOFTMAX, tokens=6), 16, 16),
     (OpContext(OpKind.MATMUL, tokens=6, variant="batch2"), 8, 6),

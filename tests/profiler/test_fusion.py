@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgetrim.model_ops import LITERT, ONNXRUNTIME, extract_layer_ops
+from edgetrim.profiler.builders.onnx_ops import build_onnx_op
 from edgetrim.profiler.targets.onnxruntime_target import export_onnx_for_timing
 from edgetrim.types import OpKind
 
@@ -107,7 +108,20 @@ def test_onnxruntime_attention_fusions_match_the_optimised_graph(tmp_path) -> No
     nodes = [n.op_type for n in onnx.load(str(opt)).graph.node if n.op_type != "Reshape"]
     ops = [o for o in extract_layer_ops(model, inputs, fusion=ONNXRUNTIME) if o.context.variant != "reshape"]
     assert "SkipLayerNormalization" in nodes and "FusedMatMul" in nodes
+    skip_norms = [o for o in ops if o.context.kind is OpKind.LAYER_NORM and o.context.variant == "skip"]
+    assert len(skip_norms) == nodes.count("SkipLayerNormalization")  # priced as the fused kernel
+    fused = _optimised_ops_of(build_onnx_op(skip_norms[0].context, 64, 64), tmp_path, ort, onnx)
+    assert fused == ["SkipLayerNormalization"]  # its one-op model runs the same fused kernel
     assert len(nodes) == len(ops), (nodes, [o.context.key() for o in ops])
     kinds = [o.context.kind for o in ops]
     assert kinds.count(OpKind.ADD) == nodes.count("Add")
     assert sum(o.context.variant == "transpose" for o in ops) == nodes.count("Transpose")
+
+
+def _optimised_ops_of(data: bytes, tmp_path, ort, onnx) -> list[str]:  # type: ignore[no-untyped-def]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "one_op.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]

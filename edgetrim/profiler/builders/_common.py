@@ -110,6 +110,8 @@ def output_shape(ctx: OpContext, in_w: int, out_w: int) -> tuple[int, ...]:
         return (ctx.tokens, out_w)
     if kind in (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.POOL):
         return (ctx.tokens, out_w, *conv_out_hw(ctx))
+    if kind is OpKind.LAYER_NORM and ctx.variant == "skip":
+        return (1, ctx.tokens, out_w)  # (batch, sequence, hidden): onnxruntime fuses Add+LN only in 3-D
     if kind in (OpKind.LAYER_NORM, OpKind.SOFTMAX):
         return (ctx.tokens, out_w)
     if kind is OpKind.MATMUL:

@@ -186,7 +186,10 @@ def build_onnx_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         else:
             raise UnsupportedOpError(f"pool variant {ctx.variant!r} ({ctx.key()}) has no ONNX builder")
     elif kind is OpKind.LAYER_NORM:
-        x = g.input("x", (ctx.tokens, in_w))
+        if ctx.variant == "skip":  # residual Add + LayerNorm: onnxruntime runs SkipLayerNormalization
+            x = g.node("Add", [g.input("x", (1, ctx.tokens, in_w)), g.input("x2", (1, ctx.tokens, in_w))])
+        else:
+            x = g.input("x", (ctx.tokens, in_w))
         scale = g.const(np.ones(in_w, np.float32))
         bias = g.const(np.zeros(in_w, np.float32))
         y = g.node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=LAYER_NORM_EPS)

@@ -290,18 +290,19 @@ def build_tflite_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         else:
             raise UnsupportedOpError(f"pool variant {ctx.variant!r} ({ctx.key()}) has no TFLite builder")
     elif kind is OpKind.LAYER_NORM:
-        shape = (ctx.tokens, in_w)
+        shape = output_shape(ctx, in_w, in_w)
+        stat = (*shape[:-1], 1)
         x = m.input(shape)
+        if ctx.variant == "skip":  # the residual Add it absorbed
+            x = m.op("ADD", [x, m.input(shape)], shape, s.AddOptionsT())
         red = s.ReducerOptionsT()
         red.keepDims = True
         axis = m.const(np.array([-1], np.int32))
-        mean = m.op("MEAN", [x, axis], (ctx.tokens, 1), red)
+        mean = m.op("MEAN", [x, axis], stat, red)
         centred = m.op("SUB", [x, mean], shape, s.SubOptionsT())
-        var = m.op(
-            "MEAN", [m.op("MUL", [centred, centred], shape, s.MulOptionsT()), axis], (ctx.tokens, 1), red
-        )
+        var = m.op("MEAN", [m.op("MUL", [centred, centred], shape, s.MulOptionsT()), axis], stat, red)
         eps = m.const(np.array([LAYER_NORM_EPS], np.float32))
-        inv = m.op("RSQRT", [m.op("ADD", [var, eps], (ctx.tokens, 1), s.AddOptionsT())], (ctx.tokens, 1))
+        inv = m.op("RSQRT", [m.op("ADD", [var, eps], stat, s.AddOptionsT())], stat)
         normed = m.op("MUL", [centred, inv], shape, s.MulOptionsT())
         scaled = m.op("MUL", [normed, m.const(np.ones(in_w, np.float32))], shape, s.MulOptionsT())
         y = m.op("ADD", [scaled, m.const(np.zeros(in_w, np.float32))], shape, s.AddOptionsT())

@@ -59,6 +59,15 @@ class _Binary(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
+class _SkipLayerNorm(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + skip)
+
+
 class _Unary(nn.Module):
     def __init__(self, op: str, shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -128,6 +137,9 @@ def build_torch_op(ctx: OpContext, in_w: int, out_w: int) -> tuple[nn.Module, tu
         else:
             raise UnsupportedOpError(f"pool variant {ctx.variant!r} ({ctx.key()}) has no torch builder")
         inputs = (rand(ctx.tokens, in_w, *ctx.spatial),)
+    elif kind is OpKind.LAYER_NORM and ctx.variant == "skip":  # residual Add + LayerNorm
+        module = _SkipLayerNorm(in_w)
+        inputs = (rand(*out_shape), rand(*out_shape))
     elif kind is OpKind.LAYER_NORM:
         module = nn.LayerNorm(in_w, eps=LAYER_NORM_EPS)
         inputs = (rand(ctx.tokens, in_w),)
