@@ -83,6 +83,7 @@ def _grow_then_finetune(
     growth_epochs: int,
     finetune_epochs: int,
     finetune_lr: float,
+    lambda1_base: float = 1.0,
     evaluate=None,
 ):
     """Grow, materialise (BN recalibrated on ``train`` by ``grow_``), fine-tune; ``evaluate(model)`` is
@@ -95,6 +96,7 @@ def _grow_then_finetune(
         epochs=growth_epochs,
         seed=seed,
         weight_schedule=schedule,
+        lambda1_base=lambda1_base,
     )
     rep = grow_(net, train, cfg)
     grown = net.materialize()
@@ -113,13 +115,14 @@ def _nll_and_hits(model, data) -> tuple[float, int]:
     return float(F.cross_entropy(out, data[1], reduction="sum")), int((out.argmax(1) == data[1]).sum())
 
 
-def _candidates(text: str, total: int) -> list[tuple[str, int]]:
+def _candidates(text: str, total: int, lambda_base: float) -> list[tuple[str, int, float]]:
+    """``schedule:growth_epochs[:lambda1_base]`` items (lambda defaults to ``--lambda-base``)."""
     out = []
     for item in text.split(","):
-        schedule, growth = item.split(":")
+        schedule, growth, *lam = item.split(":")
         if not 0 < int(growth) <= total:
             raise SystemExit(f"candidate {item}: growth epochs must be in 1..{total}")
-        out.append((schedule, int(growth)))
+        out.append((schedule, int(growth), float(lam[0]) if lam else lambda_base))
     return out
 
 
@@ -133,7 +136,7 @@ def select_recipe(args: argparse.Namespace, spec: GrowNetSpec, train) -> dict[st
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     folds = [perm[k :: args.select_folds] for k in range(args.select_folds)]
     rows = []
-    for schedule, growth in _candidates(args.select_candidates, total):
+    for schedule, growth, lam in _candidates(args.select_candidates, total, args.lambda_base):
         nll, hits, n, fracs = 0.0, 0, 0, []
         t0 = time.perf_counter()
         for seed in range(args.select_seeds):
@@ -148,6 +151,7 @@ def select_recipe(args: argparse.Namespace, spec: GrowNetSpec, train) -> dict[st
                     growth_epochs=growth,
                     finetune_epochs=total - growth,
                     finetune_lr=args.finetune_lr,
+                    lambda1_base=lam,
                 )
                 fold_nll, fold_hits = _nll_and_hits(model, (x[va], y[va]))
                 nll, hits, n = nll + fold_nll, hits + fold_hits, n + len(va)
@@ -156,6 +160,7 @@ def select_recipe(args: argparse.Namespace, spec: GrowNetSpec, train) -> dict[st
             "weight_schedule": schedule,
             "growth_epochs": growth,
             "finetune_epochs": total - growth,
+            "lambda1_base": lam,
             "val_cross_entropy": nll / n,
             "val_accuracy": hits / n,
             "param_fraction": _stats(fracs),
@@ -163,7 +168,7 @@ def select_recipe(args: argparse.Namespace, spec: GrowNetSpec, train) -> dict[st
         }
         rows.append(row)
         print(
-            f"select {schedule}:{growth}+{total - growth}: val CE {row['val_cross_entropy']:.4f} "
+            f"select {schedule}:{growth}+{total - growth} lambda {lam:g}: val CE {row['val_cross_entropy']:.4f} "
             f"acc {row['val_accuracy']:.4f} ({row['seconds']:.0f} s)",
             file=sys.stderr,
         )
@@ -172,7 +177,9 @@ def select_recipe(args: argparse.Namespace, spec: GrowNetSpec, train) -> dict[st
         "protocol": f"{args.select_folds}-fold CV on the training split x {args.select_seeds} seeds; "
         "criterion: mean validation cross-entropy",
         "candidates": rows,
-        "chosen": {k: best[k] for k in ("weight_schedule", "growth_epochs", "finetune_epochs")},
+        "chosen": {
+            k: best[k] for k in ("weight_schedule", "growth_epochs", "finetune_epochs", "lambda1_base")
+        },
     }
 
 
@@ -183,8 +190,10 @@ def part_params(args: argparse.Namespace, spec: GrowNetSpec, train, test) -> dic
         chosen = selection["chosen"]
         schedule, growth_epochs = chosen["weight_schedule"], chosen["growth_epochs"]
         finetune_epochs = args.total_epochs - growth_epochs
+        lambda1_base = chosen["lambda1_base"]
     else:
         schedule, growth_epochs, finetune_epochs = args.growth_schedule, args.epochs, args.finetune_epochs
+        lambda1_base = args.lambda_base
     total_epochs = growth_epochs + finetune_epochs
     n_train = len(train[0])
     rows = []
@@ -198,6 +207,7 @@ def part_params(args: argparse.Namespace, spec: GrowNetSpec, train, test) -> dic
             growth_epochs=growth_epochs,
             finetune_epochs=finetune_epochs,
             finetune_lr=args.finetune_lr,
+            lambda1_base=lambda1_base,
             evaluate=lambda m: accuracy(m, test),  # straight out of growth (paper Table 1: no fine-tune)
         )
         final_acc = accuracy(grown, test)
@@ -219,6 +229,7 @@ def part_params(args: argparse.Namespace, spec: GrowNetSpec, train, test) -> dic
             "param_fraction": frac,
             "budget_rel_error": abs(frac - args.budget_params) / args.budget_params,
             "weight_schedule": schedule,
+            "lambda1_base": lambda1_base,
             "grown_epochs": {"growth": growth_epochs, "finetune": finetune_epochs, "total": total_epochs},
             "grown_accuracy_before_finetune": grown_acc,
             "grown_accuracy": final_acc,
