@@ -27,7 +27,9 @@ Runtime structure the per-op sum would miss, applied when the table's ``meta`` r
   ends. Reorder costs come from the table's ``other/nchwc<B>_in|out`` contexts (a per-element fit);
   they are taken off the op and added back at region boundaries. Inside a region onnxruntime fuses a
   residual Add (and the activation after it) and a following HardSwish / other activation into the
-  blocked conv: those rows cost nothing (``method == "fused"``) and run no node.
+  blocked conv: those rows run no node (``method == "fused"``); a fused add costs nothing, a fused
+  activation what the profiler measured it to add to a blocked conv (``nchwc<B>_fuse_<act>``
+  against ``nchwc<B>_fuse_none``; 0 where the table has no such contexts).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ logger = logging.getLogger(__name__)
 #: ReorderInput -> ReorderOutput pairs in one graph; the two lengths price a reorder inside a model.
 NCHWC_PAIR_CHAINS = (1, 8)
 
+#: Activations the NCHWc transformer fuses into a blocked conv that extraction leaves as their own op;
+#: the profiler prices them fused (``other/nchwc<B>_fuse_<act>`` against ``_fuse_none``).
+NCHWC_PRICED_FUSED_ACTS = ("hardswish",)
+
 #: Kinds whose latency must come from their own context's table.
 TABLED_KINDS = frozenset({OpKind.CONV2D, OpKind.LINEAR, OpKind.DEPTHWISE_CONV2D})
 
@@ -58,7 +64,7 @@ class LayerPrediction:
     """One row of a model prediction.
 
     ``method``: ``"table"``, ``"calibrated"``, ``"uncovered"``, ``"fused"`` (runs inside the previous
-    kernel, 0 ms) or ``"layout"`` (a layout conversion the runtime inserts, e.g. an NCHWc reorder).
+    kernel: no node of its own) or ``"layout"`` (a layout conversion the runtime inserts, e.g. an NCHWc reorder).
     """
 
     name: str
@@ -285,6 +291,15 @@ def _nchwc_layout(
     )
     dispatch = float(table.meta.get("per_op_overhead_ms") or 0.0)
 
+    def fused_act_ms(act: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
+        """What an activation fused into a blocked conv adds to it (0 where not measured)."""
+        with_act, bare = (f"nchwc{block}_fuse_{a}" for a in (act, "none"))
+        if with_act not in variants or bare not in variants:
+            return 0.0
+        fit_act, fit_bare = (cal.for_context(OpContext(OpKind.OTHER, variant=v)) for v in (with_act, bare))
+        e = elements(OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens), width, width)
+        return max(fit_act(e) - fit_bare(e), 0.0) if fit_act and fit_bare else 0.0
+
     def boundary_ms(direction: str, width: int, spatial: tuple[int, int], tokens: int) -> float:
         """What the reorder costs inside a model, where the layout row is added.
 
@@ -326,7 +341,8 @@ def _nchwc_layout(
                 out.append(_replace_ms(row, 0.0, method="fused"))
                 fusable = False  # one Sum per conv; the activation after it may still fuse
             elif ctx.kind is OpKind.ACTIVATION and act_fusable and ctx.variant in _NCHWC_FUSED_ACTS:
-                out.append(_replace_ms(row, 0.0, method="fused"))
+                fused_ms = fused_act_ms(ctx.variant, op.in_width, ctx.spatial, ctx.tokens)
+                out.append(_replace_ms(row, fused_ms, method="fused"))
                 fusable = act_fusable = False
             else:
                 out.append(row)

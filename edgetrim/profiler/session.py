@@ -33,7 +33,7 @@ from typing import Any
 from edgetrim.errors import EdgetrimError, TableError
 from edgetrim.lookup_tables import LatencyTable, load_table
 from edgetrim.lookup_tables.grid import plan_points, refine_points
-from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS
+from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS, NCHWC_PRICED_FUSED_ACTS
 from edgetrim.profiler.builders import UnsupportedOpError, validate_context
 from edgetrim.profiler.builders._common import conv_out_hw
 from edgetrim.profiler.stats import shift_stats
@@ -363,6 +363,13 @@ def nchwc_reorder_requests(plans: Sequence[ContextPlan], block: int) -> list[OpR
         ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant=f"nchwc{block}_{direction}")
         widths = {block * k for k in _REORDER_BLOCKS if block * k <= max(max_w, block)}
         if direction == "out":
+            # a blocked conv's fused activation, priced where it runs: at conv outputs (blocked widths)
+            fuse_widths = sorted({block * k for k in (1, 2, 4, 8, 16) if block * k <= max(max_w, block)})
+            for act in ("none", *NCHWC_PRICED_FUSED_ACTS):
+                fuse = OpContext(
+                    OpKind.OTHER, spatial=spatial, tokens=tokens, variant=f"nchwc{block}_fuse_{act}"
+                )
+                reqs.extend((fuse, w, w) for w in fuse_widths)
             widths |= {w + block // 2 + 1 for w in widths if w + block // 2 + 1 <= max_w}
         else:  # in-graph price of a reorder: chains of pairs, at the shapes where regions start
             for k in NCHWC_PAIR_CHAINS:

@@ -261,3 +261,19 @@ def test_calibrated_costs_ignore_points_that_load_pushed_up() -> None:
     assert fit is not None
     assert fit.overhead_ms == pytest.approx(1e-4, rel=1e-3)
     assert fit.ms_per_element == pytest.approx(2e-6, rel=1e-3)
+
+
+def test_activation_fused_into_a_blocked_conv_costs_what_fusing_it_measured() -> None:
+    t, _ = _nchwc_table()
+    conv_none = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(8, 8))
+    for i in range(1, 33):
+        for o in range(1, 33):
+            t.record(conv_none, i, o, stats(0.1))
+    ops = [LayerOp("c", conv_none, 16, 16), LayerOp("hs", RELU, 16, 16)]  # RELU here is a hardswish
+    assert {r.name: r for r in predict_model(t, ops).rows}["hs"].ms == 0.0  # nothing measured: free
+    for w in (16, 32):  # the fused hardswish adds 3e-6 ms per element of the conv's output
+        for act, extra in (("none", 0.0), ("hardswish", 3e-6)):
+            t.record(OpContext(OpKind.OTHER, spatial=(8, 8), variant=f"nchwc8_fuse_{act}"), w, w,
+                     stats(0.02 + (1e-5 + extra) * w * 64))  # fmt: skip
+    row = {r.name: r for r in predict_model(t, ops).rows}["hs"]
+    assert row.method == "fused" and row.ms == pytest.approx(3e-6 * 16 * 64, rel=1e-6)

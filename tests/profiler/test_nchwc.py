@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS, nchwc_eligible
+from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS, NCHWC_PRICED_FUSED_ACTS, nchwc_eligible
 from edgetrim.profiler.builders import build_onnx_op
 from edgetrim.profiler.session import ContextPlan, nchwc_reorder_requests
 from edgetrim.profiler.timing import TimingConfig
@@ -62,7 +62,8 @@ def test_reorder_contexts_build_and_run(target) -> None:  # type: ignore[no-unty
     reqs = nchwc_reorder_requests(plans, block)
     keys = {(c.variant, c.spatial) for c, _, _ in reqs}
     pairs = {(f"nchwc{block}_pair{k}", (6, 6)) for k in NCHWC_PAIR_CHAINS}  # in-graph reorder price
-    assert keys == {(f"nchwc{block}_in", (6, 6)), (f"nchwc{block}_out", (6, 6)), *pairs}  # global pool: none
+    fused = {(f"nchwc{block}_fuse_{a}", (6, 6)) for a in ("none", *NCHWC_PRICED_FUSED_ACTS)}
+    assert keys == {(f"nchwc{block}_in", (6, 6)), (f"nchwc{block}_out", (6, 6)), *pairs, *fused}  # no pool
     assert all(i % block == 0 for c, i, _ in reqs if not c.variant.endswith("_out"))  # kernel needs multiples
     assert any(i % block for c, i, _ in reqs if c.variant.endswith("_out"))
     for ctx, w in ((OpContext(OpKind.OTHER, spatial=(3, 5), variant=f"nchwc{block}_out"), block + 3),
@@ -90,6 +91,18 @@ def test_reorder_pair_chains_round_trip(target) -> None:  # type: ignore[no-unty
         kinds = [n.op_type for n in onnx.load_from_string(data).graph.node if n.op_type.startswith("Reorder")]
         assert kinds == ["ReorderInput", "ReorderOutput"] * k
         np.testing.assert_array_equal(target.session(data).run(None, {"x": x})[0], x)
+
+
+def test_fused_activation_contexts_run_one_blocked_conv(target, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``fuse_<act>`` and ``fuse_none`` differ only by the activation onnxruntime fuses into the conv."""
+    block = target.nchwc_block()
+    if block is None:
+        pytest.skip("onnxruntime does not use the NCHWc layout on this CPU")
+    for act in ("none", *NCHWC_PRICED_FUSED_ACTS):
+        ctx = OpContext(OpKind.OTHER, spatial=(4, 4), variant=f"nchwc{block}_fuse_{act}")
+        ops = _optimised_ops(build_onnx_op(ctx, 2 * block, 2 * block), tmp_path)
+        assert [t for t, d in ops if d == "com.microsoft.nchwc" and not t.startswith("Reorder")] == ["Conv"]
+        assert [t for t, d in ops if d != "com.microsoft.nchwc"] == ["Neg"], ops  # the activation fused
 
 
 def test_global_avg_pool_builder_is_a_mean(target) -> None:  # type: ignore[no-untyped-def]

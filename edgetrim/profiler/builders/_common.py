@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from edgetrim.errors import EdgetrimError
-from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS
+from edgetrim.lookup_tables.predict import NCHWC_PAIR_CHAINS, NCHWC_PRICED_FUSED_ACTS
 from edgetrim.types import OpContext, OpKind
 
 # Canonical activation names used in OpContext.activation / ACTIVATION variants.
@@ -30,13 +30,19 @@ NCHWC_REORDER_PREFIX = "nchwc"
 
 
 def nchwc_reorder(ctx: OpContext) -> tuple[int, str] | None:
-    """(block, "in" | "out" | "pair<k>") of an NCHWc reorder context (``variant == "nchwc<B>_<dir>"``)."""
+    """(block, direction) of an NCHWc layout context (``variant == "nchwc<B>_<direction>"``).
+
+    Directions: ``in`` / ``out`` (one ReorderInput / ReorderOutput), ``pair<k>`` (a chain of ``k``
+    pairs), ``fuse_none`` / ``fuse_<act>`` (a blocked 1x1 conv ``w -> w``, alone or with ``act`` after
+    it, which onnxruntime fuses into the conv: their difference prices the fused activation).
+    """
     v = ctx.variant
     if ctx.kind is not OpKind.OTHER or not v.startswith(NCHWC_REORDER_PREFIX) or "_" not in v:
         return None
     block, _, direction = v[len(NCHWC_REORDER_PREFIX) :].partition("_")
     pairs = {f"pair{k}" for k in NCHWC_PAIR_CHAINS}
-    if not block.isdigit() or int(block) < 1 or direction not in ("in", "out", *pairs):
+    fused = {f"fuse_{a}" for a in ("none", *NCHWC_PRICED_FUSED_ACTS)}
+    if not block.isdigit() or int(block) < 1 or direction not in ("in", "out", *pairs, *fused):
         return None
     return int(block), direction
 

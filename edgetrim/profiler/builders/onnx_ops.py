@@ -211,6 +211,12 @@ def build_onnx_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         if direction == "in":
             x = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
             y = g.node("ReorderInput", [x], domain="com.microsoft.nchwc")
+        elif direction.startswith("fuse_"):  # blocked 1x1 conv w -> w, then the activation it fuses
+            x = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
+            w = g.const(np.random.default_rng(0).standard_normal((in_w, in_w, 1, 1)).astype(np.float32) * 0.1)
+            # the trailing Neg (after a ReorderOutput in both variants) is what makes onnxruntime fuse
+            # the activation: one whose output is the graph's output is left as its own nodes
+            y = g.node("Neg", [g.activation(g.node("Conv", [x, w]), direction[len("fuse_") :])])
         elif direction.startswith("pair"):
             y = g.input("x", (ctx.tokens, in_w, *ctx.spatial))
             for _ in range(int(direction[len("pair") :])):
