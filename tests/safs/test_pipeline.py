@@ -181,7 +181,7 @@ def test_chance_floor_is_the_majority_share_plus_three_sigma() -> None:
     )  # one class: nothing beats it
 
 
-def _fake_finetune(monkeypatch, score):
+def _fake_finetune(monkeypatch, score, diverges=None):
     """Replace the masked fine-tune in the pipeline by ``score(ops, learnable, cfg) -> val accuracy``.
 
     Weights are left as they are (the masks stay exact); only the validation report is scripted, so the
@@ -196,7 +196,8 @@ def _fake_finetune(monkeypatch, score):
         ops = tuple(m.op_name for m in acts)
         learnable = any(p.requires_grad for m in acts for p in m.scalars.values())
         acc = score(ops, learnable, cfg) if val is not None else None
-        return FinetuneReport(0.0, acc, None if acc is None else 1.0, cfg.epochs)
+        diverged = diverges is not None and diverges(ops, learnable, cfg, val is not None)
+        return FinetuneReport(0.0, acc, None if acc is None else 1.0, cfg.epochs, diverged=diverged)
 
     monkeypatch.setattr(pipeline, "finetune_", fake)
 
@@ -231,6 +232,8 @@ def test_stage1_winner_must_beat_the_original_at_final_length(digits_small, monk
         assert rep.chromosome == ["relu", "relu"]  # ... which lose at the final length: original kept
         assert rep.stage1["incumbent_check"]["accepted"] is False
         assert rep.stage1["incumbent_check"]["incumbent"]["kfold_accuracy"] == pytest.approx(0.8)
+        # final length in optimiser steps: each of the 2 folds trains on half the data, so 2 x 6 epochs
+        assert rep.stage1["incumbent_check"]["candidate"]["fold_epochs"] == [12, 12]
     else:
         assert rep.chromosome == rep.stage1["best"] and rep.stage1["incumbent_check"] is None
 
@@ -267,3 +270,21 @@ def test_stage2_recipe_must_beat_frozen_scalars_and_default_at_final_length(
     else:
         assert not rep.stage2["learned_scalars"] and rep.finetune == default.to_dict()
         assert rep.stage2["incumbent_check"]["candidate"]["kfold_accuracy"] == pytest.approx(0.6)
+
+
+def test_a_diverged_final_finetune_falls_back_to_stage2s_incumbent(digits_small, monkeypatch) -> None:
+    dense, train, test = digits_small
+    default = FinetuneConfig(epochs=6)
+
+    def score(ops, learnable, cfg):  # the tuned recipe wins every validation, trials and check alike
+        return 0.9 if cfg.lr != default.lr else 0.5
+
+    def diverges(ops, learnable, cfg, has_val):  # ... but diverges in the final fine-tune on all data
+        return not has_val and cfg.lr != default.lr
+
+    _fake_finetune(monkeypatch, score, diverges)
+    _, rep = run_safs(dense, (torch.zeros(1, 64),), train, test, _selection_cfg(False, True, True))
+    assert rep.stage2["incumbent_check"]["accepted"] is True
+    assert rep.stage2["final_diverged_fallback"] is True and rep.stage2["learned_scalars"] is False
+    assert rep.finetune == default.to_dict()
+    assert rep.masks_intact

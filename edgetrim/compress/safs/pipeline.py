@@ -241,21 +241,38 @@ def run_safs(
     def kfold_score(
         chromosome: list[str] | tuple[str, ...], learnable: bool, ft: FinetuneConfig
     ) -> dict[str, Any]:
-        """k-fold validation of one (operators, scalars learnable, recipe) at the recipe's length."""
+        """k-fold validation of one (operators, scalars learnable, recipe) at the final fine-tune's length.
+
+        Length is counted in optimiser steps: a fold trains on ``(k - 1) / k`` of the data, so it runs
+        ``epochs * n / n_fold`` epochs (twice the epochs for 2 folds). At the same epoch count it took
+        half the steps, and a recipe that diverges late in the final fine-tune passed the check.
+        """
         key = (tuple(chromosome), learnable, tuple(sorted(ft.to_dict().items())))
         if key not in final_scores:
-            accs, losses = [], []
+            accs, losses, epochs = [], [], []
             for tr_idx, va_idx in folds:
                 m = fresh(chromosome, learnable)
+                fold_ft = FinetuneConfig(
+                    **{**ft.to_dict(), "epochs": max(1, round(ft.epochs * len(x_tr) / len(tr_idx)))}
+                )
                 rep = finetune_(
-                    m, masks, x_tr[tr_idx], y_tr[tr_idx], ft, seed=cfg.seed, val=(x_tr[va_idx], y_tr[va_idx])
+                    m,
+                    masks,
+                    x_tr[tr_idx],
+                    y_tr[tr_idx],
+                    fold_ft,
+                    seed=cfg.seed,
+                    val=(x_tr[va_idx], y_tr[va_idx]),
                 )
                 accs.append(rep.val_acc or 0.0)
-                losses.append(rep.val_loss)
+                # a fold that diverged scores as a missing loss (the cap): its rolled-back model is not a result
+                losses.append(None if rep.diverged else rep.val_loss)
+                epochs.append(fold_ft.epochs)
             final_scores[key] = {
                 "fitness": kfold_fitness(accs, losses),
                 "kfold_accuracy": sum(accs) / len(accs),
                 "fold_accuracy": accs,
+                "fold_epochs": epochs,
             }
         return final_scores[key]
 
@@ -368,6 +385,7 @@ def run_safs(
         stage2_info = {
             "incumbent_check": check,
             "learned_scalars": learn_scalars,
+            "final_diverged_fallback": False,
             "chance_floor": floor,
             "kept_default_at_chance": chosen is not hpo.best,
             "backend": hpo.backend.value,
@@ -382,7 +400,21 @@ def run_safs(
     # --- final fine-tune on all training data, then test once ----------------------------------------
     say("final fine-tune")
     final = fresh(chromosome, learnable=cfg.stage2 and learn_scalars)
-    finetune_(final, masks, x_tr, y_tr, final_cfg, seed=cfg.seed)
+    final_rep = finetune_(final, masks, x_tr, y_tr, final_cfg, seed=cfg.seed)
+    if (
+        final_rep.diverged
+        and stage2_info is not None
+        and stage2_info["learned_scalars"]
+        and cfg.incumbent_check
+    ):
+        # A diverged fine-tune (non-finite training loss; rolled back to its last finite epoch) is not a
+        # result: train stage 2's incumbent instead (frozen scalars, default recipe). Training data only.
+        say("final fine-tune diverged with the tuned recipe: stage 2's incumbent trained instead")
+        final_cfg = cfg.finetune
+        final = fresh(chromosome, learnable=False)
+        final_rep = finetune_(final, masks, x_tr, y_tr, final_cfg, seed=cfg.seed)
+        stage2_info["learned_scalars"] = False
+        stage2_info["final_diverged_fallback"] = True
     intact = _masks_intact(final, masks)
     if not intact:  # a bug, not a user error: the mask engine must hold masks exactly
         raise RuntimeError("pruned weights became nonzero during fine-tuning")
