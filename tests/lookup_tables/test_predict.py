@@ -168,12 +168,19 @@ def _nchwc_table():  # type: ignore[no-untyped-def]
     return t, pool
 
 
-def test_nchwc_layout_moves_reorders_to_region_boundaries_and_fuses() -> None:
-    t, pool = _nchwc_table()
-    conv_none = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(8, 8))
+CONV_1X1 = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(8, 8))  # no activation: adds and acts can fuse
+
+
+def _record_conv_1x1(t) -> OpContext:  # type: ignore[no-untyped-def]
     for i in range(1, 33):
         for o in range(1, 33):
-            t.record(conv_none, i, o, stats(0.1))
+            t.record(CONV_1X1, i, o, stats(0.1))
+    return CONV_1X1
+
+
+def test_nchwc_layout_moves_reorders_to_region_boundaries_and_fuses() -> None:
+    t, pool = _nchwc_table()
+    conv_none = _record_conv_1x1(t)
     act_relu = OpContext(OpKind.ACTIVATION, spatial=(8, 8), variant="relu")
     ops = [
         LayerOp("c1", CONV, 16, 16),  # blocked, input reordered: region starts here
@@ -265,10 +272,7 @@ def test_calibrated_costs_ignore_points_that_load_pushed_up() -> None:
 
 def test_activation_fused_into_a_blocked_conv_costs_what_fusing_it_measured() -> None:
     t, _ = _nchwc_table()
-    conv_none = OpContext(OpKind.CONV2D, kernel=(1, 1), spatial=(8, 8))
-    for i in range(1, 33):
-        for o in range(1, 33):
-            t.record(conv_none, i, o, stats(0.1))
+    conv_none = _record_conv_1x1(t)
     ops = [LayerOp("c", conv_none, 16, 16), LayerOp("hs", RELU, 16, 16)]  # RELU here is a hardswish
     assert {r.name: r for r in predict_model(t, ops).rows}["hs"].ms == 0.0  # nothing measured: free
     for w in (16, 32):  # the fused hardswish adds 3e-6 ms per element of the conv's output
