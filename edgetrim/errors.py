@@ -31,7 +31,15 @@ class UncoveredOpError(EdgetrimError):
 
 
 class BudgetError(EdgetrimError):
-    """A latency / FLOPs budget cannot be met."""
+    """A latency / FLOPs budget cannot be met.
+
+    ``smallest``, when known, is the smallest reachable value in the budget's own unit, so that a
+    caller can choose a budget that can be met.
+    """
+
+    def __init__(self, message: str, *, smallest: float | None = None) -> None:
+        super().__init__(message)
+        self.smallest = smallest
 
 
 class ExportError(EdgetrimError):

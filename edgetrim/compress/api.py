@@ -351,7 +351,8 @@ def compress(
         if budget < floor - 1e-12:
             raise BudgetError(
                 f"{what} budget {budget + shift:.4g} {unit_name} is below the smallest reachable {what} "
-                f"{floor + shift:.4g} {unit_name} for this model and table; raise the budget"
+                f"{floor + shift:.4g} {unit_name} for this model and table; raise the budget",
+                smallest=floor + shift,
             )
 
     gates = ChannelGates(work, groups)

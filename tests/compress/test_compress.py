@@ -100,7 +100,7 @@ def test_projection_keeps_gates_non_negative_and_exact() -> None:
 
 def test_unreachable_budget_says_the_smallest_reachable(trained_mlp) -> None:
     model, example, train, val, table, budget = trained_mlp
-    with pytest.raises(BudgetError, match="smallest reachable latency"):
+    with pytest.raises(BudgetError, match="smallest reachable latency") as info:
         compress(
             model,
             example,
@@ -109,6 +109,9 @@ def test_unreachable_budget_says_the_smallest_reachable(trained_mlp) -> None:
             train_loader=train,
             val_loader=val,
         )
+    # the floor travels with the error, in the budget's unit, matching the message
+    assert info.value.smallest is not None and budget * 1e-3 < info.value.smallest < budget
+    assert f"{info.value.smallest:.4g}" in str(info.value)
 
 
 def test_missing_context_names_the_layer(trained_mlp) -> None:

@@ -46,7 +46,7 @@ def test_demo_tiny_in_process(tmp_path: Path) -> None:
     from edgetrim.deploy.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
-        widths=(8, 16),
+        widths=(32, 48),  # above one channel block (16 on AVX-512) so that narrower is faster
         train_epochs=1,
         compress_epochs=1,
         finetune_epochs=1,
