@@ -24,8 +24,10 @@ Runtime structure the per-op sum would miss, applied when the table's ``meta`` r
 * ``ort_nchwc_block``: onnxruntime's NCHWc layout (see :func:`_nchwc_layout`). A conv / depthwise /
   pool whose widths suit the block runs in the blocked layout; its one-op graph paid a
   ReorderInput / ReorderOutput that inside a model happen only where a blocked region starts or
-  ends. Reorder costs come from the table's ``other/nchwc<B>_in|out`` contexts (a per-element fit);
-  they are taken off the op and added back at region boundaries. Inside a region onnxruntime fuses a
+  ends. Reorder costs come from the table's ``other/nchwc<B>_*`` contexts (per-element fits): a
+  blocked op's price loses what its one-op graph paid at its edges (a one-pair chain ReorderInput ->
+  ReorderOutput, ``_pair1``), and region boundaries gain a reorder's in-graph price (``_pair8``
+  against ``_pair1``); tables without chains use the one-op ``_in`` / ``_out`` prices for both. Inside a region onnxruntime fuses a
   residual Add (and the activation after it) and a following HardSwish / other activation into the
   blocked conv: those rows run no node (``method == "fused"``); a fused add costs nothing, a fused
   activation what the profiler measured it to add to a blocked conv (``nchwc<B>_fuse_<act>``
@@ -64,7 +66,8 @@ class LayerPrediction:
     """One row of a model prediction.
 
     ``method``: ``"table"``, ``"calibrated"``, ``"uncovered"``, ``"fused"`` (runs inside the previous
-    kernel: no node of its own) or ``"layout"`` (a layout conversion the runtime inserts, e.g. an NCHWc reorder).
+    kernel: no node of its own) or ``"layout"`` (a layout conversion the runtime inserts, e.g. an
+    NCHWc reorder).
     """
 
     name: str
@@ -219,9 +222,8 @@ def nchwc_eligible(ctx: OpContext, in_w: int, block: int, conv_align: int | None
     the block; 4 with block 8 on onnxruntime 1.2x, probed by the profiler and stored as
     ``meta["ort_nchwc_conv_alignment"]``; the block itself when unknown), its input reordered; a
     groups=1 conv below the block is blocked too but reads its NCHW input directly (no reorder),
-    whatever its output width. Max/avg
-    pools are blocked when the width is a multiple of the block. Global pools export as ReduceMean,
-    which is never blocked.
+    whatever its output width. Max/avg pools are blocked when the width is a multiple of the block.
+    Global pools export as ReduceMean, which is never blocked.
     """
     align = conv_align or block
     if ctx.kind is OpKind.CONV2D:
@@ -250,8 +252,8 @@ def _nchwc_layout(
     The ops are walked as a chain (the order torch executes them): a blocked region starts at the
     first blocked op and ends at the first op that cannot run blocked (global pool, broadcast
     multiply, reshape, linear, ...), at a conv below the block (blocked, but it reads NCHW input, so
-    the region before it is reordered out and a new one starts) or at the model's end. Branches that re-join (residual adds) are
-    priced as the chain sees them.
+    the region before it is reordered out and a new one starts) or at the model's end. Branches that
+    re-join (residual adds) are priced as the chain sees them.
     """
     reorder_ctx = {d: OpContext(OpKind.OTHER, variant=f"nchwc{block}_{d}") for d in ("in", "out")}
     if not any(
