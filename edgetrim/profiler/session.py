@@ -342,7 +342,9 @@ def nchwc_reorder_requests(plans: Sequence[ContextPlan], block: int) -> list[OpR
 
     Every conv / depthwise / (avg, max) pool context contributes its input shape (ReorderInput, block
     multiples only: the kernel requires them) and its output shape (ReorderOutput, also at widths
-    off the block, which convs may produce), each up to the context's widest layer.
+    off the block, which convs may produce), each up to the context's widest layer. Input shapes
+    also get reorder chains (in-graph price); output shapes get blocked 1x1 convs with and without
+    each activation of :data:`NCHWC_PRICED_FUSED_ACTS` that the plan holds (its fused price).
     """
 
     shapes: dict[tuple[str, tuple[int, int], int], int] = {}
@@ -358,18 +360,22 @@ def nchwc_reorder_requests(plans: Sequence[ContextPlan], block: int) -> list[OpR
         ):
             key = (direction, spatial, ctx.tokens)
             shapes[key] = max(shapes.get(key, 0), max_w)
+    # fused activations are priced only when the plan has them (they may run inside blocked convs)
+    fused_acts = [a for a in NCHWC_PRICED_FUSED_ACTS
+                  if any(p.context.kind is OpKind.ACTIVATION and p.context.variant == a for p in plans)]  # fmt: skip
     reqs: list[OpRequest] = []
     for (direction, spatial, tokens), max_w in sorted(shapes.items()):
         ctx = OpContext(OpKind.OTHER, spatial=spatial, tokens=tokens, variant=f"nchwc{block}_{direction}")
         widths = {block * k for k in _REORDER_BLOCKS if block * k <= max(max_w, block)}
-        if direction == "out":
+        if direction == "out" and fused_acts:
             # a blocked conv's fused activation, priced where it runs: at conv outputs (blocked widths)
             fuse_widths = sorted({block * k for k in (1, 2, 4, 8, 16) if block * k <= max(max_w, block)})
-            for act in ("none", *NCHWC_PRICED_FUSED_ACTS):
+            for act in ("none", *fused_acts):
                 fuse = OpContext(
                     OpKind.OTHER, spatial=spatial, tokens=tokens, variant=f"nchwc{block}_fuse_{act}"
                 )
                 reqs.extend((fuse, w, w) for w in fuse_widths)
+        if direction == "out":
             widths |= {w + block // 2 + 1 for w in widths if w + block // 2 + 1 <= max_w}
         else:  # in-graph price of a reorder: chains of pairs, at the shapes where regions start
             for k in NCHWC_PAIR_CHAINS:

@@ -98,14 +98,9 @@ def test_onnxruntime_attention_fusions_match_the_optimised_graph(tmp_path) -> No
     from edgetrim.examples.models import build
 
     model, inputs = build("bert_encoder_small")
-    src, opt = tmp_path / "m.onnx", tmp_path / "opt.onnx"
+    src = tmp_path / "m.onnx"
     export_onnx_for_timing(model.eval(), inputs, src)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(opt)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    nodes = [n.op_type for n in onnx.load(str(opt)).graph.node if n.op_type != "Reshape"]
+    nodes = [t for t in _optimised_ops_of(str(src), tmp_path, ort, onnx) if t != "Reshape"]
     ops = [o for o in extract_layer_ops(model, inputs, fusion=ONNXRUNTIME) if o.context.variant != "reshape"]
     assert "SkipLayerNormalization" in nodes and "FusedMatMul" in nodes
     skip_norms = [o for o in ops if o.context.kind is OpKind.LAYER_NORM and o.context.variant == "skip"]
@@ -118,10 +113,11 @@ def test_onnxruntime_attention_fusions_match_the_optimised_graph(tmp_path) -> No
     assert sum(o.context.variant == "transpose" for o in ops) == nodes.count("Transpose")
 
 
-def _optimised_ops_of(data: bytes, tmp_path, ort, onnx) -> list[str]:  # type: ignore[no-untyped-def]
+def _optimised_ops_of(model: bytes | str, tmp_path, ort, onnx) -> list[str]:  # type: ignore[no-untyped-def]
+    """Node types of onnxruntime's optimised graph of ``model`` (bytes, or a path: weights may sit beside it)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(tmp_path / "one_op.onnx")
+    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
     so.log_severity_level = 3
-    ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]

@@ -59,6 +59,9 @@ def test_reorder_contexts_build_and_run(target) -> None:  # type: ignore[no-unty
     if block is None:
         pytest.skip("onnxruntime does not use the NCHWc layout on this CPU")
     plans = [ContextPlan(CONV, 2 * block, 2 * block + 3), ContextPlan(GPOOL, 16, 16)]
+    without = {c.variant for c, _, _ in nchwc_reorder_requests(plans, block)}
+    assert not any("_fuse_" in v for v in without)  # no activation to fuse: nothing measured for it
+    plans.append(ContextPlan(OpContext(OpKind.ACTIVATION, spatial=(6, 6), variant="hardswish"), 16, 16))
     reqs = nchwc_reorder_requests(plans, block)
     keys = {(c.variant, c.spatial) for c, _, _ in reqs}
     pairs = {(f"nchwc{block}_pair{k}", (6, 6)) for k in NCHWC_PAIR_CHAINS}  # in-graph reorder price
