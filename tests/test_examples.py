@@ -317,3 +317,35 @@ def test_train_classifier_rejects_bad_arguments() -> None:
         train_classifier(model, train, val, epochs=0, lr=1e-3, seed=0)
     with pytest.raises(ValueError, match="lr"):
         train_classifier(model, train, val, epochs=1, lr=0.0, seed=0)
+
+
+def test_cosine_schedule_decays_every_group_to_zero_and_constant_leaves_lr_alone() -> None:
+    from edgetrim.examples.training import lr_schedule
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam(
+        [{"params": [w], "lr": 0.1}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}]
+    )
+    step = lr_schedule(opt, "cosine", 10)
+    seen = []
+    for _ in range(10):
+        step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == sorted(seen, reverse=True)  # monotone decay
+    assert seen[4] == pytest.approx(0.05)  # half-way: half the learning rate
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    opt2 = torch.optim.SGD([w], lr=0.3)
+    keep = lr_schedule(opt2, "constant", 10)
+    for _ in range(5):
+        keep()
+    assert opt2.param_groups[0]["lr"] == 0.3
+    with pytest.raises(ValueError, match="schedule"):
+        lr_schedule(opt2, "linear", 10)
+
+
+def test_train_classifier_rejects_an_unknown_schedule() -> None:
+    train, val = data.digits_loaders(flat=True, batch_size=256)
+    model, _ = models.build("mlp", widths=(8,))
+    with pytest.raises(ValueError, match="schedule"):
+        train_classifier(model, train, val, epochs=1, schedule="step")

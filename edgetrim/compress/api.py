@@ -71,7 +71,7 @@ from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
 from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
-from edgetrim.examples.training import evaluate_accuracy
+from edgetrim.examples.training import evaluate_accuracy, lr_schedule
 from edgetrim.io_utils import atomic_write_bytes
 from edgetrim.lookup_tables import LatencyTable, predict_model
 from edgetrim.lookup_tables.predict import TABLED_KINDS
@@ -214,6 +214,11 @@ def _finetune(model: nn.Module, loader: Batches, config: CompressConfig, *, epoc
         opt = torch.optim.Adam(params, lr=config.lr)
     if masks is not None:
         masks.attach(opt)
+    try:
+        steps: int | None = epochs * len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps = None
+    step_lr = lr_schedule(opt, config.finetune_schedule, steps)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         model.train()
@@ -222,6 +227,7 @@ def _finetune(model: nn.Module, loader: Batches, config: CompressConfig, *, epoc
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step_lr()
     model.eval()
 
 

@@ -43,6 +43,8 @@ class CompressConfig:
         regularizer: cost the penalty measures; default latency, FLOPs for a FLOPs budget.
         blocks: re-parameterisations to use.
         epochs: training epochs with the penalty; finetune_epochs: plain epochs of the small model.
+        finetune_schedule: learning rate of the fine-tune: ``"cosine"`` (from ``lr`` to 0 over the
+            fine-tune, so it ends on small steps) or ``"constant"``.
         lr: weight learning rate; gate_lr: learning rate of masks and bit gates.
         optimizer: Adam or SGD (momentum 0.9) for the weights; the gates always use the same kind.
         dual_lr: step of the dual ascent on lambda (per batch, on the relative budget violation).
@@ -76,6 +78,7 @@ class CompressConfig:
     blocks: frozenset[Block] = field(default_factory=lambda: frozenset({Block.PRUNE}))
     epochs: int = 3
     finetune_epochs: int = 1
+    finetune_schedule: str = "cosine"
     lr: float = 1e-3
     gate_lr: float = 0.05
     optimizer: OptimizerKind = OptimizerKind.ADAM
@@ -128,6 +131,10 @@ class CompressConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.budget_ramp <= 1.0:
             raise ValueError(f"budget_ramp must be in (0, 1], got {self.budget_ramp}")
+        if self.finetune_schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"finetune_schedule must be 'cosine' or 'constant', got {self.finetune_schedule!r}"
+            )
         if self.dual_signal not in ("soft", "hard"):
             raise ValueError(f"dual_signal must be 'soft' or 'hard', got {self.dual_signal!r}")
         if not 0.0 <= self.measure_tolerance < 0.5:

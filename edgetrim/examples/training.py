@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +56,40 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
     return correct / total
 
 
+def _num_batches(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int | None
+) -> Callable[[], None]:
+    """A per-step callable that applies ``schedule`` (``"constant"`` or ``"cosine"``) to ``optimizer``.
+
+    Cosine decays every parameter group's learning rate from its initial value to 0 over
+    ``total_steps`` optimiser steps; a loader without a length (``total_steps`` None) stays constant.
+
+    Raises:
+        ValueError: for an unknown schedule.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if schedule == "constant" or not total_steps:
+        return lambda: None
+    base = [g["lr"] for g in optimizer.param_groups]
+    done = [0]
+
+    def step() -> None:
+        done[0] += 1
+        scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done[0] / total_steps)))
+        for g, lr0 in zip(optimizer.param_groups, base):
+            g["lr"] = lr0 * scale
+
+    return step
+
+
 def train_classifier(
     model: nn.Module,
     train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -65,6 +101,7 @@ def train_classifier(
     weight_decay: float = 0.0,
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
+    schedule: str = "constant",
 ) -> float:
     """Train ``model`` in place with Adam on cross-entropy and return its validation accuracy in [0, 1].
 
@@ -81,6 +118,8 @@ def train_classifier(
         weight_decay: Adam weight decay.
         penalty: optional zero-argument callable whose scalar tensor is added to every batch loss.
         after_step: optional callable run after every optimiser step (e.g. re-apply masks, prox map).
+        schedule: ``"constant"`` learning rate, or ``"cosine"``: decayed per step from ``lr`` to 0 over
+            the run (a fine-tune then ends on small steps instead of wherever the last batch left it).
 
     Returns:
         Validation accuracy after the last epoch.
@@ -95,6 +134,7 @@ def train_classifier(
     device = _device_of(model)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    step_lr = lr_schedule(optimizer, schedule, epochs * _num_batches(train_loader))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in range(epochs):
@@ -109,6 +149,7 @@ def train_classifier(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                step_lr()
                 if after_step is not None:
                     after_step()
                 total_loss += float(loss.detach())

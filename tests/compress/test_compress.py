@@ -190,6 +190,10 @@ def test_config_round_trip_and_validation() -> None:
         CompressConfig(budget_ms=1.0, lam=0.1)
     with pytest.raises(ValueError, match="budget_ms must be > 0"):
         CompressConfig(budget_ms=-1.0)
+    with pytest.raises(ValueError, match="finetune_schedule"):
+        CompressConfig(budget_ms=1.0, finetune_schedule="step")
+    constant = CompressConfig(budget_ms=1.0, finetune_schedule="constant")
+    assert config_from_dict(json.loads(json.dumps(constant.to_dict()))) == constant
 
 
 def test_batched_surrogate_matches_term_by_term(trained_mlp) -> None:
