@@ -112,6 +112,10 @@ class PenaltyTrainer:
         with torch.no_grad():
             self.dense_soft = float(self._soft_cost(dense_counts)) or 1.0
         self.soft_cost_fn = soft_cost_fn if config.dual_signal == "soft" else None
+        # the penalty's soft cost is the dual ascent's signal too when both measure the budget's unit
+        self._penalty_is_budget_cost = (
+            config.regularizer is Regularizer.LATENCY and config.budget_ms is not None
+        ) or (config.regularizer is Regularizer.FLOPS and config.budget_flops is not None)
         if self.soft_cost_fn is not None:
             with torch.no_grad():
                 self._soft_shift = dense_cost - float(self.soft_cost_fn(dense_counts))
@@ -155,12 +159,19 @@ class PenaltyTrainer:
         terms = [soft_count(m.weight.flatten()) / m.weight.numel() for m in self._sparse_layers]
         return torch.stack(terms).mean() if terms else torch.zeros(())
 
-    def dual_cost(self) -> float:
-        """The cost the dual ascent compares with its target (see ``config.dual_signal``)."""
+    def dual_cost(self, counts: Sequence[Tensor] | None = None, soft: Tensor | None = None) -> float:
+        """The cost the dual ascent compares with its target (see ``config.dual_signal``).
+
+        ``counts`` / ``soft``: the batch's soft counts and the penalty's soft cost at them, reused
+        when the penalty measures the budget's own cost (a latency penalty on a latency budget) so
+        the surrogate is evaluated once per batch, not twice.
+        """
         if self.soft_cost_fn is None:
             return self.cost_fn(self.gates.widths())
+        if soft is not None and self._penalty_is_budget_cost:
+            return float(soft.detach()) + self._soft_shift
         with torch.no_grad():
-            counts = [c.detach() for c in self.soft_counts()]
+            counts = [c.detach() for c in (counts if counts is not None else self.soft_counts())]
             return float(self.soft_cost_fn(counts)) + self._soft_shift
 
     # ---- one epoch -------------------------------------------------------------------------------
@@ -197,9 +208,12 @@ class PenaltyTrainer:
             ce = loss_fn(logits, yb)
             loss = ce
             penalty = torch.zeros(())
+            counts: list[Tensor] | None = None
+            soft: Tensor | None = None
             if cfg.penalised and self.gates.groups:
-                rel = self._soft_cost(self.soft_counts()) / self.dense_soft
-                penalty = penalty + self.state.lam * rel
+                counts = self.soft_counts()
+                soft = self._soft_cost(counts)
+                penalty = penalty + self.state.lam * soft / self.dense_soft
             if self.quants and cfg.bits_lambda > 0:
                 penalty = penalty + cfg.bits_lambda * self.bits_cost()
             if cfg.sparse_lambda > 0:
@@ -212,7 +226,8 @@ class PenaltyTrainer:
             if self.budget is not None:
                 done = (n + 1) / num_batches if num_batches else 1.0
                 target = self.target_at(self.state.epoch + done)
-                violation = self.dual_cost() / target - 1.0
+                # read at the batch's counts (before the step): one step of lag, one surrogate pass saved
+                violation = self.dual_cost(counts, soft) / target - 1.0
                 self.state.lam = max(0.0, self.state.lam + cfg.dual_lr * violation)
             sums["loss"] += float(loss.detach())
             sums["ce"] += float(ce.detach())

@@ -55,3 +55,29 @@ def test_soft_signal_follows_spreading_masks_before_any_gate_is_zero(make_table)
 def test_dual_signal_is_validated() -> None:
     with pytest.raises(ValueError, match="dual_signal"):
         CompressConfig(budget_ms=1.0, dual_signal="median")
+
+
+def test_dual_reads_the_penalty_cost_it_was_handed_without_a_second_surrogate_pass(make_table) -> None:
+    trainer, dense = _trainer(make_table, "soft")
+    with torch.no_grad():
+        for a in trainer.gates.alphas:
+            a.uniform_(0.0, 1.0)
+    counts = trainer.soft_counts()
+    soft = trainer._soft_cost(counts)
+    # the latency penalty on a latency budget is the dual's own signal: the same number either way
+    assert trainer.dual_cost(counts, soft) == pytest.approx(trainer.dual_cost(), rel=1e-9)
+    assert trainer.dual_cost(counts, soft) < dense
+
+
+def test_flops_penalty_on_a_latency_budget_still_reads_the_latency_surrogate(make_table) -> None:
+    trainer, _ = _trainer(make_table, "soft")
+    flops_cfg = CompressConfig(budget_ms=trainer.config.budget_ms, regularizer="flops")
+    trainer.config = flops_cfg
+    trainer._penalty_is_budget_cost = False  # what __init__ sets for this config
+    with torch.no_grad():
+        for a in trainer.gates.alphas:
+            a.uniform_(0.0, 1.0)
+    counts = trainer.soft_counts()
+    flops = trainer._soft_cost(counts)  # FLOPs, not ms: must not be read as the dual's latency
+    assert trainer.dual_cost(counts, flops) == pytest.approx(trainer.dual_cost(), rel=1e-9)
+    assert trainer.dual_cost(counts, flops) != pytest.approx(float(flops) + trainer._soft_shift)

@@ -91,3 +91,26 @@ def test_keep_must_be_valid() -> None:
     model, example = MODEL_ZOO["mlp"]()
     with pytest.raises(ValueError, match="at least one"):
         materialize_channels(model, example, {0: torch.tensor([], dtype=torch.long)})
+
+
+def test_gate_scale_fast_path_matches_the_scatter_path() -> None:
+    from edgetrim.examples.models import resnet_small
+
+    torch.manual_seed(0)
+    model, example = resnet_small(widths=(8, 16))
+    gates = ChannelGates(model, find_channel_groups(model, example))
+    assert gates._in_order  # ResNet consumers read one group each, in order
+    with torch.no_grad():
+        for a in gates.alphas:
+            a.uniform_(0.0, 2.0)
+    out_fast = model(*example)
+    fast = {
+        n: gates._scale_for(n, e[0][1].numel(), torch.device("cpu"), torch.float32)
+        for n, e in gates._plan.items()
+    }
+    gates._in_order = {}
+    out_slow = model(*example)
+    for n, e in gates._plan.items():
+        slow = gates._scale_for(n, e[0][1].numel(), torch.device("cpu"), torch.float32)
+        assert torch.equal(fast[n], slow), n
+    assert torch.allclose(out_fast, out_slow, atol=0, rtol=0)
