@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -78,16 +77,7 @@ def lr_schedule(
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if schedule == "constant" or not total_steps:
         return lambda: None
-    base = [g["lr"] for g in optimizer.param_groups]
-    done = [0]
-
-    def step() -> None:
-        done[0] += 1
-        scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done[0] / total_steps)))
-        for g, lr0 in zip(optimizer.param_groups, base):
-            g["lr"] = lr0 * scale
-
-    return step
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps).step
 
 
 def train_classifier(
