@@ -54,3 +54,17 @@ def test_equal_latency_and_equal_accuracy_comparisons(cvb) -> None:
     assert lf["ours_ms_at_accuracy_at_most"] == pytest.approx(0.4) and lf["ratio_at_most"] == pytest.approx(
         0.8
     )
+
+
+def test_a_baseline_within_the_measurement_tolerance_of_ours_fastest_point_is_compared(cvb) -> None:
+    rows = []
+    for s in range(2):
+        rows += [_row("ours", 0.35, s, 0.90, 0.40), _row("ours", 0.5, s, 0.94, 0.6)]
+        rows += [_row("tp_magnitude_r8", 0.35, s, 0.95, 0.395), _row("uniform", 0.35, s, 0.99, 0.30)]
+    strict = {r["method"]: r for r in cvb.compare("m", cvb.summarise(rows))["equal_measured_latency"]}
+    assert strict["tp_magnitude_r8"]["verdict"].startswith("outside")  # 1.25% faster: no tolerance
+    by = {r["method"]: r for r in cvb.compare("m", cvb.summarise(rows), tol=0.02)["equal_measured_latency"]}
+    r8 = by["tp_magnitude_r8"]  # within 2% of ours' fastest point: compared with it, and it wins
+    assert r8["equal_within_tolerance"] and r8["ours_acc_at_latency"] == pytest.approx(0.90)
+    assert r8["verdict"] == "baseline better"
+    assert by["uniform"]["verdict"].startswith("outside")  # 25% faster stays outside
