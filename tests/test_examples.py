@@ -349,3 +349,15 @@ def test_train_classifier_rejects_an_unknown_schedule() -> None:
     model, _ = models.build("mlp", widths=(8,))
     with pytest.raises(ValueError, match="schedule"):
         train_classifier(model, train, val, epochs=1, schedule="step")
+
+
+def test_cosine_training_from_a_loader_without_a_length_keeps_a_constant_rate() -> None:
+    from edgetrim.examples.training import total_steps
+
+    train, val = data.digits_loaders(flat=True, batch_size=256)
+    assert total_steps(train, 3) == 3 * len(train)
+    batches = list(train)
+    assert total_steps(iter(batches), 3) is None  # a generator: no length, no schedule to fit
+    model, _ = models.build("mlp", widths=(8,))
+    acc = train_classifier(model, (b for b in batches), val, epochs=1, lr=1e-2, schedule="cosine")
+    assert acc > 0.2  # it trained (chance is 0.1) instead of failing on the missing length

@@ -71,7 +71,7 @@ from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
 from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
-from edgetrim.examples.training import evaluate_accuracy, lr_schedule
+from edgetrim.examples.training import evaluate_accuracy, lr_schedule, total_steps
 from edgetrim.io_utils import atomic_write_bytes
 from edgetrim.lookup_tables import LatencyTable, predict_model
 from edgetrim.lookup_tables.predict import TABLED_KINDS
@@ -214,11 +214,7 @@ def _finetune(model: nn.Module, loader: Batches, config: CompressConfig, *, epoc
         opt = torch.optim.Adam(params, lr=config.lr)
     if masks is not None:
         masks.attach(opt)
-    try:
-        steps: int | None = epochs * len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        steps = None
-    step_lr = lr_schedule(opt, config.finetune_schedule, steps)
+    step_lr = lr_schedule(opt, config.finetune_schedule, total_steps(loader, epochs))
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         model.train()

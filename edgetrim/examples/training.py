@@ -55,9 +55,10 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
     return correct / total
 
 
-def _num_batches(loader: Iterable[Any]) -> int | None:
+def total_steps(loader: Iterable[Any], epochs: int) -> int | None:
+    """``epochs x len(loader)``, or None for a loader without a length (a generator)."""
     try:
-        return len(loader)  # type: ignore[arg-type]
+        return epochs * len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
 
@@ -124,7 +125,7 @@ def train_classifier(
     device = _device_of(model)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    step_lr = lr_schedule(optimizer, schedule, epochs * _num_batches(train_loader))
+    step_lr = lr_schedule(optimizer, schedule, total_steps(train_loader, epochs))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in range(epochs):
