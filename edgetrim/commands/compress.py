@@ -89,6 +89,9 @@ def compress_cmd(
     finetune_epochs: Annotated[
         int, typer.Option("--finetune-epochs", help="fine-tune epochs of the result")
     ] = 2,
+    finetune_schedule: Annotated[
+        str, typer.Option("--finetune-schedule", help="fine-tune learning rate: cosine (to 0) or constant")
+    ] = "cosine",
     pretrain_epochs: Annotated[
         int, typer.Option("--pretrain-epochs", help="train the model first (for untrained zoo models)")
     ] = 0,
@@ -127,7 +130,8 @@ def compress_cmd(
     try:
         config = CompressConfig(
             budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
-            blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs, lr=lr, gate_lr=gate_lr,
+            blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs,
+            finetune_schedule=finetune_schedule, lr=lr, gate_lr=gate_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
         )  # fmt: skip
     except ValueError as exc:

@@ -57,6 +57,26 @@ def test_cli_unreachable_budget_is_a_one_line_error(tmp_path, make_table) -> Non
     assert "error: latency budget" in result.output and "smallest reachable latency" in result.output
 
 
+def test_cli_finetune_schedule_reaches_the_config_and_bad_values_are_one_line_errors(
+    tmp_path, make_table
+) -> None:
+    spec, table = _table(tmp_path, make_table)
+    base = [
+        *_args(spec, table, tmp_path / "r"),
+        "--budget-ms",
+        "0.017",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+    ]
+    ok = CliRunner().invoke(app, [*base, "--finetune-schedule", "constant", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["config"]["finetune_schedule"] == "constant"
+    bad = CliRunner().invoke(app, [*base, "--finetune-schedule", "step"])
+    assert bad.exit_code == 2 and "finetune_schedule must be 'cosine' or 'constant'" in bad.output
+
+
 def test_cli_needs_exactly_one_budget(tmp_path, make_table) -> None:
     spec, table = _table(tmp_path, make_table)
     result = CliRunner().invoke(app, _args(spec, table, tmp_path / "r"))
