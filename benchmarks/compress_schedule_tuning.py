@@ -37,11 +37,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_baselines import MODEL_KWARGS, OUT, bisect_ratio, predicted, tp_model
+from compress_vs_baselines import MODEL_KWARGS, OUT, bisect_ratio, fits_table, predicted, tp_model
 
 from edgetrim.compress.api import compress
 from edgetrim.compress.config import CompressConfig
-from edgetrim.errors import EdgetrimError, UncoveredOpError
+from edgetrim.errors import EdgetrimError
 from edgetrim.examples.data import digits_arrays
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
@@ -120,12 +120,7 @@ def main() -> None:
             budget = frac * dense_pred
             base = {"model": name, "fraction": frac, "budget_ms": budget, "dense_tune_accuracy": dense_acc}
 
-            def fits(m: torch.nn.Module, budget: float = budget, example=example, table=table) -> bool:
-                try:
-                    return predicted(table, target, m, example) <= budget
-                except UncoveredOpError:
-                    return False
-
+            fits = fits_table(table, target, example, budget)
             for rt in (8, None):
                 method = "tp_magnitude_r8" if rt else "tp_magnitude"
                 try:

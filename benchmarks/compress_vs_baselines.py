@@ -72,6 +72,18 @@ def predicted(table, target, model, example) -> float:
     return model_latency_ms(table, extract_layer_ops(model, example, fusion=target.fusion))
 
 
+def fits_table(table, target, example, budget: float):
+    """``model -> bool``: the table's prediction of ``model`` is within ``budget`` (ms)."""
+
+    def fits(model: nn.Module) -> bool:
+        try:
+            return predicted(table, target, model, example) <= budget
+        except UncoveredOpError:  # e.g. a depthwise conv cut to one channel is a plain conv
+            return False
+
+    return fits
+
+
 MODEL_KWARGS = {
     # widths so that the dense 16x16 model runs ~0.3 ms on one core (fixed per-run overhead a small share)
     "mobilenetv3_small": {"width_mult": 2.0},
@@ -434,13 +446,7 @@ def main() -> None:
             budget = frac * dense_meas["median_ms"]  # measured scale: the result must meet it (x 1.10)
 
             def fits_at(tb: float, table=table, example=example):
-                def fits(mod: nn.Module) -> bool:
-                    try:
-                        return predicted(table, target, mod, example) <= tb
-                    except UncoveredOpError:  # e.g. a depthwise conv cut to one channel is a plain conv
-                        return False
-
-                return fits
+                return fits_table(table, target, example, tb)
 
             for method in args.methods.split(","):
                 t = time.perf_counter()
