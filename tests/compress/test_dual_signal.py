@@ -13,7 +13,7 @@ from edgetrim.compress.train import PenaltyTrainer
 from edgetrim.examples.models import mlp
 
 
-def _trainer(make_table, signal: str) -> tuple[PenaltyTrainer, float]:
+def _trainer(make_table, signal: str, regularizer: str | None = None) -> tuple[PenaltyTrainer, float]:
     torch.manual_seed(0)
     model, example = mlp(widths=(40, 24))
     extract = default_extractor("onnxruntime")
@@ -25,7 +25,7 @@ def _trainer(make_table, signal: str) -> tuple[PenaltyTrainer, float]:
     sizes = [g.size for g in groups]
     dense = cost.hard_ms(sizes)
     gates = ChannelGates(model, groups)
-    cfg = CompressConfig(budget_ms=0.5 * dense, dual_signal=signal)
+    cfg = CompressConfig(budget_ms=0.5 * dense, dual_signal=signal, regularizer=regularizer)
     trainer = PenaltyTrainer(
         model, gates, {}, cost, cfg, dense_widths=sizes, dense_cost=dense, cost_fn=cost.hard_ms,
         budget=0.5 * dense, soft_cost_fn=cost.soft_ms,
@@ -70,10 +70,7 @@ def test_dual_reads_the_penalty_cost_it_was_handed_without_a_second_surrogate_pa
 
 
 def test_flops_penalty_on_a_latency_budget_still_reads_the_latency_surrogate(make_table) -> None:
-    trainer, _ = _trainer(make_table, "soft")
-    flops_cfg = CompressConfig(budget_ms=trainer.config.budget_ms, regularizer="flops")
-    trainer.config = flops_cfg
-    trainer._penalty_is_budget_cost = False  # what __init__ sets for this config
+    trainer, _ = _trainer(make_table, "soft", regularizer="flops")
     with torch.no_grad():
         for a in trainer.gates.alphas:
             a.uniform_(0.0, 1.0)
