@@ -180,8 +180,13 @@ def _group_label(g: ChannelGroup) -> str:
     return f"{g.root_name}" + (f" (heads of {g.unit})" if g.unit > 1 else "")
 
 
-def _importance(gates: ChannelGates, model: nn.Module) -> list[list[float]]:
-    """Per group, unit importances sorted in decreasing order: ``|alpha| x`` consumer column norm."""
+def _unit_scores(gates: ChannelGates, model: nn.Module) -> list[Tensor]:
+    """Per group, one importance per mask entry: ``|alpha| x`` its consumers' column norm.
+
+    The width fit spends this importance and the materialisation keeps the units that have most of
+    it, so the channels removed are the ones the fit counted as cheapest to lose (with untrained
+    gates ``|alpha|`` alone cannot tell units apart).
+    """
     modules = dict(model.named_modules())
     out = []
     for gi, (g, a) in enumerate(zip(gates.groups, gates.alphas)):
@@ -193,8 +198,13 @@ def _importance(gates: ChannelGates, model: nn.Module) -> list[list[float]]:
             for egi, local, root in entries:
                 if egi == gi:
                     score.index_add_(0, root, col[local])
-        out.append(sorted((a.detach().abs() * score).tolist(), reverse=True))
+        out.append(a.detach().abs() * score)
     return out
+
+
+def _importance(scores: Sequence[Tensor]) -> list[list[float]]:
+    """Per group, the unit scores sorted in decreasing order (what :func:`fit_budget` takes)."""
+    return [sorted(s.tolist(), reverse=True) for s in scores]
 
 
 def _strip_quant(clone: nn.Module) -> None:
@@ -419,14 +429,15 @@ def compress(
         """Measure the structure the final step would build now (the gates' fast-side widths fitted
         to the current internal budget) and re-scale the internal budget by its predicted/measured."""
         start = fast_side_widths(gates.widths(), units, sizes, partial, min_widths=min_widths, align=align)
+        scores = _unit_scores(gates, work)
         try:
             now = fit_budget(
-                start, units, _importance(gates, work), partial, cost.hard_ms, trainer.budget,
+                start, units, _importance(scores), partial, cost.hard_ms, trainer.budget,
                 min_widths=min_widths, align=align,
             )  # fmt: skip
         except BudgetError:
             return
-        probe = gates.materialize(example, widths=now, prepare=_strip_quant)
+        probe = gates.materialize(example, widths=now, prepare=_strip_quant, scores=scores)
         recalibrate(probe, check_ms(probe, now), now, epoch)
 
     if calibrate and not resumed:
@@ -466,9 +477,11 @@ def compress(
         if groups
         else []
     )
+    scores = _unit_scores(gates, work)  # the weights and gates are final from here on
+    ranked = _importance(scores)
     if budget is not None and groups:
         final = fit_budget(
-            final, units, _importance(gates, work), partial, cost_fn, budget, what=what, unit_name=unit_name,
+            final, units, ranked, partial, cost_fn, budget, what=what, unit_name=unit_name,
             min_widths=min_widths, align=align,
         )  # fmt: skip
     for q in quants.values():
@@ -476,7 +489,11 @@ def compress(
     bits = {n: q.bits() for n, q in quants.items()}
 
     # materialise and check the real prediction
-    small = gates.materialize(example, widths=final, prepare=_strip_quant) if groups else _plain_copy(work)
+    small = (
+        gates.materialize(example, widths=final, prepare=_strip_quant, scores=scores)
+        if groups
+        else _plain_copy(work)
+    )
 
     # internal budget on the whole-model prediction's scale
     ms_budget = budget + offset if config.budget_ms is not None and budget is not None else None
@@ -494,14 +511,14 @@ def compress(
             final = fit_budget(
                 final,
                 units,
-                _importance(gates, work),
+                ranked,
                 partial,
                 cost.hard_ms,
                 target,
                 min_widths=min_widths,
                 align=align,
             )
-            small = gates.materialize(example, widths=final, prepare=_strip_quant)
+            small = gates.materialize(example, widths=final, prepare=_strip_quant, scores=scores)
             predicted_ms = check_ms(small, final)
         if predicted_ms > ms_budget + 1e-9:
             raise BudgetError(
@@ -555,7 +572,7 @@ def compress(
                 new_budget = 0.5 * (best[2] + over)
             try:
                 new_final = fit_budget(
-                    start, units, _importance(gates, work), partial, cost.hard_ms, new_budget - offset,
+                    start, units, ranked, partial, cost.hard_ms, new_budget - offset,
                     min_widths=min_widths, align=align,
                 )  # fmt: skip
             except BudgetError:
@@ -565,7 +582,9 @@ def compress(
                 break
             try:
                 new_final, new_small, new_pred = meet_predicted(
-                    new_final, gates.materialize(example, widths=new_final, prepare=_strip_quant), new_budget
+                    new_final,
+                    gates.materialize(example, widths=new_final, prepare=_strip_quant, scores=scores),
+                    new_budget,
                 )
             except BudgetError:
                 break

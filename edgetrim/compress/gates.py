@@ -131,16 +131,21 @@ class ChannelGates(nn.Module):
         """Channels with a non-zero gate per group (what training asks to keep)."""
         return [int((a.detach() != 0).sum()) * g.unit for g, a in zip(self.groups, self.alphas)]
 
-    def keep_indices(self, widths: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-        """Channels to keep per group: the ``widths[g]`` channels of largest ``|alpha|``.
+    def keep_indices(
+        self, widths: Sequence[int] | None = None, *, scores: Sequence[torch.Tensor] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Channels to keep per group: the ``widths[g]`` channels of largest score.
 
         Widths are in channels (rounded up to whole heads); the default keeps the non-zero gates.
+        ``scores`` (per group, one value per mask entry) rank the units; the default ranks by
+        ``|alpha|``. Ties keep the lower index.
         """
         widths = self.widths() if widths is None else list(widths)
         keep: dict[int, torch.Tensor] = {}
         for gi, (g, a) in enumerate(zip(self.groups, self.alphas)):
             units = max(1, min(-(-int(widths[gi]) // g.unit), g.num_units))
-            order = torch.argsort(a.detach().abs(), descending=True, stable=True)
+            rank = a.detach().abs() if scores is None else scores[gi].detach()
+            order = torch.argsort(rank, descending=True, stable=True)
             kept_units = torch.sort(order[:units]).values  # (units,)
             channels = (kept_units[:, None] * g.unit + torch.arange(g.unit)[None, :]).flatten()
             keep[g.id] = channels
@@ -161,11 +166,13 @@ class ChannelGates(nn.Module):
         *,
         widths: Sequence[int] | None = None,
         prepare: Callable[[nn.Module], None] | None = None,
+        scores: Sequence[torch.Tensor] | None = None,
     ) -> nn.Module:
         """A physically smaller dense copy: gates folded in, channels outside ``keep_indices`` removed.
 
         With the default widths (the non-zero gates) the copy computes what the gated model computes.
-        ``prepare(clone)`` runs on the copy first (e.g. to remove weight parametrisations).
+        ``prepare(clone)`` runs on the copy first (e.g. to remove weight parametrisations); ``scores``
+        rank the units to keep (see :meth:`keep_indices`).
         """
         model = self._model_ref[0]
         with self.detached():
@@ -173,7 +180,7 @@ class ChannelGates(nn.Module):
         if prepare is not None:
             prepare(clone)
         self.fold_into(clone)
-        keep = self.keep_indices(widths)
+        keep = self.keep_indices(widths, scores=scores)
         keep = {gid: idx for gid, idx in keep.items() if idx.numel() < self.groups[gid].size}
         # keep_indices is keyed by group.id; positions in self.groups are what materialize expects
         keep = {self._pos[gid]: idx for gid, idx in keep.items()}

@@ -278,3 +278,32 @@ def test_untraceable_model_error_names_the_module(trained_mlp) -> None:
         compress(
             Broken(), example, _fast_config(budget_ms=budget), table=table, train_loader=train, val_loader=val
         )
+
+
+def test_kept_channels_are_the_ones_the_width_fit_counts_most_important(trained_mlp) -> None:
+    """Without a penalised epoch every gate is 1, so ``|alpha|`` cannot rank the units: the channels
+    kept must be those with the largest consumer column norm (the importance the fit spends)."""
+    model, example, train, val, table, budget = trained_mlp
+    cfg = _fast_config(budget_ms=budget, epochs=0, finetune_epochs=0)
+    result = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+    dense_first, dense_second = [m for m in model.modules() if isinstance(m, nn.Linear)][:2]
+    small_first = next(m for m in result.model.modules() if isinstance(m, nn.Linear))
+    width = small_first.out_features
+    assert width < dense_first.out_features
+    col_norms = dense_second.weight.detach().norm(dim=0)  # one per hidden unit of the first layer
+    expected = torch.sort(torch.argsort(col_norms, descending=True)[:width]).values
+    assert torch.equal(small_first.weight.detach(), dense_first.weight.detach()[expected])
+    # the default ranking (|alpha|, all equal) would have kept the first units instead
+    assert not torch.equal(expected, torch.arange(width))
+
+
+def test_keep_indices_follow_the_scores_given() -> None:
+    torch.manual_seed(0)
+    model, example = mlp(widths=(6, 4))
+    gates = ChannelGates(model, find_channel_groups(model, example))
+    scores = [torch.arange(g.num_units, dtype=torch.float32) for g in gates.groups]  # last units best
+    keep = gates.keep_indices([2] * len(gates.groups), scores=scores)
+    for g in gates.groups:
+        assert keep[g.id].tolist() == [g.num_units - 2, g.num_units - 1]
+    assert all(k.tolist() == [0, 1] for k in gates.keep_indices([2] * len(gates.groups)).values())
+    gates.detach_hooks()
