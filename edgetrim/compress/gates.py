@@ -66,6 +66,14 @@ class ChannelGates(nn.Module):
             for name, entries in plan.items()
             if len(entries) == 1 and torch.equal(entries[0][1], torch.arange(entries[0][1].numel()))
         }
+        # in-order consumers whose inputs are exactly the group's mask entries (unit 1, every channel):
+        # the scale is alpha itself, no gather in the forward and no scatter in the backward
+        self._identity = {
+            name
+            for name in self._in_order
+            if self.groups[plan[name][0][0]].unit == 1
+            and torch.equal(plan[name][0][2], torch.arange(self.groups[plan[name][0][0]].num_units))
+        }
         self._pos = {g.id: i for i, g in enumerate(self.groups)}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._model_ref = [model]  # a list keeps the model out of this module's children
@@ -74,6 +82,9 @@ class ChannelGates(nn.Module):
     # ---- hooks -----------------------------------------------------------------------------------
     def _scale_for(self, name: str, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         entries = self._plan[name]
+        if name in self._identity and entries[0][1].numel() == width:
+            alpha = self.alphas[entries[0][0]]
+            return alpha if alpha.device == device and alpha.dtype == dtype else alpha.to(device, dtype)
         if len(entries) == 1 and name in self._in_order and entries[0][1].numel() == width:
             # the common case, one group feeding every input in order: a gather, no scatter (this runs
             # for every consumer in every forward, so it is a visible share of a compress epoch)

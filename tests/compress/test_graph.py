@@ -100,17 +100,28 @@ def test_gate_scale_fast_path_matches_the_scatter_path() -> None:
     model, example = resnet_small(widths=(8, 16))
     gates = ChannelGates(model, find_channel_groups(model, example))
     assert gates._in_order  # ResNet consumers read one group each, in order
+    assert gates._identity  # ... most of them every channel of it: the scale is alpha itself
     with torch.no_grad():
         for a in gates.alphas:
             a.uniform_(0.0, 2.0)
-    out_fast = model(*example)
+
+    def forward_and_grads():
+        for a in gates.alphas:
+            a.grad = None
+        out = model(*example)
+        out.square().sum().backward()
+        return out.detach(), [a.grad.clone() for a in gates.alphas]
+
+    out_fast, grads_fast = forward_and_grads()
     fast = {
         n: gates._scale_for(n, e[0][1].numel(), torch.device("cpu"), torch.float32)
         for n, e in gates._plan.items()
     }
-    gates._in_order = {}
-    out_slow = model(*example)
+    gates._identity, gates._in_order = set(), {}
+    out_slow, grads_slow = forward_and_grads()
     for n, e in gates._plan.items():
         slow = gates._scale_for(n, e[0][1].numel(), torch.device("cpu"), torch.float32)
         assert torch.equal(fast[n], slow), n
     assert torch.allclose(out_fast, out_slow, atol=0, rtol=0)
+    for gf, gs in zip(grads_fast, grads_slow):
+        assert torch.allclose(gf, gs, rtol=1e-6, atol=1e-7)
