@@ -32,7 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_baselines import MODEL_KWARGS, OUT, bisect_ratio, fits_table, predicted, tp_model
+from compress_vs_baselines import (
+    MODEL_KWARGS,
+    OUT,
+    benchmark_table,
+    bisect_ratio,
+    fits_table,
+    predicted,
+    tp_model,
+)
 
 from edgetrim.compress.api import compress
 from edgetrim.compress.config import CompressConfig
@@ -41,9 +49,7 @@ from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
 from edgetrim.io_utils import atomic_write_json
 from edgetrim.model_ops import extract_layer_ops
-from edgetrim.profiler.session import ProfileConfig, profile_table
 from edgetrim.profiler.targets import get_target
-from edgetrim.profiler.timing import TimingConfig
 
 
 def parse_splits(text: str) -> list[int]:
@@ -125,11 +131,7 @@ def main() -> None:
         model, example = MODEL_ZOO[args.model](image_size=args.image_size, **MODEL_KWARGS[args.model])
         dense_acc = train_classifier(model, train, val, epochs=args.pretrain_epochs, lr=args.lr, seed=split)
         ops = extract_layer_ops(model, example, fusion=target.fusion)
-        table = profile_table(  # the table compress_vs_baselines profiled (same model, same contexts)
-            target, ops, out=OUT / f"compress_table_{args.model}_s{args.image_size}_wide.json", resume=True,
-            timing=TimingConfig(warmup=3, min_runs=5, max_runs=30, time_cap_s=0.2),
-            config=ProfileConfig(points_per_context=120),
-        )  # fmt: skip
+        table = benchmark_table(target, ops, args.model, args.image_size)  # compress_vs_baselines' table
         dense_pred = predicted(table, target, model, example)
         budget = args.fraction * dense_pred
         for v in todo:

@@ -37,7 +37,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_baselines import MODEL_KWARGS, OUT, bisect_ratio, fits_table, predicted, tp_model
+from compress_vs_baselines import (
+    MODEL_KWARGS,
+    OUT,
+    benchmark_table,
+    bisect_ratio,
+    fits_table,
+    predicted,
+    tp_model,
+)
 
 from edgetrim.compress.api import compress
 from edgetrim.compress.config import CompressConfig
@@ -46,9 +54,7 @@ from edgetrim.examples.data import digits_arrays
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
 from edgetrim.model_ops import extract_layer_ops
-from edgetrim.profiler.session import ProfileConfig, profile_table
 from edgetrim.profiler.targets import get_target
-from edgetrim.profiler.timing import TimingConfig
 
 TUNE_SHARE = 0.4
 
@@ -109,12 +115,7 @@ def main() -> None:
         model, example = MODEL_ZOO[name](image_size=args.image_size, **MODEL_KWARGS.get(name, {}))
         dense_acc = train_classifier(model, fit, tune, epochs=args.pretrain_epochs, lr=args.lr)
         ops = extract_layer_ops(model, example, fusion=target.fusion)
-        suffix = "" if args.image_size == 8 else f"_s{args.image_size}_wide"
-        table = profile_table(
-            target, ops, out=OUT / f"compress_table_{name}{suffix}.json", resume=True,
-            timing=TimingConfig(warmup=3, min_runs=5, max_runs=30, time_cap_s=0.2),
-            config=ProfileConfig(points_per_context=120),
-        )  # fmt: skip
+        table = benchmark_table(target, ops, name, args.image_size)
         dense_pred = predicted(table, target, model, example)
         for frac in [float(f) for f in args.fractions.split(",")]:
             budget = frac * dense_pred

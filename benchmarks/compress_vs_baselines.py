@@ -84,6 +84,19 @@ def fits_table(table, target, example, budget: float):
     return fits
 
 
+def benchmark_table(
+    target, ops, name: str, image_size: int, *, points_per_context: int = 120, refine: bool = True
+):
+    """The ort-cpu table of model ``name`` at ``image_size``, profiled once and cached under results/
+    (resumable); every compress benchmark on the zoo models at that size reads the same file."""
+    suffix = "" if image_size == 8 else f"_s{image_size}_wide"
+    return profile_table(
+        target, ops, out=OUT / f"compress_table_{name}{suffix}.json", resume=True,
+        timing=TimingConfig(warmup=3, min_runs=5, max_runs=30, time_cap_s=0.2), refine=refine,
+        config=ProfileConfig(points_per_context=points_per_context),
+    )  # fmt: skip
+
+
 MODEL_KWARGS = {
     # widths so that the dense 16x16 model runs ~0.3 ms on one core (fixed per-run overhead a small share)
     "mobilenetv3_small": {"width_mult": 2.0},
@@ -410,14 +423,12 @@ def main() -> None:
     torch.set_num_threads(1)
     target = get_target("ort-cpu", threads=1)
     meter = Meter(target, args.rounds, args.exporter)
-    prof_timing = TimingConfig(warmup=3, min_runs=5, max_runs=30, time_cap_s=0.2)
     train, val = digits_loaders(image_size=args.image_size)
     rows: list[dict] = []
     summaries: list[dict] = []
     comparisons: list[dict] = []
     seeds = [int(x) for x in args.seeds.split(",")]
     t0 = time.perf_counter()
-    suffix = "" if args.image_size == 8 else f"_s{args.image_size}_wide"
 
     def write() -> None:
         OUT.mkdir(parents=True, exist_ok=True)
@@ -431,10 +442,9 @@ def main() -> None:
         model, example = MODEL_ZOO[name](image_size=args.image_size, **MODEL_KWARGS.get(name, {}))
         dense_acc = train_classifier(model, train, val, epochs=args.pretrain_epochs, lr=args.lr)
         ops = extract_layer_ops(model, example, fusion=target.fusion)
-        table = profile_table(
-            target, ops, out=OUT / f"compress_table_{name}{suffix}.json", resume=True, timing=prof_timing,
-            refine=args.refine, config=ProfileConfig(points_per_context=args.points_per_context),
-        )  # fmt: skip
+        table = benchmark_table(
+            target, ops, name, args.image_size, points_per_context=args.points_per_context, refine=args.refine
+        )
         dense_sess = meter.session(model, example)
         dense_meas = meter.interleaved({"dense": dense_sess})["dense"]
         dense_pred = predicted(table, target, model, example)
