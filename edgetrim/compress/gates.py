@@ -61,8 +61,9 @@ class ChannelGates(nn.Module):
                     root = torch.tensor(m.root, dtype=torch.long) // g.unit  # channel -> mask entry
                     plan.setdefault(m.name, []).append((gi, torch.tensor(m.local, dtype=torch.long), root))
         self._plan = plan
+        # consumers fed by one group, their inputs in the group's order
         self._in_order = {
-            name: True
+            name
             for name, entries in plan.items()
             if len(entries) == 1 and torch.equal(entries[0][1], torch.arange(entries[0][1].numel()))
         }
@@ -85,7 +86,7 @@ class ChannelGates(nn.Module):
         if name in self._identity and entries[0][1].numel() == width:
             alpha = self.alphas[entries[0][0]]
             return alpha if alpha.device == device and alpha.dtype == dtype else alpha.to(device, dtype)
-        if len(entries) == 1 and name in self._in_order and entries[0][1].numel() == width:
+        if name in self._in_order and entries[0][1].numel() == width:
             # the common case, one group feeding every input in order: a gather, no scatter (this runs
             # for every consumer in every forward, so it is a visible share of a compress epoch)
             gi, _, root = entries[0]

@@ -117,7 +117,7 @@ def test_gate_scale_fast_path_matches_the_scatter_path() -> None:
         n: gates._scale_for(n, e[0][1].numel(), torch.device("cpu"), torch.float32)
         for n, e in gates._plan.items()
     }
-    gates._identity, gates._in_order = set(), {}
+    gates._identity, gates._in_order = set(), set()
     out_slow, grads_slow = forward_and_grads()
     for n, e in gates._plan.items():
         slow = gates._scale_for(n, e[0][1].numel(), torch.device("cpu"), torch.float32)
