@@ -32,15 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_baselines import (
-    MODEL_KWARGS,
-    OUT,
-    benchmark_table,
-    bisect_ratio,
-    fits_table,
-    predicted,
-    tp_model,
-)
+import compress_vs_baselines as cvb
 
 from edgetrim.compress.api import compress
 from edgetrim.compress.config import CompressConfig
@@ -70,8 +62,8 @@ def run_variant(variant: str, model, example, table, target, budget: float, trai
         return res.model, res.report.accuracy
     if variant in ("tp", "tp8"):
         rt = 8 if variant == "tp8" else None
-        fits = fits_table(table, target, example, budget)
-        small = bisect_ratio(lambda r: tp_model(model, example, r, rt), fits)[1]
+        fits = cvb.fits_table(table, target, example, budget)
+        small = cvb.bisect_ratio(lambda r: cvb.tp_model(model, example, r, rt), fits)[1]
         acc = train_classifier(
             small, train, val, epochs=args.total_epochs, lr=args.lr, seed=seed, schedule="cosine"
         )
@@ -104,7 +96,7 @@ def summarise(rows: list[dict], variants: list[str]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet_small", choices=sorted(MODEL_KWARGS))
+    p.add_argument("--model", default="resnet_small", choices=sorted(cvb.MODEL_KWARGS))
     p.add_argument("--fraction", type=float, default=0.35, help="of the dense model's predicted latency")
     p.add_argument("--splits", default="0-19", help="digits split seeds, e.g. 0-19 or 0,3,5")
     p.add_argument("--variants", default="ours:2:4,ours:0:6,tp,tp8")
@@ -115,7 +107,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="default compress_recipe_splits_<model>_<fraction>.json")
     args = p.parse_args()
     variants = args.variants.split(",")
-    out = OUT / (args.out or f"compress_recipe_splits_{args.model}_{args.fraction}.json")
+    out = cvb.OUT / (args.out or f"compress_recipe_splits_{args.model}_{args.fraction}.json")
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     rows: list[dict] = [r for r in doc["rows"] if r["variant"] in variants]
     done = {(r["split"], r["variant"]) for r in rows}
@@ -128,18 +120,18 @@ def main() -> None:
             continue
         train, val = digits_loaders(image_size=args.image_size, seed=split)
         torch.manual_seed(split)
-        model, example = MODEL_ZOO[args.model](image_size=args.image_size, **MODEL_KWARGS[args.model])
+        model, example = MODEL_ZOO[args.model](image_size=args.image_size, **cvb.MODEL_KWARGS[args.model])
         dense_acc = train_classifier(model, train, val, epochs=args.pretrain_epochs, lr=args.lr, seed=split)
         ops = extract_layer_ops(model, example, fusion=target.fusion)
-        table = benchmark_table(target, ops, args.model, args.image_size)  # compress_vs_baselines' table
-        dense_pred = predicted(table, target, model, example)
+        table = cvb.benchmark_table(target, ops, args.model, args.image_size)  # compress_vs_baselines' table
+        dense_pred = cvb.predicted(table, target, model, example)
         budget = args.fraction * dense_pred
         for v in todo:
             t = time.perf_counter()
             small, acc = run_variant(v, model, example, table, target, budget, train, val, split, args)
             row = {
                 "split": split, "variant": v, "accuracy": acc, "dense_accuracy": dense_acc,
-                "predicted_vs_dense": predicted(table, target, small, example) / dense_pred,
+                "predicted_vs_dense": cvb.predicted(table, target, small, example) / dense_pred,
                 "params": sum(q.numel() for q in small.parameters()), "seconds": time.perf_counter() - t,
             }  # fmt: skip
             rows.append(row)
