@@ -9,7 +9,8 @@ predicted latency on the cached ort-cpu table, and scored on that split's test p
 paired by split (same dense net, same data).
 
 Variants: ``ours:E:F`` (``compress`` with the latency regulariser, E penalised + F fine-tune epochs;
-``ours:0:F`` fits the widths on the table from the dense model's magnitudes), ``tp`` / ``tp8``
+``ours:0:F`` fits the widths on the table from the dense model's magnitudes; ``ours:E:F:gate_lr=0.002``
+also sets numeric CompressConfig fields), ``tp`` / ``tp8``
 (Torch-Pruning L2 magnitude pruning without / with widths rounded to 8, fine-tuned E + F epochs with
 the same cosine schedule).
 
@@ -22,6 +23,7 @@ The JSON is rewritten after every split and a rerun with the same ``--out`` skip
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -53,11 +55,30 @@ def parse_splits(text: str) -> list[int]:
     return out
 
 
+def parse_overrides(items: list[str], variant: str) -> dict[str, float]:
+    """``["gate_lr=0.002"]`` -> ``{"gate_lr": 0.002}``: numeric CompressConfig fields of a variant."""
+    numeric = {
+        f.name for f in dataclasses.fields(CompressConfig) if f.type in ("float", "int", "float | None")
+    }
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in numeric:
+            raise SystemExit(
+                f"bad override {item!r} in {variant!r}: use NAME=VALUE with one of {sorted(numeric)}"
+            )
+        out[key] = float(value) if "." in value or "e" in value else int(value)
+    return out
+
+
 def run_variant(variant: str, model, example, table, target, budget: float, train, val, seed: int, args):
     """Compress / prune ``model`` by ``variant`` to ``budget`` (table ms); returns (small, accuracy)."""
     if variant.startswith("ours:"):
-        _, e, f = variant.split(":")
-        cfg = CompressConfig(budget_ms=budget, epochs=int(e), finetune_epochs=int(f), lr=args.lr, seed=seed)
+        _, e, f, *overrides = variant.split(":")
+        extra = parse_overrides(overrides, variant)
+        cfg = CompressConfig(
+            budget_ms=budget, epochs=int(e), finetune_epochs=int(f), lr=args.lr, seed=seed, **extra
+        )
         res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
         return res.model, res.report.accuracy
     if variant in ("tp", "tp8"):

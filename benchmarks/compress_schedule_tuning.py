@@ -10,15 +10,20 @@ accuracy at equal predicted latency), and scored on the tuning part. Torch-Pruni
 (with and without widths rounded to 8), fine-tuned for the same total number of epochs, is the
 reference. ``--ablation`` schedules are reported but never chosen: ``0:6`` has no penalised epoch (the
 widths are fitted on the table from the dense model's magnitudes, then fine-tuned), which says what
-the penalised epochs themselves are worth. A schedule whose budget the table cannot reach records the
+the penalised epochs themselves are worth. ``--gate-lrs`` tunes the gates' learning rate alongside
+(the step that decides how far the gates move during the short penalised phase). ``--partitions``
+repeats everything on other seeded fit/tune partitions (one partition's 40% is about 540 images, so a
+choice made on one partition can be noise). A schedule whose budget the table cannot reach records the
 error.
 
     .venv/bin/python benchmarks/compress_schedule_tuning.py [--models resnet_small,mobilenetv3_small]
         [--schedules 4:2,3:3,2:4,1:5] [--ablation 0:6] [--fractions 0.7,0.5] [--seeds 0,1,2]
+        [--gate-lrs 0.05] [--partitions 123]
 
 Writes benchmarks/results/compress_schedule_tuning.json: every run, the mean / std accuracy per
-(model, fraction, schedule) and ``chosen``: the schedule with the best mean tuning accuracy over all
-models and fractions (means equal to 1e-9 are a tie, won by the schedule with more fine-tuning).
+(model, fraction, method) and ``chosen``: the schedule (and gate learning rate) with the best mean
+tuning accuracy over all models, fractions and partitions (means equal to 1e-9 are a tie, won by the
+schedule with more fine-tuning).
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ def tuning_loaders(image_size: int, seed: int = 123) -> tuple[DataLoader, DataLo
     return loader(fit, True), loader(tune, False)
 
 
+def method_name(pen: int, ft: int, gate_lr: float, *, several: bool) -> str:
+    """``ours_2:4``, or ``ours_2:4_glr0.002`` when several gate learning rates are tuned."""
+    return f"ours_{pen}:{ft}" + (f"_glr{gate_lr:g}" if several else "")
+
+
 def _spread(xs: list[float]) -> dict:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
@@ -91,6 +101,8 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--fractions", default="0.7,0.5", help="budgets as fractions of the dense prediction")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--gate-lrs", default="0.05", help="gate learning rates to tune (comma separated)")
+    p.add_argument("--partitions", default="123", help="seeds of the fit/tune partitions (comma separated)")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -105,12 +117,13 @@ def main() -> None:
         raise SystemExit(f"every schedule must spend the same number of epochs, got totals {sorted(totals)}")
     total = totals.pop()
     seeds = [int(s) for s in args.seeds.split(",")]
+    gate_lrs = [float(g) for g in args.gate_lrs.split(",")]
     torch.set_num_threads(1)
     target = get_target("ort-cpu", threads=1)
-    fit, tune = tuning_loaders(args.image_size)
     rows: list[dict] = []
     t0 = time.perf_counter()
-    for name in args.models.split(","):
+    for part, name in [(int(q), n) for q in args.partitions.split(",") for n in args.models.split(",")]:
+        fit, tune = tuning_loaders(args.image_size, seed=part)
         torch.manual_seed(0)
         model, example = MODEL_ZOO[name](image_size=args.image_size, **MODEL_KWARGS.get(name, {}))
         dense_acc = train_classifier(model, fit, tune, epochs=args.pretrain_epochs, lr=args.lr)
@@ -119,7 +132,8 @@ def main() -> None:
         dense_pred = predicted(table, target, model, example)
         for frac in [float(f) for f in args.fractions.split(",")]:
             budget = frac * dense_pred
-            base = {"model": name, "fraction": frac, "budget_ms": budget, "dense_tune_accuracy": dense_acc}
+            base = {"model": name, "partition": part, "fraction": frac, "budget_ms": budget,
+                    "dense_tune_accuracy": dense_acc}  # fmt: skip
 
             fits = fits_table(table, target, example, budget)
             for rt in (8, None):
@@ -139,11 +153,14 @@ def main() -> None:
                         base | {"method": method, "seed": seed, "accuracy": acc, "predicted_ms": pred}
                     )
                     print(json.dumps(rows[-1]), flush=True)
-            for pen, ft in schedules + ablation:
-                method = f"ours_{pen}:{ft}"
+            # an ablation has no penalised epoch, so its gate learning rate is moot: run it once
+            runs = [(pen, ft, g) for pen, ft in schedules for g in gate_lrs]
+            runs += [(pen, ft, gate_lrs[0]) for pen, ft in ablation]
+            for pen, ft, glr in runs:
+                method = method_name(pen, ft, glr, several=len(gate_lrs) > 1 and pen > 0)
                 for seed in seeds:
                     cfg = CompressConfig(
-                        budget_ms=budget, epochs=pen, finetune_epochs=ft, lr=args.lr, seed=seed
+                        budget_ms=budget, epochs=pen, finetune_epochs=ft, lr=args.lr, seed=seed, gate_lr=glr
                     )
                     try:
                         res = compress(model, example, cfg, table=table, train_loader=fit, val_loader=tune)
@@ -168,7 +185,7 @@ def main() -> None:
                  "accuracy": _spread([r["accuracy"] for r in ok]),
                  "predicted_vs_budget": statistics.fmean(r["predicted_ms"] / r["budget_ms"] for r in ok)}
             )  # fmt: skip
-    ours = {f"ours_{a}:{b}" for a, b in schedules}
+    ours = {method_name(a, b, g, several=len(gate_lrs) > 1) for a, b in schedules for g in gate_lrs}
     # a schedule must have run at every (model, fraction) to be chosen; ties go to more fine-tuning
     cells = {(s["model"], s["fraction"]) for s in summary if s["method"] in ours}
     score = {}
@@ -176,8 +193,12 @@ def main() -> None:
         accs = [s["accuracy"]["mean"] for s in summary if s["method"] == m]
         if len(accs) == len(cells):
             score[m] = statistics.fmean(accs)
+
     # means equal to 1e-9 are a tie (float sums of the same accuracies), and ties go to more fine-tuning
-    chosen = max(score, key=lambda m: (round(score[m], 9), int(m.split(":")[1]))) if score else None
+    def rank(m: str) -> tuple[float, int]:
+        return round(score[m], 9), int(m.split(":")[1].split("_")[0])  # fine-tune epochs break ties
+
+    chosen = max(score, key=rank) if score else None
     doc = {
         "benchmark": "compress_schedule_tuning", "args": vars(args), "target": target.info().to_dict(),
         "seconds": time.perf_counter() - t0, "split": {"fit": 1 - TUNE_SHARE, "tune": TUNE_SHARE},
