@@ -388,6 +388,11 @@ def main() -> None:
     # (benchmarks/compress_schedule_tuning.py), never on the validation split reported here
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=4)
+    # gate learning rate 0.002 (CompressConfig's default is 0.05): chosen the same way, over three
+    # fit/tune partitions (compress_schedule_tuning.py --gate-lrs 0.05,0.01,0.002 --partitions ...)
+    p.add_argument(
+        "--gate-lr", type=float, default=0.002, help="gates' learning rate for ours and flops_reg"
+    )  # fmt: skip
     p.add_argument("--points-per-context", type=int, default=120)
     p.add_argument("--rounds", type=int, default=9, help="interleaved measurement rounds")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -470,7 +475,7 @@ def main() -> None:
                             cfg = CompressConfig(
                                 budget_ms=budget, regularizer=reg, epochs=args.epochs,
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
-                                measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
+                                gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
                             )  # fmt: skip
                             res = compress(
                                 model, example, cfg, table=table, train_loader=train, val_loader=val,
