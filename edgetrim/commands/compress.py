@@ -85,7 +85,14 @@ def compress_cmd(
     blocks: Annotated[
         str, typer.Option("--blocks", help="comma list of prune, lowrank, quant, sparse")
     ] = "prune",
-    epochs: Annotated[int, typer.Option("--epochs", help="penalised training epochs")] = 5,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            "--epochs",
+            help="penalised training epochs (0: no penalty; widths fitted on the table from the model's "
+            "own weight magnitudes, then fine-tuned)",
+        ),
+    ] = 5,
     finetune_epochs: Annotated[
         int, typer.Option("--finetune-epochs", help="fine-tune epochs of the result")
     ] = 2,
@@ -96,7 +103,14 @@ def compress_cmd(
         int, typer.Option("--pretrain-epochs", help="train the model first (for untrained zoo models)")
     ] = 0,
     lr: Annotated[float, typer.Option("--lr", help="weight learning rate")] = 1e-3,
-    gate_lr: Annotated[float, typer.Option("--gate-lr", help="mask / bit-gate learning rate")] = 0.05,
+    gate_lr: Annotated[
+        float,
+        typer.Option(
+            "--gate-lr",
+            help="mask / bit-gate learning rate (for channel pruning in runs of a few epochs, 0.002 "
+            "kept more accuracy than 0.05 on the digits benchmarks: README, Compression)",
+        ),
+    ] = 0.05,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd")] = "adam",
     bits_lambda: Annotated[
         float, typer.Option("--bits-lambda", help="weight-storage penalty with quant")
