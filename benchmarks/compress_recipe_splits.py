@@ -18,6 +18,7 @@ the same cosine schedule).
         [--splits 0-19] [--variants ours:2:4,ours:0:6,tp,tp8] [--out NAME.json]
 
 The JSON is rewritten after every split and a rerun with the same ``--out`` skips the splits it holds.
+A variant that cannot reach the budget on a split (no Torch-Pruning ratio fits) records the error.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import compress_vs_baselines as cvb
 
 from edgetrim.compress.api import compress
 from edgetrim.compress.config import CompressConfig
+from edgetrim.errors import EdgetrimError
 from edgetrim.examples.data import digits_loaders
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
@@ -94,8 +96,14 @@ def run_variant(variant: str, model, example, table, target, budget: float, trai
 
 def summarise(rows: list[dict], variants: list[str]) -> dict:
     """Mean and s.e. per variant, and every variant minus the first, paired by split (points)."""
-    acc = {v: {r["split"]: r["accuracy"] for r in rows if r["variant"] == v} for v in variants}
+    acc = {
+        v: {r["split"]: r["accuracy"] for r in rows if r["variant"] == v and "accuracy" in r}
+        for v in variants
+    }
     out: dict = {"per_variant": {}, "paired_vs_" + variants[0]: {}}
+    failed = {v: sorted(r["split"] for r in rows if r["variant"] == v and "error" in r) for v in variants}
+    if any(failed.values()):
+        out["failed_splits"] = {v: s for v, s in failed.items() if s}
     for v, by in acc.items():
         xs = list(by.values())
         if len(xs) > 1:
@@ -149,12 +157,17 @@ def main() -> None:
         budget = args.fraction * dense_pred
         for v in todo:
             t = time.perf_counter()
-            small, acc = run_variant(v, model, example, table, target, budget, train, val, split, args)
-            row = {
-                "split": split, "variant": v, "accuracy": acc, "dense_accuracy": dense_acc,
-                "predicted_vs_dense": cvb.predicted(table, target, small, example) / dense_pred,
-                "params": sum(q.numel() for q in small.parameters()), "seconds": time.perf_counter() - t,
-            }  # fmt: skip
+            try:
+                small, acc = run_variant(v, model, example, table, target, budget, train, val, split, args)
+            except (ValueError, EdgetrimError) as exc:  # e.g. no Torch-Pruning ratio reaches the budget
+                row = {"split": split, "variant": v, "error": f"{type(exc).__name__}: {exc}"}
+            else:
+                row = {
+                    "split": split, "variant": v, "accuracy": acc, "dense_accuracy": dense_acc,
+                    "predicted_vs_dense": cvb.predicted(table, target, small, example) / dense_pred,
+                    "params": sum(q.numel() for q in small.parameters()),
+                    "seconds": time.perf_counter() - t,
+                }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
         write(out, args, target, t0, rows, variants)
