@@ -1,0 +1,53 @@
+"""The multi-split recipe benchmark's argument parsing and paired summary (pure logic)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compress_recipe_splits.py"
+
+
+@pytest.fixture(scope="module")
+def rs():
+    spec = importlib.util.spec_from_file_location("recipe_splits", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_split_ranges(rs) -> None:
+    assert rs.parse_splits("0-3,7") == [0, 1, 2, 3, 7]
+    assert rs.parse_splits("5") == [5]
+
+
+def test_overrides_are_numeric_config_fields(rs) -> None:
+    assert rs.parse_overrides(["gate_lr=0.002", "measure_steps=2"], "v") == {
+        "gate_lr": 0.002,
+        "measure_steps": 2,
+    }
+    assert isinstance(rs.parse_overrides(["measure_steps=2"], "v")["measure_steps"], int)
+    assert rs.parse_overrides(["gate_lr=1e-9"], "v") == {"gate_lr": 1e-9}
+    with pytest.raises(SystemExit, match="bad override 'optimizer=sgd'"):
+        rs.parse_overrides(["optimizer=sgd"], "ours:2:4:optimizer=sgd")  # not numeric
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        rs.parse_overrides(["gate_lr"], "ours:2:4:gate_lr")
+
+
+def test_summary_pairs_by_split_and_lists_failed_splits(rs) -> None:
+    rows = [
+        {"split": 0, "variant": "a", "accuracy": 0.90},
+        {"split": 1, "variant": "a", "accuracy": 0.92},
+        {"split": 2, "variant": "a", "accuracy": 0.94},
+        {"split": 0, "variant": "b", "accuracy": 0.91},
+        {"split": 1, "variant": "b", "accuracy": 0.95},
+        {"split": 2, "variant": "b", "error": "ValueError: no pruning ratio up to 0.95 meets the budget"},
+    ]
+    s = rs.summarise(rows, ["a", "b"])
+    assert s["per_variant"]["a"]["mean"] == pytest.approx(0.92) and s["per_variant"]["b"]["n"] == 2
+    pair = s["paired_vs_a"]["b"]  # splits 0 and 1 only: +1 and +3 points
+    assert pair["n"] == 2 and pair["mean_points"] == pytest.approx(2.0)
+    assert pair["better_on"] == 2 and pair["worse_on"] == 0
+    assert s["failed_splits"] == {"b": [2]}
