@@ -136,6 +136,11 @@ def main() -> None:
     p.add_argument("--out", default=None, help="default compress_recipe_splits_<model>_<fraction>.json")
     args = p.parse_args()
     variants = args.variants.split(",")
+    for v in variants:  # bad input fails here, before any training
+        if v.startswith("ours:") and len(v.split(":")) >= 3 and all(x.isdigit() for x in v.split(":")[1:3]):
+            parse_overrides(v.split(":")[3:], v)
+        elif v not in ("tp", "tp8"):
+            raise SystemExit(f"unknown variant {v!r}: use ours:E:F[:NAME=VALUE...], tp or tp8")
     out = cvb.OUT / (args.out or f"compress_recipe_splits_{args.model}_{args.fraction}.json")
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     rows: list[dict] = [r for r in doc["rows"] if r["variant"] in variants]
