@@ -81,7 +81,7 @@ def main() -> None:
     for lam in [float(v) for v in args.lambdas.split(",")]:
         cfg = CompressConfig(
             lam=0.0, blocks=frozenset({Block.QUANT}), bits_lambda=lam, epochs=args.epochs - 1, finetune_epochs=1,
-            lr=args.lr, gate_lr=0.05,
+            lr=args.lr, bits_lr=0.05,
         )  # fmt: skip
         res = compress(start, example, cfg, table=table, train_loader=train, val_loader=val)
         bits_map = res.report.bits

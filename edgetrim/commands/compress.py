@@ -107,10 +107,11 @@ def compress_cmd(
         float,
         typer.Option(
             "--gate-lr",
-            help="mask / bit-gate learning rate (for channel pruning in runs of a few epochs, 0.002 "
-            "kept more accuracy than 0.05 on the digits benchmarks: README, Compression)",
+            help="channel / head mask learning rate (how far the masks travel; model dependent: "
+            "README, Compression)",
         ),
     ] = 0.05,
+    bits_lr: Annotated[float, typer.Option("--bits-lr", help="bit-gate learning rate (quant block)")] = 0.05,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd")] = "adam",
     bits_lambda: Annotated[
         float, typer.Option("--bits-lambda", help="weight-storage penalty with quant")
@@ -145,7 +146,7 @@ def compress_cmd(
         config = CompressConfig(
             budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
             blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs,
-            finetune_schedule=finetune_schedule, lr=lr, gate_lr=gate_lr,
+            finetune_schedule=finetune_schedule, lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
         )  # fmt: skip
     except ValueError as exc:

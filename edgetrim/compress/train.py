@@ -119,13 +119,14 @@ class PenaltyTrainer:
         if self.soft_cost_fn is not None:
             with torch.no_grad():
                 self._soft_shift = dense_cost - float(self.soft_cost_fn(dense_counts))
-        gate_params = list(gates.parameters()) + [q.gates for q in quants.values()]
-        gate_ids = {id(p) for p in gate_params}
+        masks = list(gates.parameters())
+        bit_gates = [q.gates for q in quants.values()]
+        gate_ids = {id(p) for p in masks + bit_gates}
         weights = [p for p in model.parameters() if id(p) not in gate_ids]
-        self.optimizer = _make_optimizer(
-            config.optimizer,
-            [{"params": weights, "lr": config.lr}, {"params": gate_params, "lr": config.gate_lr}],
-        )
+        groups = [{"params": weights, "lr": config.lr}, {"params": masks, "lr": config.gate_lr}]
+        if bit_gates:
+            groups.append({"params": bit_gates, "lr": config.bits_lr})
+        self.optimizer = _make_optimizer(config.optimizer, groups)
         self.state = TrainState(lam=config.lam if config.lam is not None else config.lambda_init)
         self._dense_bits = sum(self._layer_params(n) * 16 for n in quants) or 1
         self._sparse_layers = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -307,3 +308,30 @@ def test_keep_indices_follow_the_scores_given() -> None:
         assert keep[g.id].tolist() == [g.num_units - 2, g.num_units - 1]
     assert all(k.tolist() == [0, 1] for k in gates.keep_indices([2] * len(gates.groups)).values())
     gates.detach_hooks()
+
+
+def test_masks_and_bit_gates_step_at_their_own_rates(trained_mlp) -> None:
+    from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, default_extractor
+    from edgetrim.compress.train import PenaltyTrainer
+
+    model, example, _, _, table, budget = trained_mlp
+    work = copy.deepcopy(model)
+    groups = find_channel_groups(work, example)
+    terms = bind_layer_terms(work, example, groups, extract=default_extractor("onnxruntime"))
+    cost = LatencyModel(table, terms, [g.unit for g in groups])
+    gates = ChannelGates(work, groups)
+    quants = {n: attach_quant_(m) for n, m in work.named_modules() if isinstance(m, nn.Linear)}
+    blocks = frozenset({Block.PRUNE, Block.QUANT})
+    cfg = CompressConfig(budget_ms=budget, blocks=blocks, gate_lr=0.002, bits_lr=0.07)
+    sizes = [g.size for g in gates.groups]
+    trainer = PenaltyTrainer(
+        work, gates, quants, cost, cfg, dense_widths=sizes, dense_cost=cost.hard_ms(sizes),
+        cost_fn=cost.hard_ms, budget=budget,
+    )  # fmt: skip
+    by_param = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert {by_param[id(a)] for a in gates.alphas} == {0.002}
+    assert {by_param[id(q.gates)] for q in quants.values()} == {0.07}
+    gate_ids = {id(a) for a in gates.alphas} | {id(q.gates) for q in quants.values()}
+    assert {lr for pid, lr in by_param.items() if pid not in gate_ids} == {cfg.lr}
+    with pytest.raises(ValueError, match="bits_lr must be > 0"):
+        CompressConfig(lam=0.0, bits_lr=0.0)
