@@ -65,3 +65,19 @@ def staircase_table(ops: Sequence[LayerOp], *, target: str = "ort-cpu") -> Laten
 def make_table():
     """The :func:`staircase_table` builder."""
     return staircase_table
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)`` imports ``benchmarks/<name>.py`` (not a package) for tests of its logic."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

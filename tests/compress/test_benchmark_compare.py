@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compress_vs_baselines.py"
 
 
 @pytest.fixture(scope="module")
-def cvb():
-    spec = importlib.util.spec_from_file_location("cvb", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def cvb(load_benchmark):
+    return load_benchmark("compress_vs_baselines")
 
 
 def _row(method, frac, seed, acc, ms, budget=1.0):

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compress_recipe_splits.py"
 
 
 @pytest.fixture(scope="module")
-def rs():
-    spec = importlib.util.spec_from_file_location("recipe_splits", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def rs(load_benchmark):
+    return load_benchmark("compress_recipe_splits")
 
 
 def test_split_ranges(rs) -> None:
