@@ -185,7 +185,7 @@ def main() -> None:
                  "accuracy": _spread([r["accuracy"] for r in ok]),
                  "predicted_vs_budget": statistics.fmean(r["predicted_ms"] / r["budget_ms"] for r in ok)}
             )  # fmt: skip
-    ours = {method_name(a, b, g, several=len(gate_lrs) > 1) for a, b in schedules for g in gate_lrs}
+    ours = {method_name(a, b, g, several=len(gate_lrs) > 1 and a > 0) for a, b in schedules for g in gate_lrs}
     # a schedule must have run at every (model, fraction) to be chosen; ties go to more fine-tuning
     cells = {(s["model"], s["fraction"]) for s in summary if s["method"] in ours}
     score = {}

@@ -48,7 +48,7 @@ class CompressConfig:
         lr: weight learning rate; gate_lr: learning rate of the channel / head masks; bits_lr: of
             the bit gates. Adam moves a mask by up to about ``gate_lr`` per step, so the rate sets how
             far the masks can travel in a run. Which is better depends on the model (README,
-            Compression): on the digits ResNet and MobileNetV3 0.002 kept 0.3-0.5 points more accuracy
+            Compression): on the digits ResNet and MobileNetV3 0.002 kept 0.3-0.7 points more accuracy
             than 0.05 (the masks barely move and the table fit decides); on the demo's digits CNN
             0.05 let the masks find a structure that scored far higher.
         optimizer: Adam or SGD (momentum 0.9) for the weights; the gates always use the same kind.
