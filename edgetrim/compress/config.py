@@ -50,7 +50,7 @@ class CompressConfig:
             far the masks can travel in a run. Which is better depends on the model (README,
             Compression): on the digits ResNet and MobileNetV3 0.002 kept 0.3-0.7 points more accuracy
             than 0.05 (the masks barely move and the table fit decides); on the demo's digits CNN
-            0.05 let the masks find a structure that scored far higher.
+            the two tie.
         optimizer: Adam or SGD (momentum 0.9) for the weights; the gates always use the same kind.
         dual_lr: step of the dual ascent on lambda (per batch, on the relative budget violation).
         budget_ramp: share of the penalised epochs over which the dual ascent's target moves linearly
