@@ -57,41 +57,56 @@ def parse_splits(text: str) -> list[int]:
     return out
 
 
+# CompressConfig fields a variant may not override: its E:F, --lr, the split seed, the budget
+SET_BY_SCRIPT = {"epochs", "finetune_epochs", "lr", "seed", "budget_ms", "budget_flops", "lam"}
+
+
 def parse_overrides(items: list[str], variant: str) -> dict[str, float]:
     """``["gate_lr=0.002"]`` -> ``{"gate_lr": 0.002}``: numeric CompressConfig fields of a variant."""
-    numeric = {
-        f.name for f in dataclasses.fields(CompressConfig) if f.type in ("float", "int", "float | None")
-    }
+    kinds = {f.name: f.type for f in dataclasses.fields(CompressConfig)}
+    numeric = sorted(n for n, t in kinds.items() if t in ("float", "int", "float | None"))
     out: dict[str, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in numeric:
-            raise SystemExit(
-                f"bad override {item!r} in {variant!r}: use NAME=VALUE with one of {sorted(numeric)}"
-            )
-        out[key] = float(value) if "." in value or "e" in value else int(value)
+        try:
+            if sep and key in numeric:
+                out[key] = int(value) if kinds[key] == "int" else float(value)
+                continue
+        except ValueError:  # e.g. measure_steps=2.5: a bad value gets the same one-line message
+            pass
+        raise SystemExit(f"bad override {item!r} in {variant!r}: use NAME=VALUE with one of {numeric}")
     return out
+
+
+def parse_variant(variant: str) -> dict | None:
+    """``ours:E:F[:NAME=VALUE...]`` -> CompressConfig keyword arguments; ``tp`` / ``tp8`` -> None."""
+    if variant in ("tp", "tp8"):
+        return None
+    parts = variant.split(":")
+    kind, epochs, overrides = parts[0], parts[1:3], parts[3:]
+    if kind != "ours" or len(epochs) != 2 or not all(e.isdigit() for e in epochs):
+        raise SystemExit(f"unknown variant {variant!r}: use ours:E:F[:NAME=VALUE...], tp or tp8")
+    extra = parse_overrides(overrides, variant)
+    fixed = sorted(extra.keys() & SET_BY_SCRIPT)
+    if fixed:
+        raise SystemExit(f"{variant!r} overrides {fixed}: the script sets those (use E:F, --lr, the splits)")
+    return {"epochs": int(epochs[0]), "finetune_epochs": int(epochs[1])} | extra
 
 
 def run_variant(variant: str, model, example, table, target, budget: float, train, val, seed: int, args):
     """Compress / prune ``model`` by ``variant`` to ``budget`` (table ms); returns (small, accuracy)."""
-    if variant.startswith("ours:"):
-        _, e, f, *overrides = variant.split(":")
-        extra = parse_overrides(overrides, variant)
-        cfg = CompressConfig(
-            budget_ms=budget, epochs=int(e), finetune_epochs=int(f), lr=args.lr, seed=seed, **extra
-        )
+    ours = parse_variant(variant)
+    if ours is not None:
+        cfg = CompressConfig(budget_ms=budget, lr=args.lr, seed=seed, **ours)
         res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
         return res.model, res.report.accuracy
-    if variant in ("tp", "tp8"):
-        rt = 8 if variant == "tp8" else None
-        fits = cvb.fits_table(table, target, example, budget)
-        small = cvb.bisect_ratio(lambda r: cvb.tp_model(model, example, r, rt), fits)[1]
-        acc = train_classifier(
-            small, train, val, epochs=args.total_epochs, lr=args.lr, seed=seed, schedule="cosine"
-        )
-        return small, acc
-    raise SystemExit(f"unknown variant {variant!r}: use ours:E:F, tp or tp8")
+    rt = 8 if variant == "tp8" else None
+    fits = cvb.fits_table(table, target, example, budget)
+    small = cvb.bisect_ratio(lambda r: cvb.tp_model(model, example, r, rt), fits)[1]
+    acc = train_classifier(
+        small, train, val, epochs=args.total_epochs, lr=args.lr, seed=seed, schedule="cosine"
+    )
+    return small, acc
 
 
 def summarise(rows: list[dict], variants: list[str]) -> dict:
@@ -137,10 +152,7 @@ def main() -> None:
     args = p.parse_args()
     variants = args.variants.split(",")
     for v in variants:  # bad input fails here, before any training
-        if v.startswith("ours:") and len(v.split(":")) >= 3 and all(x.isdigit() for x in v.split(":")[1:3]):
-            parse_overrides(v.split(":")[3:], v)
-        elif v not in ("tp", "tp8"):
-            raise SystemExit(f"unknown variant {v!r}: use ours:E:F[:NAME=VALUE...], tp or tp8")
+        parse_variant(v)
     out = cvb.OUT / (args.out or f"compress_recipe_splits_{args.model}_{args.fraction}.json")
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     rows: list[dict] = [r for r in doc["rows"] if r["variant"] in variants]

@@ -43,3 +43,16 @@ def test_summary_pairs_by_split_and_lists_failed_splits(rs) -> None:
     assert pair["n"] == 2 and pair["mean_points"] == pytest.approx(2.0)
     assert pair["better_on"] == 2 and pair["worse_on"] == 0
     assert s["failed_splits"] == {"b": [2]}
+
+
+def test_variants_parse_to_config_arguments(rs) -> None:
+    assert rs.parse_variant("tp8") is None and rs.parse_variant("tp") is None
+    assert rs.parse_variant("ours:2:4") == {"epochs": 2, "finetune_epochs": 4}
+    assert rs.parse_variant("ours:2:4:gate_lr=0.002") == {"epochs": 2, "finetune_epochs": 4, "gate_lr": 0.002}
+    for bad in ("ours:x:4", "ours:2", "bogus", "mine:2:4"):
+        with pytest.raises(SystemExit, match="unknown variant"):
+            rs.parse_variant(bad)
+    with pytest.raises(SystemExit, match="the script sets those"):
+        rs.parse_variant("ours:2:4:epochs=3")
+    with pytest.raises(SystemExit, match=r"bad override 'measure_steps=2\.5'"):
+        rs.parse_variant("ours:2:4:measure_steps=2.5")
