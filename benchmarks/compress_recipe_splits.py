@@ -101,8 +101,7 @@ def run_variant(variant: str, model, example, table, target, budget: float, trai
         res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
         return res.model, res.report.accuracy
     rt = 8 if variant == "tp8" else None
-    fits = cvb.fits_table(table, target, example, budget)
-    small = cvb.bisect_ratio(lambda r: cvb.tp_model(model, example, r, rt), fits)[1]
+    small = cvb.tp_at_budget(model, example, table, target, budget, rt)
     acc = train_classifier(
         small, train, val, epochs=args.total_epochs, lr=args.lr, seed=seed, schedule="cosine"
     )

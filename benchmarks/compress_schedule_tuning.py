@@ -46,10 +46,8 @@ from compress_vs_baselines import (
     MODEL_KWARGS,
     OUT,
     benchmark_table,
-    bisect_ratio,
-    fits_table,
     predicted,
-    tp_model,
+    tp_at_budget,
 )
 
 from edgetrim.compress.api import compress
@@ -136,11 +134,10 @@ def main() -> None:
             base = {"model": name, "partition": part, "fraction": frac, "budget_ms": budget,
                     "dense_tune_accuracy": dense_acc}  # fmt: skip
 
-            fits = fits_table(table, target, example, budget)
             for rt in (8, None):
                 method = "tp_magnitude_r8" if rt else "tp_magnitude"
                 try:
-                    _, pruned = bisect_ratio(lambda r, rt=rt, m=model, x=example: tp_model(m, x, r, rt), fits)
+                    pruned = tp_at_budget(model, example, table, target, budget, rt)
                 except ValueError as exc:
                     rows.append(base | {"method": method, "error": str(exc)})
                     continue

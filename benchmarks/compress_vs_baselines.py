@@ -239,6 +239,13 @@ def tp_model(model, example, ratio: float, round_to: int | None) -> nn.Module:
     return m
 
 
+def tp_at_budget(model, example, table, target, budget: float, round_to: int | None) -> nn.Module:
+    """Torch-Pruning magnitude pruning at the smallest ratio whose model fits ``budget`` (ms) on the
+    table; ValueError when no ratio up to 0.95 does."""
+    fits = fits_table(table, target, example, budget)
+    return bisect_ratio(lambda r: tp_model(model, example, r, round_to), fits)[1]
+
+
 NOISY = ("measure_rounds", "calibration", "widths_requested")
 BASELINES = ("flops_reg", "uniform", "tp_magnitude", "tp_magnitude_r8")
 
@@ -511,8 +518,8 @@ def main() -> None:
                         else:
                             rt = 8 if method.endswith("r8") else None
 
-                            def make_at(tb, rt=rt, m=model, x=example):
-                                return bisect_ratio(lambda r: tp_model(m, x, r, rt), fits_at(tb))[1]
+                            def make_at(tb, rt=rt, m=model, x=example, t=table):
+                                return tp_at_budget(m, x, t, target, tb, rt)
 
                         if args.no_measure_loop:
                             pruned, internal, loop_rounds = make_at(budget), budget, []
