@@ -310,6 +310,21 @@ def test_train_classifier_hooks_run_and_rng_is_restored() -> None:
     torch.testing.assert_close(torch.rand(1), expected, rtol=0, atol=0)
 
 
+def test_run_epochs_trains_with_the_callers_optimizer_and_schedule() -> None:
+    from edgetrim.examples.training import run_epochs
+
+    train, val = data.digits_loaders(flat=True, batch_size=64)
+    torch.manual_seed(0)
+    model, _ = models.build("mlp", widths=(32,))
+    before = evaluate_accuracy(model, val)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = run_epochs(model, train, opt, epochs=3, schedule="cosine")
+    assert len(losses) == 3 and losses[-1] < losses[0]  # per-epoch mean loss, falling
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ran to its end
+    assert evaluate_accuracy(model, val) > max(before, 0.85)
+    assert not model.training
+
+
 def test_train_classifier_rejects_bad_arguments() -> None:
     train, val = data.digits_loaders(flat=True)
     model, _ = models.build("mlp")

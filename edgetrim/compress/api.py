@@ -71,7 +71,7 @@ from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
 from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
-from edgetrim.examples.training import evaluate_accuracy, lr_schedule, total_steps
+from edgetrim.examples.training import evaluate_accuracy, run_epochs
 from edgetrim.io_utils import atomic_write_bytes
 from edgetrim.lookup_tables import LatencyTable, predict_model
 from edgetrim.lookup_tables.predict import TABLED_KINDS
@@ -224,17 +224,7 @@ def _finetune(model: nn.Module, loader: Batches, config: CompressConfig, *, epoc
         opt = torch.optim.Adam(params, lr=config.lr)
     if masks is not None:
         masks.attach(opt)
-    step_lr = lr_schedule(opt, config.finetune_schedule, total_steps(loader, epochs))
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in range(epochs):
-        model.train()
-        for xb, yb in loader:
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step_lr()
-    model.eval()
+    run_epochs(model, loader, opt, epochs=epochs, schedule=config.finetune_schedule)
 
 
 def _sparsify(model: nn.Module, exclude: Iterable[str]) -> Any:

@@ -23,7 +23,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_accuracy", "train_classifier"]
+__all__ = ["evaluate_accuracy", "run_epochs", "train_classifier"]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -81,6 +81,50 @@ def lr_schedule(
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps).step
 
 
+def run_epochs(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    schedule: str = "constant",
+    penalty: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> list[float]:
+    """``epochs`` passes of cross-entropy training with a built ``optimizer``; the mean loss per epoch.
+
+    The one training loop of the examples and of ``compress``' fine-tune: the caller owns the optimizer
+    (its kind, its hooks such as held sparsity masks) and the seeding. Batches go to the model's device;
+    ``schedule`` is applied per step (:func:`lr_schedule`), then ``after_step``. The model is left in
+    eval mode.
+    """
+    device = _device_of(model)
+    loss_fn = nn.CrossEntropyLoss()
+    step_lr = lr_schedule(optimizer, schedule, total_steps(loader, epochs))
+    losses = []
+    for epoch in range(epochs):
+        model.train()
+        total_loss = 0.0
+        batches = 0
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            loss = loss_fn(model(xb), yb)
+            if penalty is not None:
+                loss = loss + penalty()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_lr()
+            if after_step is not None:
+                after_step()
+            total_loss += float(loss.detach())
+            batches += 1
+        losses.append(total_loss / max(batches, 1))
+        logger.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, losses[-1])
+    model.eval()
+    return losses
+
+
 def train_classifier(
     model: nn.Module,
     train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -122,30 +166,13 @@ def train_classifier(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    device = _device_of(model)
-    loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    step_lr = lr_schedule(optimizer, schedule, total_steps(train_loader, epochs))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for epoch in range(epochs):
-            model.train()
-            total_loss = 0.0
-            batches = 0
-            for xb, yb in train_loader:
-                xb, yb = xb.to(device), yb.to(device)
-                loss = loss_fn(model(xb), yb)
-                if penalty is not None:
-                    loss = loss + penalty()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step_lr()
-                if after_step is not None:
-                    after_step()
-                total_loss += float(loss.detach())
-                batches += 1
-            logger.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, total_loss / max(batches, 1))
+        run_epochs(
+            model, train_loader, optimizer, epochs=epochs, schedule=schedule, penalty=penalty,
+            after_step=after_step,
+        )  # fmt: skip
         # Inside the fork too: iterating any DataLoader draws a base seed from the global RNG.
         accuracy = evaluate_accuracy(model, val_loader)
     model.eval()
