@@ -144,6 +144,10 @@ def main() -> None:
     p.add_argument("--splits", default="0-19", help="digits split seeds, e.g. 0-19 or 0,3,5")
     p.add_argument("--variants", default="ours:2:4,ours:0:6,tp,tp8")
     p.add_argument("--pretrain-epochs", type=int, default=6)
+    p.add_argument(
+        "--pretrain-schedule", choices=("constant", "cosine"), default="constant",
+        help="the dense model's learning rate (cosine: trained to convergence, not left mid-descent)",
+    )  # fmt: skip
     p.add_argument("--total-epochs", type=int, default=6, help="training epochs after pruning (tp, tp8)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--image-size", type=int, default=16)
@@ -166,7 +170,15 @@ def main() -> None:
         train, val = digits_loaders(image_size=args.image_size, seed=split)
         torch.manual_seed(split)
         model, example = MODEL_ZOO[args.model](image_size=args.image_size, **cvb.MODEL_KWARGS[args.model])
-        dense_acc = train_classifier(model, train, val, epochs=args.pretrain_epochs, lr=args.lr, seed=split)
+        dense_acc = train_classifier(
+            model,
+            train,
+            val,
+            epochs=args.pretrain_epochs,
+            lr=args.lr,
+            seed=split,
+            schedule=args.pretrain_schedule,
+        )
         ops = extract_layer_ops(model, example, fusion=target.fusion)
         table = cvb.benchmark_table(target, ops, args.model, args.image_size)  # compress_vs_baselines' table
         dense_pred = cvb.predicted(table, target, model, example)

@@ -59,6 +59,7 @@ from edgetrim.errors import UncoveredOpError
 from edgetrim.examples.data import digits_loaders
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
+from edgetrim.io_utils import atomic_write_json
 from edgetrim.model_ops import extract_layer_ops
 from edgetrim.profiler.session import ProfileConfig, profile_table
 from edgetrim.profiler.targets import get_target
@@ -391,6 +392,10 @@ def main() -> None:
     p.add_argument("--methods", default="ours,flops_reg,uniform,tp_magnitude,tp_magnitude_r8")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument(
+        "--pretrain-schedule", choices=("constant", "cosine"), default="constant",
+        help="the dense model's learning rate (cosine: trained to convergence, not left mid-descent)",
+    )  # fmt: skip
     # 2 penalised + 4 fine-tune epochs: chosen on a tuning split carved from the training data
     # (benchmarks/compress_schedule_tuning.py), never on the validation split reported here
     p.add_argument("--epochs", type=int, default=2)
@@ -443,16 +448,17 @@ def main() -> None:
     t0 = time.perf_counter()
 
     def write() -> None:
-        OUT.mkdir(parents=True, exist_ok=True)
         doc = {"benchmark": "compress_vs_baselines", "args": vars(args), "target": target.info().to_dict(),
                "seconds": time.perf_counter() - t0, "summary": summaries, "comparison": comparisons,
                "rows": rows}  # fmt: skip
-        (OUT / args.out).write_text(json.dumps(doc, indent=2, default=str))
+        atomic_write_json(OUT / args.out, doc)
 
     for name in args.models.split(","):
         torch.manual_seed(0)
         model, example = MODEL_ZOO[name](image_size=args.image_size, **MODEL_KWARGS.get(name, {}))
-        dense_acc = train_classifier(model, train, val, epochs=args.pretrain_epochs, lr=args.lr)
+        dense_acc = train_classifier(
+            model, train, val, epochs=args.pretrain_epochs, lr=args.lr, schedule=args.pretrain_schedule
+        )
         ops = extract_layer_ops(model, example, fusion=target.fusion)
         table = benchmark_table(
             target, ops, name, args.image_size, points_per_context=args.points_per_context, refine=args.refine
