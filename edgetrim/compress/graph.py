@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import logging
 from collections.abc import Iterable, Sequence
@@ -300,7 +301,10 @@ def find_channel_groups(
     """Trace ``model`` and return its prunable coupled channel groups.
 
     The layers producing the model's outputs (the classifier) and the model input are never part of a
-    group. Groups coupled through a LayerNorm/GroupNorm (which mixes channels) are left dense.
+    group. Groups coupled through a LayerNorm/GroupNorm (which mixes channels) are left dense, and so
+    is any group whose slicing is not exact when checked on the model itself (a coupling the
+    dependency analysis missed: a functional conv on a bare parameter, a channel shuffle, a slice of a
+    concatenation); a warning names its root layer.
 
     Args:
         model: the network; it is run once in eval mode on ``example_inputs``.
@@ -313,8 +317,93 @@ def find_channel_groups(
     Raises:
         ModelSpecError: the model cannot run or be traced (names the failing module).
     """
-    _, groups = _raw_groups(model, tuple(example_inputs), ignore)
-    return groups
+    example = tuple(example_inputs)
+    _, groups = _raw_groups(model, example, ignore)
+    return _sliceable(model, example, groups, ignore)
+
+
+def _probe_inputs(example: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Random floating inputs of the example's shapes (an all-zero example would hide a bad slice)."""
+    gen = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn(t.shape, generator=gen).to(t.dtype) if t.is_floating_point() else t for t in example
+    )
+
+
+def _slices_exactly(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    groups: Sequence[ChannelGroup],
+    which: Sequence[int],
+    ignore: Iterable[str | nn.Module],
+) -> str:
+    """Why removing a few units of each group in ``which`` is not exact ("" when it is).
+
+    The reference is the model with the removed channels' consumer columns set to zero (what gates at
+    zero compute); the sliced copy must run and give the same outputs. A coupling the dependency
+    analysis missed (a functional conv on a bare parameter, a channel shuffle, a slice of a
+    concatenation) shows up here as an error or as different outputs.
+    """
+    keep: dict[int, torch.Tensor] = {}
+    ref = copy.deepcopy(model).eval()
+    modules = dict(ref.named_modules())
+    for gid in which:
+        g = groups[gid]
+        drop_units = sorted({0, g.num_units // 2}) if g.num_units > 2 else [0]
+        drop = {u * g.unit + k for u in drop_units for k in range(g.unit)}
+        keep[gid] = torch.tensor([c for c in range(g.size) if c not in drop])
+        with torch.no_grad():
+            for m in g.members:
+                if m.role == Role.CONSUMER:
+                    cols = [loc for loc, root in zip(m.local, m.root) if root in drop]
+                    modules[m.name].weight[:, cols] = 0.0
+    x = _probe_inputs(example)
+    try:
+        small = materialize_channels(model, example, keep, ignore=ignore, groups=groups).eval()
+        with torch.no_grad():
+            want, got = _flat_tensors(ref(*x)), _flat_tensors(small(*x))
+    except Exception as exc:  # any failure of the slice means: not sliceable as traced
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    for a, b in zip(want, got, strict=False):
+        if a.shape != b.shape:
+            return f"output shape {tuple(b.shape)} instead of {tuple(a.shape)}"
+        scale = max(1.0, float(a.abs().max())) if a.numel() else 1.0
+        if not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5 * scale):
+            return f"outputs differ by {float((a.float() - b.float()).abs().max()):.3g}"
+    return ""
+
+
+def _sliceable(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    groups: list[ChannelGroup],
+    ignore: Iterable[str | nn.Module],
+) -> list[ChannelGroup]:
+    """The groups whose slicing is exact (checked on the model itself); the others are left dense.
+
+    One check covers every group at once; only when it fails is each group tried on its own (and the
+    survivors together), so a model the analysis understands pays one slice and two forwards.
+    """
+    prunable = [i for i, g in enumerate(groups) if g.num_units > 1]
+    if not prunable:
+        return groups
+    was_training = model.training
+    try:
+        if not _slices_exactly(model, example, groups, prunable, ignore):
+            return groups
+        kept = [i for i in range(len(groups)) if i not in prunable]
+        for i in prunable:
+            why = _slices_exactly(model, example, groups, [*kept, i], ignore)
+            if why:
+                logger.warning(
+                    "channel group rooted at %s left dense: slicing it is not exact (%s)",
+                    groups[i].root_name, why,
+                )  # fmt: skip
+            else:
+                kept.append(i)
+    finally:
+        model.train(was_training)
+    return [dataclasses.replace(groups[i], id=k) for k, i in enumerate(sorted(kept))]
 
 
 def materialize_channels(
