@@ -32,6 +32,7 @@ def test_equal_latency_and_equal_accuracy_comparisons(cvb) -> None:
     for s in range(2):  # ours: (0.4 ms, 0.90), (0.6 ms, 0.94); flops_reg slower at each accuracy
         rows += [_row("ours", 0.35, s, 0.90, 0.4), _row("ours", 0.5, s, 0.94, 0.6)]
         rows += [_row("flops_reg", 0.35, s, 0.90, 0.5), _row("uniform", 0.5, s, 0.925 + 0.03 * s, 0.5)]
+        rows += [_row("flops_fit", 0.5, s, 0.93, 0.8)]  # ours reaches 0.93 at 0.55 ms
         rows += [_row("tp_magnitude", 0.5, s, 0.80, 0.3), _row("tp_magnitude_r8", 0.7, s, 0.99, 0.9)]
     c = cvb.compare("m", cvb.summarise(rows))
     by = {(r["method"], r["fraction"]): r for r in c["equal_measured_latency"]}
@@ -42,10 +43,13 @@ def test_equal_latency_and_equal_accuracy_comparisons(cvb) -> None:
     assert by[("tp_magnitude", 0.5)]["verdict"].startswith("outside")  # faster than all of ours
     r8 = by[("tp_magnitude_r8", 0.7)]  # slower than all of ours: ours' best (0.94) vs 0.99
     assert r8["ours_acc_at_latency"] == pytest.approx(0.94) and r8["verdict"] == "baseline better"
-    (lf,) = c["latency_vs_flops_at_equal_accuracy"]
-    assert lf["ours_ms_at_accuracy_at_most"] == pytest.approx(0.4) and lf["ratio_at_most"] == pytest.approx(
-        0.8
-    )
+    assert by[("flops_fit", 0.5)]["verdict"] == "ours >="  # at 0.8 ms ours' best is 0.94
+    lf = {r["method"]: r for r in c["latency_vs_flops_at_equal_accuracy"]}
+    assert set(lf) == {"flops_reg", "flops_fit"}
+    assert lf["flops_reg"]["ours_ms_at_accuracy_at_most"] == pytest.approx(0.4)
+    assert lf["flops_reg"]["ratio_at_most"] == pytest.approx(0.8)
+    assert lf["flops_fit"]["ours_ms_at_accuracy"] == pytest.approx(0.55)  # 0.90 -> 0.94 over 0.4 -> 0.6 ms
+    assert lf["flops_fit"]["ratio"] == pytest.approx(0.55 / 0.8)
 
 
 def test_a_baseline_within_the_measurement_tolerance_of_ours_fastest_point_is_compared(cvb) -> None:
