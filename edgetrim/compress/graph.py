@@ -344,21 +344,21 @@ def _slices_exactly(
     analysis missed (a functional conv on a bare parameter, a channel shuffle, a slice of a
     concatenation) shows up here as an error or as different outputs.
     """
-    keep: dict[int, torch.Tensor] = {}
-    ref = copy.deepcopy(model).eval()
-    modules = dict(ref.named_modules())
-    for gid in which:
-        g = groups[gid]
-        drop_units = sorted({0, g.num_units // 2}) if g.num_units > 2 else [0]
-        drop = {u * g.unit + k for u in drop_units for k in range(g.unit)}
-        keep[gid] = torch.tensor([c for c in range(g.size) if c not in drop])
-        with torch.no_grad():
-            for m in g.members:
-                if m.role == Role.CONSUMER:
-                    cols = [loc for loc, root in zip(m.local, m.root) if root in drop]
-                    modules[m.name].weight[:, cols] = 0.0
     x = _probe_inputs(example)
     try:
+        keep: dict[int, torch.Tensor] = {}
+        ref = copy.deepcopy(model).eval()
+        modules = dict(ref.named_modules())
+        for gid in which:  # groups of two or more units: one or two units go, at least one stays
+            g = groups[gid]
+            drop_units = sorted({0, g.num_units // 2}) if g.num_units > 2 else [0]
+            drop = {u * g.unit + k for u in drop_units for k in range(g.unit)}
+            keep[gid] = torch.tensor([c for c in range(g.size) if c not in drop])
+            with torch.no_grad():
+                for m in g.members:
+                    if m.role == Role.CONSUMER:
+                        cols = [loc for loc, root in zip(m.local, m.root) if root in drop]
+                        modules[m.name].weight[:, cols] = 0.0
         small = materialize_channels(model, example, keep, ignore=ignore, groups=groups).eval()
         with torch.no_grad():
             want, got = _flat_tensors(ref(*x)), _flat_tensors(small(*x))
@@ -381,8 +381,9 @@ def _sliceable(
 ) -> list[ChannelGroup]:
     """The groups whose slicing is exact (checked on the model itself); the others are left dense.
 
-    One check covers every group at once; only when it fails is each group tried on its own (and the
-    survivors together), so a model the analysis understands pays one slice and two forwards.
+    One check covers every group at once; only when it fails is each group tried together with those
+    already found exact, so a model the analysis understands pays one slice and two forwards. Groups
+    of a single unit cannot lose one and are returned as they are.
     """
     prunable = [i for i, g in enumerate(groups) if g.num_units > 1]
     if not prunable:
@@ -391,19 +392,20 @@ def _sliceable(
     try:
         if not _slices_exactly(model, example, groups, prunable, ignore):
             return groups
-        kept = [i for i in range(len(groups)) if i not in prunable]
+        exact: list[int] = []
         for i in prunable:
-            why = _slices_exactly(model, example, groups, [*kept, i], ignore)
+            why = _slices_exactly(model, example, groups, [*exact, i], ignore)
             if why:
                 logger.warning(
                     "channel group rooted at %s left dense: slicing it is not exact (%s)",
                     groups[i].root_name, why,
                 )  # fmt: skip
             else:
-                kept.append(i)
+                exact.append(i)
     finally:
         model.train(was_training)
-    return [dataclasses.replace(groups[i], id=k) for k, i in enumerate(sorted(kept))]
+    kept = sorted({i for i in range(len(groups)) if i not in prunable} | set(exact))
+    return [dataclasses.replace(groups[i], id=k) for k, i in enumerate(kept)]
 
 
 def materialize_channels(

@@ -132,3 +132,20 @@ def test_a_model_the_analysis_understands_keeps_every_group() -> None:
     # branch layers all stay prunable
     assert len(find_channel_groups(DenseConcat().eval(), EXAMPLE)) == 4
     assert len(find_channel_groups(InceptionBranches().eval(), EXAMPLE)) == 6
+
+
+class OneChannelAfterFunctional(nn.Module):  # a one-channel group beside a group that cannot be sliced
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c3 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(32, 1, 1)
+        self.c4, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+        self.w = nn.Parameter(torch.randn(32, 16, 3, 3) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.conv2d(F.relu(self.c1(x)), self.w, padding=1))
+        return self.head(F.relu(self.c4(F.relu(self.c3(x)))).mean((2, 3)))
+
+
+def test_dropping_a_group_keeps_the_one_unit_groups_and_the_exact_ones() -> None:
+    groups = find_channel_groups(OneChannelAfterFunctional().eval(), EXAMPLE)
+    assert sorted((g.root_name, g.size) for g in groups) == [("c3", 1), ("c4", 8)]
