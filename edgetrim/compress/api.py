@@ -470,10 +470,21 @@ def compress(
     scores = _unit_scores(gates, work)  # the weights and gates are final from here on
     ranked = _importance(scores)
     if budget is not None and groups:
-        final = fit_budget(
-            final, units, ranked, partial, cost_fn, budget, what=what, unit_name=unit_name,
-            min_widths=min_widths, align=align,
-        )  # fmt: skip
+        try:
+            final = fit_budget(
+                final, units, ranked, partial, cost_fn, budget, what=what, unit_name=unit_name,
+                min_widths=min_widths, align=align,
+            )  # fmt: skip
+        except BudgetError as exc:
+            # The greedy descent can stop above the up-front floor on a table that is not monotone
+            # in width (noise): say so on the budget's own scale, with where it stopped.
+            shift = offset if config.budget_ms is not None else 0.0
+            reached = (exc.smallest if exc.smallest is not None else budget) + shift
+            raise BudgetError(
+                f"{what} budget {budget + shift:.4g} {unit_name} could not be met: the width fit stopped "
+                f"at {reached:.4g} {unit_name}; raise the budget",
+                smallest=reached,
+            ) from exc
     for q in quants.values():
         q.harden_()
     bits = {n: q.bits() for n, q in quants.items()}

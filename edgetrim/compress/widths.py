@@ -144,7 +144,8 @@ def fit_budget(
             reached = total(widths)
             raise BudgetError(
                 f"{what} budget {budget:.4g} {unit_name} is below the smallest reachable {what} "
-                f"{reached:.4g} {unit_name} for this model and table; raise the budget"
+                f"{reached:.4g} {unit_name} for this model and table; raise the budget",
+                smallest=reached,
             )
         widths[best[1]] = best[2]
     return widths

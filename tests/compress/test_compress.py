@@ -335,3 +335,32 @@ def test_masks_and_bit_gates_step_at_their_own_rates(trained_mlp) -> None:
     assert {lr for pid, lr in by_param.items() if pid not in gate_ids} == {cfg.lr}
     with pytest.raises(ValueError, match="bits_lr must be > 0"):
         CompressConfig(lam=0.0, bits_lr=0.0)
+
+
+def test_a_width_fit_stuck_above_the_floor_says_where_it_stopped() -> None:
+    # A table that is not monotone in width (as a noisy profile can be): the middle layer costs 10 at
+    # (8, 8), 12 when only one side narrows and 1 when both do. The floor (both at 1) is within the
+    # budget, but no single group's move is cheaper, so the one-group-at-a-time fit cannot get there.
+    from edgetrim.types import DeviceInfo, LatencyStats
+
+    def ms(i: int, o: int) -> float:
+        if i > 8 or o > 8:
+            return 1.0
+        return 10.0 if (i, o) == (8, 8) else 12.0 if 8 in (i, o) else 1.0
+
+    torch.manual_seed(0)
+    model, example = mlp(widths=(8, 8))
+    train, val = digits_loaders(flat=True, batch_size=256)
+    ops = extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
+    table = LatencyTable(
+        DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="test", device="t")
+    )
+    for ctx in {op.context for op in ops}:
+        for i in range(1, 65):
+            for o in range(1, 11):
+                table.record(ctx, i, o, LatencyStats(ms(i, o), ms(i, o), ms(i, o), ms(i, o), 0.0, 5))
+    assert model_latency_ms(table, ops) == pytest.approx(12.0)
+    cfg = CompressConfig(budget_ms=6.0, epochs=0, finetune_epochs=0)
+    with pytest.raises(BudgetError, match="width fit stopped at 12 ms") as info:
+        compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+    assert info.value.smallest == pytest.approx(12.0)  # on the budget's scale, for a caller to aim above

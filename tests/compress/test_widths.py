@@ -38,8 +38,9 @@ def test_fit_budget_moves_to_the_fast_side_of_cheaper_steps_until_it_fits() -> N
 def test_fit_budget_respects_minimum_widths_and_reports_the_floor() -> None:
     imp = [[1.0] * 32, [1.0] * 32]
     assert smallest_reachable([1, 1], [32, 32], partial, total, min_widths=[9, 1]) == pytest.approx(4.0)
-    with pytest.raises(BudgetError, match="smallest reachable latency 4"):
+    with pytest.raises(BudgetError, match="smallest reachable latency 4") as info:
         fit_budget([32, 32], [1, 1], imp, partial, total, budget=3.5, min_widths=[9, 1])
+    assert info.value.smallest == pytest.approx(4.0)  # where it stopped, for a caller to aim above
 
 
 def test_aligned_widths_are_multiples_of_the_block_or_the_full_size() -> None:
