@@ -326,7 +326,8 @@ def _probe_inputs(example: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]
     """Random floating inputs of the example's shapes (an all-zero example would hide a bad slice)."""
     gen = torch.Generator().manual_seed(0)
     return tuple(
-        torch.randn(t.shape, generator=gen).to(t.dtype) if t.is_floating_point() else t for t in example
+        torch.randn(t.shape, generator=gen).to(t.device, t.dtype) if t.is_floating_point() else t
+        for t in example
     )
 
 
@@ -364,7 +365,9 @@ def _slices_exactly(
             want, got = _flat_tensors(ref(*x)), _flat_tensors(small(*x))
     except Exception as exc:  # any failure of the slice means: not sliceable as traced
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    for a, b in zip(want, got, strict=False):
+    if len(want) != len(got):
+        return f"{len(got)} outputs instead of {len(want)}"
+    for a, b in zip(want, got, strict=True):
         if a.shape != b.shape:
             return f"output shape {tuple(b.shape)} instead of {tuple(a.shape)}"
         scale = max(1.0, float(a.abs().max())) if a.numel() else 1.0
