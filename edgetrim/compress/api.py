@@ -476,8 +476,8 @@ def compress(
                 min_widths=min_widths, align=align,
             )  # fmt: skip
         except BudgetError as exc:
-            # The greedy descent can stop above the up-front floor on a table that is not monotone
-            # in width (noise): say so on the budget's own scale, with where it stopped.
+            # Only when even the narrowest widths are over after training (the up-front floor check
+            # passed): say so on the budget's own scale, with where the descent stopped.
             shift = offset if config.budget_ms is not None else 0.0
             reached = (exc.smallest if exc.smallest is not None else budget) + shift
             raise BudgetError(

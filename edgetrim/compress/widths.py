@@ -6,7 +6,9 @@ Training asks for a width per group (its non-zero gates). The real table then de
    among equally cheap ones. Channels within a latency step cost nothing extra, so they are kept.
 2. :func:`fit_budget`: while the predicted cost is over budget, move the group whose next step down
    buys the most cost per share of the group's remaining importance lost (the lowest-|alpha| units go
-   first) to the widest width of that cheaper step.
+   first) to the widest width of that cheaper step. Should no single step be cheaper while the cost
+   is still over (a table that is not monotone in width, e.g. a noisy profile), it grows the widths
+   back from the narrowest ones instead, as long as they fit.
 
 Both take cost callables, so they serve latency (ms) and FLOPs budgets alike. ``align`` (per group)
 restricts the widths to multiples of it (plus the group's full size): onnxruntime's CPU convs run in
@@ -113,8 +115,8 @@ def fit_budget(
         budget: the cost that must not be exceeded.
 
     Raises:
-        BudgetError: no group can shrink further and the cost is still over budget (says the smallest
-        reachable cost).
+        BudgetError: no group can shrink further, the cost is still over budget and so is every group
+        at its narrowest width (says the cost where the descent stopped, also as ``smallest``).
     """
     widths = list(widths)
     floor = list(units) if min_widths is None else list(min_widths)
@@ -141,6 +143,9 @@ def fit_budget(
             if best is None or score < best[0]:
                 best = (score, g, w)
         if best is None:
+            grown = _grow_from_floor(widths, units, cum, partial, total, budget, floor, align)
+            if grown is not None:
+                return grown
             reached = total(widths)
             raise BudgetError(
                 f"{what} budget {budget:.4g} {unit_name} is below the smallest reachable {what} "
@@ -149,6 +154,65 @@ def fit_budget(
             )
         widths[best[1]] = best[2]
     return widths
+
+
+def _grow_from_floor(
+    ceiling: Sequence[int],
+    units: Sequence[int],
+    cum: Sequence[Sequence[float]],
+    partial: PartialCost,
+    total: TotalCost,
+    budget: float,
+    floor: Sequence[int],
+    align: Sequence[int] | None,
+) -> list[int] | None:
+    """Widths within ``budget`` grown from the narrowest ones, or None when even those are over.
+
+    The fallback for a descent that stopped above the budget: on a table that is not monotone in
+    width (a noisy profile) every single-group step down can cost more while a joint one costs less.
+    From every group at its narrowest (aligned) width, widen one group at a time to the fast side of
+    its next step, most importance share gained per cost added first, up to ``ceiling``.
+    """
+    aligns = [1] * len(units) if align is None else list(align)
+    widths = []
+    for g, f in enumerate(floor):
+        w = f if _ok(f, aligns[g], ceiling[g]) else min(ceiling[g], -(-f // aligns[g]) * aligns[g])
+        widths.append(min(w, ceiling[g]))
+    if total(widths) > budget + _EPS:
+        return None
+    while True:
+        best: tuple[float, int, int] | None = None
+        for g in range(len(widths)):
+            ups = [
+                w
+                for w in range(widths[g] + units[g], ceiling[g] + 1, units[g])
+                if _ok(w, aligns[g], ceiling[g])
+            ]
+            if not ups:
+                continue
+            here = partial(g, widths)
+            step = partial(g, _with(widths, g, ups[0]))
+            w = ups[0]
+            for u in ups[1:]:  # the fast side: the widest width of the same step
+                if partial(g, _with(widths, g, u)) > step + _EPS:
+                    break
+                w = u
+            if total(_with(widths, g, w)) > budget + _EPS:
+                continue
+            whole = cum[g][-1]
+            u_now, u_new = widths[g] // units[g], w // units[g]
+            gained = (
+                (cum[g][u_new] - cum[g][u_now]) / whole
+                if whole > 0
+                else (u_new - u_now) / max(len(cum[g]) - 1, 1)
+            )
+            added = max(step - here, 0.0)
+            score = gained / (added + _EPS)
+            if best is None or score > best[0]:
+                best = (score, g, w)
+        if best is None:
+            return widths
+        widths[best[1]] = best[2]
 
 
 def smallest_reachable(

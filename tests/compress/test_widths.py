@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
@@ -60,3 +61,19 @@ def test_aligned_widths_are_multiples_of_the_block_or_the_full_size() -> None:
     with pytest.raises(BudgetError):
         fit_budget([20], [1], imp, cost, total, 7.0, align=[8])  # nothing aligned below 8
     assert smallest_reachable([1], [20], cost, total, align=[8]) == 8.0
+
+
+def _bumpy(w: Sequence[int]) -> float:
+    # a table that is not monotone in width (as a noisy profile can be): 10 at (8, 8), 12 when only
+    # one side narrows, 1 when both do
+    return 10.0 if tuple(w) == (8, 8) else 12.0 if 8 in w else 1.0
+
+
+def test_fit_budget_gets_out_of_a_dip_by_growing_from_the_floor() -> None:
+    imp = [[1.0] * 8, [1.0] * 8]
+    # every single-group step down from (8, 8) costs more; the joint one costs less
+    assert _bumpy([7, 8]) > _bumpy([8, 8]) and _bumpy([8, 7]) > _bumpy([8, 8])
+    widths = fit_budget([8, 8], [1, 1], imp, lambda g, w: _bumpy(w), _bumpy, budget=6.0)
+    assert widths == [7, 7]  # grown from (1, 1) while it fits; 8 on either side would cost 12
+    with pytest.raises(BudgetError):  # below the floor's cost nothing helps
+        fit_budget([8, 8], [1, 1], imp, lambda g, w: _bumpy(w), _bumpy, budget=0.5)
