@@ -337,6 +337,7 @@ def compress(
     # dispatch, reorders) that barely depends on the widths: an offset, taken from the dense model.
     offset = dense_ms - cost.hard_ms(sizes) if groups else 0.0
     dense_cost = dense_ms - offset
+    shift = offset if config.budget_ms is not None else 0.0  # internal scale -> the budget's own
     if config.budget_ms is not None:
         budget = config.budget_ms - offset  # on the bound terms' scale
     elif config.budget_flops is not None:
@@ -349,7 +350,6 @@ def compress(
             if groups
             else cost_fn(sizes)
         )
-        shift = offset if config.budget_ms is not None else 0.0
         if budget < floor - 1e-12:
             raise BudgetError(
                 f"{what} budget {budget + shift:.4g} {unit_name} is below the smallest reachable {what} "
@@ -478,7 +478,6 @@ def compress(
         except BudgetError as exc:
             # Only when even the narrowest widths are over after training (the up-front floor check
             # passed): say so on the budget's own scale, with where the descent stopped.
-            shift = offset if config.budget_ms is not None else 0.0
             reached = (exc.smallest if exc.smallest is not None else budget) + shift
             raise BudgetError(
                 f"{what} budget {budget + shift:.4g} {unit_name} could not be met: the width fit stopped "

@@ -170,14 +170,11 @@ def _grow_from_floor(
 
     The fallback for a descent that stopped above the budget: on a table that is not monotone in
     width (a noisy profile) every single-group step down can cost more while a joint one costs less.
-    From every group at its narrowest (aligned) width, widen one group at a time to the fast side of
+    From every group at the fast side of its narrowest (aligned) width, widen one group at a time to the fast side of
     its next step, most importance share gained per cost added first, up to ``ceiling``.
     """
     aligns = [1] * len(units) if align is None else list(align)
-    widths = []
-    for g, f in enumerate(floor):
-        w = f if _ok(f, aligns[g], ceiling[g]) else min(ceiling[g], -(-f // aligns[g]) * aligns[g])
-        widths.append(min(w, ceiling[g]))
+    widths = fast_side_widths(floor, units, ceiling, partial, min_widths=floor, align=align)
     if total(widths) > budget + _EPS:
         return None
     while True:

@@ -8,7 +8,7 @@ context the model's operators need.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -39,8 +39,14 @@ def staircase_ms(ctx: OpContext, in_w: int, out_w: int) -> float:
 FULL_GRID_LIMIT = 20_000  # record every (in, out) pair up to this many points, else the planner's grid
 
 
-def staircase_table(ops: Sequence[LayerOp], *, target: str = "ort-cpu") -> LatencyTable:
-    """A table covering every context of ``ops`` up to their widths, with :func:`staircase_ms` values."""
+def staircase_table(
+    ops: Sequence[LayerOp],
+    *,
+    target: str = "ort-cpu",
+    ms_of: Callable[[OpContext, int, int], float] = staircase_ms,
+) -> LatencyTable:
+    """A table covering every context of ``ops`` up to their widths, with ``ms_of`` values
+    (:func:`staircase_ms` unless another known function is given)."""
     table = LatencyTable(
         DeviceInfo(target=target, runtime="onnxruntime", runtime_version="test", device="synthetic")
     )
@@ -56,7 +62,7 @@ def staircase_table(ops: Sequence[LayerOp], *, target: str = "ort-cpu") -> Laten
         else:
             pairs = plan_points(ctx, mi, mo)
         for i, o in pairs:
-            ms = staircase_ms(ctx, i, o)
+            ms = ms_of(ctx, i, o)
             table.record(ctx, i, o, LatencyStats(ms, ms, ms, ms, 0.0, 5))
     return table
 

@@ -337,12 +337,10 @@ def test_masks_and_bit_gates_step_at_their_own_rates(trained_mlp) -> None:
         CompressConfig(lam=0.0, bits_lr=0.0)
 
 
-def test_a_table_not_monotone_in_width_still_meets_the_budget() -> None:
+def test_a_table_not_monotone_in_width_still_meets_the_budget(make_table) -> None:
     # The middle layer costs 10 at (8, 8), 12 when only one side narrows and 1 when both do: no
     # single group's step down is cheaper, yet the floor fits, so the fit grows back from there.
-    from edgetrim.types import DeviceInfo, LatencyStats
-
-    def ms(i: int, o: int) -> float:
+    def ms(_ctx, i: int, o: int) -> float:
         if i > 8 or o > 8:
             return 1.0
         return 10.0 if (i, o) == (8, 8) else 12.0 if 8 in (i, o) else 1.0
@@ -351,13 +349,7 @@ def test_a_table_not_monotone_in_width_still_meets_the_budget() -> None:
     model, example = mlp(widths=(8, 8))
     train, val = digits_loaders(flat=True, batch_size=256)
     ops = extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
-    table = LatencyTable(
-        DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="test", device="t")
-    )
-    for ctx in {op.context for op in ops}:
-        for i in range(1, 65):
-            for o in range(1, 11):
-                table.record(ctx, i, o, LatencyStats(ms(i, o), ms(i, o), ms(i, o), ms(i, o), 0.0, 5))
+    table = make_table(ops, ms_of=ms)
     assert model_latency_ms(table, ops) == pytest.approx(12.0)
     cfg = CompressConfig(budget_ms=6.0, epochs=0, finetune_epochs=0)
     result = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
