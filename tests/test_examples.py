@@ -247,7 +247,13 @@ def test_digits_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("digits", (1, 8, 8)), ("digits_flat", (64,)), ("digits_tokens", (8, 8)), ("digits16", (1, 16, 16))],
+    [
+        ("digits", (1, 8, 8)),
+        ("digits_flat", (64,)),
+        ("digits_tokens", (8, 8)),
+        ("digits16", (1, 16, 16)),
+        ("digits_hard", (1, 16, 16)),
+    ],
 )
 def test_data_specs_resolve(name: str, shape: tuple[int, ...]) -> None:
     spec = data.data_spec(name)
@@ -376,3 +382,85 @@ def test_cosine_training_from_a_loader_without_a_length_keeps_a_constant_rate() 
     model, _ = models.build("mlp", widths=(8,))
     acc = train_classifier(model, (b for b in batches), val, epochs=1, lr=1e-2, schedule="cosine")
     assert acc > 0.2  # it trained (chance is 0.1) instead of failing on the missing length
+
+
+# --- distorted digits --------------------------------------------------------------------------------
+
+
+def test_distort_digits_is_seeded_and_copy_major() -> None:
+    from edgetrim.examples.distort import distort_digits
+
+    imgs = torch.from_numpy(data._load_images(16)[0][:5])
+    a = distort_digits(imgs, copies=3, seed=7)
+    assert tuple(a.shape) == (15, 16, 16) and a.dtype == torch.float32
+    torch.testing.assert_close(distort_digits(imgs, copies=3, seed=7), a, rtol=0, atol=0)
+    assert not torch.equal(distort_digits(imgs, copies=3, seed=8), a)
+    # copies of one image differ from each other (each draws its own warp, distractor and noise)
+    assert not torch.allclose(a[0], a[5], atol=0.05)
+
+
+def test_distort_digits_without_randomness_is_the_identity() -> None:
+    from edgetrim.examples.distort import DistortConfig, distort_digits
+
+    still = DistortConfig(
+        rotate_deg=0.0, scale=(1.0, 1.0), shear=0.0, shift=0.0, distractor_gain=(0.0, 0.0), gain=(1.0, 1.0),
+        noise=0.0,
+    )  # fmt: skip
+    imgs = torch.from_numpy(data._load_images(16)[0][:4])
+    torch.testing.assert_close(distort_digits(imgs, copies=2, seed=0, config=still), imgs.repeat(2, 1, 1))
+
+
+def test_distort_shift_moves_the_digit_centre_where_asked() -> None:
+    from edgetrim.examples.distort import DistortConfig, _affine, _warp
+
+    cfg = DistortConfig(rotate_deg=0.0, scale=(1.0, 1.0), shear=0.0)
+    img = torch.zeros(1, 16, 16)
+    img[0, 7:9, 7:9] = 1.0  # a blob at the centre (pixel 7.5)
+    gen = torch.Generator().manual_seed(0)
+    moved = _warp(img, _affine(1, cfg, gen, torch.tensor([[0.5, -0.25]])))[0]
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    cx, cy = float((moved * xs).sum() / moved.sum()), float((moved * ys).sum() / moved.sum())
+    # normalised x +0.5 is a quarter of the width (4 px) to the right; y -0.25 is 2 px up
+    assert cx == pytest.approx(7.5 + 4.0, abs=0.05) and cy == pytest.approx(7.5 - 2.0, abs=0.05)
+
+
+def test_distort_digits_rejects_bad_arguments() -> None:
+    from edgetrim.examples.distort import distort_digits
+
+    with pytest.raises(ValueError, match="copies"):
+        distort_digits(torch.zeros(3, 8, 8), copies=0, seed=0)
+    with pytest.raises(ValueError, match="N >= 2"):
+        distort_digits(torch.zeros(1, 8, 8), copies=1, seed=0)
+
+
+def test_digits_hard_keeps_the_digits_split_and_standardises_with_train_stats() -> None:
+    a = data.digits_hard_arrays(seed=3, train_copies=2, val_copies=3)
+    plain = data.digits_arrays(seed=3)
+    assert a.x_train.shape == (2 * len(plain.y_train), 1, 16, 16)
+    assert a.x_val.shape == (3 * len(plain.y_val), 1, 16, 16)
+    np.testing.assert_array_equal(a.y_train, np.tile(plain.y_train, 2))
+    np.testing.assert_array_equal(a.y_val, np.tile(plain.y_val, 3))
+    assert abs(float(a.x_train.mean())) < 1e-4 and abs(float(a.x_train.std()) - 1.0) < 1e-3
+    again = data.digits_hard_arrays(seed=3, train_copies=2, val_copies=3)
+    np.testing.assert_array_equal(again.x_val, a.x_val)
+
+
+def test_digits_hard_is_harder_than_digits_for_a_linear_model() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    def linear_accuracy(a: data.DigitsArrays) -> float:
+        flat = LogisticRegression(max_iter=300).fit(a.x_train.reshape(len(a.x_train), -1), a.y_train)
+        return float(flat.score(a.x_val.reshape(len(a.x_val), -1), a.y_val))
+
+    easy = linear_accuracy(data.digits_arrays(image_size=16))
+    hard = linear_accuracy(data.digits_hard_arrays(train_copies=1, val_copies=1))
+    assert easy > 0.9 and hard < easy - 0.25, (easy, hard)
+
+
+def test_digits_hard_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        data.digits_hard_arrays(image_size=8)
+    with pytest.raises(ValueError, match="copies"):
+        data.digits_hard_arrays(val_copies=0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.digits_hard_arrays(val_fraction=0.0)
