@@ -15,6 +15,7 @@ One process runs:
   FLOPs budget bisected until the table says the model fits, then the same fine-tune as the other
   baselines (what a FLOPs-targeting tool gives when asked for a latency);
 * ``uniform``: every group scaled by one factor (largest that the table says fits), magnitude order;
+  ``uniform_r8``: the same with widths rounded as MobileNet's width multiplier rounds (multiples of 8);
 * ``tp_magnitude`` / ``tp_magnitude_r8``: Torch-Pruning L2 magnitude channel pruning (classifier kept),
   without / with rounding widths to 8, global ratio bisected until the table says it fits.
 
@@ -222,10 +223,27 @@ def bisect_ratio(make, fits, lo: float = 0.0, hi: float = 0.95, steps: int = 8):
     return best
 
 
-def uniform_model(model, example, keep_frac: float) -> nn.Module:
+def _divisible(channels: float, full: int, unit: int, divisor: int) -> int:
+    """MobileNet's width-multiplier rounding: nearest multiple of ``divisor``, never below 90% of
+    ``channels`` nor above ``full``, whole units."""
+    w = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    if w < 0.9 * channels:
+        w += divisor
+    return min(full, math.ceil(w / unit) * unit)
+
+
+def uniform_model(model, example, keep_frac: float, round_to: int | None = None) -> nn.Module:
+    """Every group at ``keep_frac`` of its width (whole units), or rounded as MobileNet's width
+    multiplier rounds (``round_to``: a multiple of it, at least 90% of the scaled width)."""
     groups = find_channel_groups(model, example)
     gates = ChannelGates(model, groups)
-    widths = [max(g.unit, math.ceil(keep_frac * g.num_units) * g.unit) for g in groups]
+    if round_to is None:
+        widths = [max(g.unit, math.ceil(keep_frac * g.num_units) * g.unit) for g in groups]
+    else:
+        widths = [
+            _divisible(keep_frac * g.num_units * g.unit, g.num_units * g.unit, g.unit, round_to)
+            for g in groups
+        ]
     small = gates.materialize(example, widths=widths)  # gates at 1: keeps the first channels by |alpha| ties
     gates.detach_hooks()
     return small
@@ -275,7 +293,7 @@ def flops_fit_at_budget(model, example, table, target, budget: float, train, val
 
 
 NOISY = ("measure_rounds", "calibration", "widths_requested")
-BASELINES = ("flops_reg", "flops_fit", "uniform", "tp_magnitude", "tp_magnitude_r8")
+BASELINES = ("flops_reg", "flops_fit", "uniform", "uniform_r8", "tp_magnitude", "tp_magnitude_r8")
 FLOPS_METHODS = ("flops_reg", "flops_fit")  # compared with ours on latency at equal accuracy
 
 
@@ -422,7 +440,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mobilenetv3_small,resnet_small")
     p.add_argument("--fractions", default="0.7,0.5,0.35")
-    p.add_argument("--methods", default="ours,flops_reg,flops_fit,uniform,tp_magnitude,tp_magnitude_r8")
+    p.add_argument(
+        "--methods", default="ours,flops_reg,flops_fit,uniform,uniform_r8,tp_magnitude,tp_magnitude_r8"
+    )
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument(
         "--data", choices=("digits", "digits_hard"), default="digits",
@@ -557,10 +577,11 @@ def main() -> None:
                             model_rows.append(row)
                             print(json.dumps({k: v for k, v in row.items() if k not in NOISY}), flush=True)
                     else:
-                        if method == "uniform":
+                        if method in ("uniform", "uniform_r8"):
+                            rt = 8 if method.endswith("r8") else None
 
-                            def make_at(tb, m=model, x=example):
-                                return bisect_ratio(lambda r: uniform_model(m, x, 1 - r), fits_at(tb))[1]
+                            def make_at(tb, rt=rt, m=model, x=example):
+                                return bisect_ratio(lambda r: uniform_model(m, x, 1 - r, rt), fits_at(tb))[1]
                         elif method == "flops_fit":
 
                             def make_at(tb, m=model, x=example, t=table):

@@ -64,3 +64,27 @@ def test_a_baseline_within_the_measurement_tolerance_of_ours_fastest_point_is_co
     assert r8["equal_within_tolerance"] and r8["ours_acc_at_latency"] == pytest.approx(0.90)
     assert r8["verdict"] == "baseline better"
     assert by["uniform"]["verdict"].startswith("outside")  # 25% faster stays outside
+
+
+def test_uniform_width_rounded_as_mobilenet_rounds(cvb) -> None:
+    assert cvb._divisible(0.6 * 24, 24, 1, 8) == 16  # 14.4 -> nearest multiple of 8
+    assert cvb._divisible(0.55 * 100, 100, 1, 8) == 56
+    assert cvb._divisible(11.0, 64, 1, 8) == 16  # 8 would be below 90% of 11
+    assert cvb._divisible(4.8, 16, 1, 8) == 8  # never below the divisor
+    assert cvb._divisible(7.2, 6, 1, 8) == 6  # never above the full width
+    assert cvb._divisible(20.0, 40, 5, 8) == 25  # whole units (heads of 5)
+
+
+def test_uniform_r8_model_has_widths_in_multiples_of_8(cvb) -> None:
+    import torch
+
+    from edgetrim.examples.models import resnet_small
+
+    torch.manual_seed(0)
+    model, example = resnet_small(widths=(24, 40, 64), image_size=8)
+    small = cvb.uniform_model(model, example, 0.6, round_to=8)
+    convs = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {c.out_channels for c in convs} <= {16, 24, 40}  # 14.4 -> 16, 24 -> 24, 38.4 -> 40
+    assert small(*example).shape == (1, 10)
+    plain = cvb.uniform_model(model, example, 0.6)
+    assert {c.out_channels for c in plain.modules() if isinstance(c, torch.nn.Conv2d)} == {15, 24, 39}
