@@ -50,6 +50,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -424,16 +425,46 @@ def compare(model: str, summaries: list[dict], tol: float = 0.0) -> dict:
     }
 
 
-def recompare(path: Path) -> None:
-    """Rewrite ``summary`` and ``comparison`` of a stored run from its ``rows`` (its own tolerance)."""
+def rescaled_rows(extra: dict, doc: dict) -> list[dict]:
+    """``extra``'s rows put on ``doc``'s latency scale, for one comparison over two runs.
+
+    Every model is timed paired with its dense model, so a run's measured latencies are its dense
+    latency x the median per-round ratio; two runs of the same dense model (same seed) differ only in
+    the dense latency the machine gave at the time. Each extra row keeps its ratio to dense and its own
+    figures (``measured_own_run``, ``budget_ms_own_run``) and takes ``doc``'s dense latency.
+    """
+    dense = {r["model"]: r["dense_measured"]["median_ms"] for r in doc["rows"] if "dense_measured" in r}
+    out = []
+    for r in extra["rows"]:
+        if r["model"] not in dense or "measured" not in r:
+            continue
+        ms = dense[r["model"]] * r["measured"]["ratio_to_dense"]
+        budget = dense[r["model"]] * r["fraction"]
+        out.append(
+            r | {
+                "measured": r["measured"] | {"median_ms": ms}, "measured_own_run": r["measured"],
+                "budget_ms": budget, "budget_ms_own_run": r["budget_ms"], "from_run": extra["args"].get("out"),
+                "measured_vs_budget": ms / budget,
+            }
+        )  # fmt: skip
+    return out
+
+
+def recompare(path: Path, merge: Sequence[Path] = ()) -> None:
+    """Rewrite ``summary`` and ``comparison`` of a stored run from its ``rows`` (its own tolerance),
+    with the rows of the ``merge`` runs added on its latency scale (:func:`rescaled_rows`)."""
     doc = json.loads(path.read_text())
+    doc["rows"] = [r for r in doc["rows"] if "from_run" not in r]  # a re-merge replaces earlier ones
+    for extra in merge:
+        doc["rows"].extend(rescaled_rows(json.loads(extra.read_text()), doc))
+    doc["merged"] = [str(m.name) for m in merge]
     summaries: list[dict] = []
     comparisons = []
     for model in dict.fromkeys(r["model"] for r in doc["rows"]):
         summaries.extend(summarise([r for r in doc["rows"] if r["model"] == model]))
         comparisons.append(compare(model, summaries, tol=doc["args"].get("tolerance", 0.0)))
     doc["summary"], doc["comparison"] = summaries, comparisons
-    path.write_text(json.dumps(doc, indent=2, default=str))
+    atomic_write_json(path, doc)
 
 
 def main() -> None:
@@ -486,9 +517,13 @@ def main() -> None:
         "--recompare", metavar="JSON", default=None,
         help="recompute summary and comparison of a stored run from its rows (no training or timing)",
     )  # fmt: skip
+    p.add_argument(
+        "--merge", default="",
+        help="with --recompare: comma-separated runs whose rows join the comparison, rescaled by dense ratio",
+    )  # fmt: skip
     args = p.parse_args()
     if args.recompare:
-        recompare(Path(args.recompare))
+        recompare(Path(args.recompare), [Path(m) for m in args.merge.split(",") if m])
         return
     if args.quick:
         args.fractions, args.seeds, args.rounds = "0.5", "0", min(args.rounds, 3)

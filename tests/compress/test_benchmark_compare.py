@@ -88,3 +88,33 @@ def test_uniform_r8_model_has_widths_in_multiples_of_8(cvb) -> None:
     assert small(*example).shape == (1, 10)
     plain = cvb.uniform_model(model, example, 0.6)
     assert {c.out_channels for c in plain.modules() if isinstance(c, torch.nn.Conv2d)} == {15, 24, 39}
+
+
+def test_rows_of_another_run_join_on_the_dense_ratio(cvb, tmp_path) -> None:
+    def run(dense_ms, rows, out):
+        for r in rows:
+            r["dense_measured"] = {"median_ms": dense_ms}
+        return {"args": {"out": out, "tolerance": 0.0}, "rows": rows}
+
+    main = run(0.2, [_row("ours", 0.5, s, 0.9, 0.1, budget=0.1) for s in range(2)], "main.json")
+    for r in main["rows"]:
+        r["measured"]["ratio_to_dense"] = 0.5
+    extra_rows = [_row("ours", 0.25, s, 0.85, 0.02, budget=0.025) for s in range(2)]
+    for r in extra_rows:
+        r["measured"]["ratio_to_dense"] = 0.2  # the extra run's dense measured 0.1 ms
+    extra = run(0.1, extra_rows, "extra.json")
+    joined = cvb.rescaled_rows(extra, main)
+    assert [r["measured"]["median_ms"] for r in joined] == pytest.approx([0.04, 0.04])  # 0.2 x 0.2
+    assert joined[0]["budget_ms"] == pytest.approx(0.05) and joined[0]["budget_ms_own_run"] == 0.025
+    assert joined[0]["measured_vs_budget"] == pytest.approx(0.8) and joined[0]["from_run"] == "extra.json"
+    import json
+
+    (tmp_path / "main.json").write_text(json.dumps(main))
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    for _ in range(2):  # merging twice replaces the first merge
+        cvb.recompare(tmp_path / "main.json", [tmp_path / "extra.json"])
+    doc = json.loads((tmp_path / "main.json").read_text())
+    assert len(doc["rows"]) == 4
+    curve = doc["comparison"][0]["ours_curve"]
+    assert [c["fraction"] for c in curve] == [0.25, 0.5]
+    assert [c["measured_ms"] for c in curve] == pytest.approx([0.04, 0.1])
