@@ -328,6 +328,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             "adheres_1_10": all(r["adheres_1_10"] for r in ok),
             "predicted_ms_mean": statistics.fmean(r["predicted_ms"] for r in ok),
         }
+        if len(ok) < len(rs):  # seeds that ended in an error (a budget a seed could not meet)
+            row["failed_seeds"] = [r.get("seed") for r in rs if r not in ok]
         out.append(row)
     return out
 
@@ -436,7 +438,10 @@ def rescaled_rows(extra: dict, doc: dict) -> list[dict]:
     dense = {r["model"]: r["dense_measured"]["median_ms"] for r in doc["rows"] if "dense_measured" in r}
     out = []
     for r in extra["rows"]:
-        if r["model"] not in dense or "measured" not in r:
+        if r["model"] not in dense:
+            continue
+        if "measured" not in r:  # an error (a seed that could not meet its budget) is a result too
+            out.append(r | {"from_run": extra["args"].get("out")})
             continue
         ms = dense[r["model"]] * r["measured"]["ratio_to_dense"]
         budget = dense[r["model"]] * r["fraction"]
@@ -585,10 +590,16 @@ def main() -> None:
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
                                 gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
                             )  # fmt: skip
-                            res = compress(
-                                model, example, cfg, table=table, train_loader=train, val_loader=val,
-                                measure_fn=None if args.no_measure_loop else measure_fn,
-                            )  # fmt: skip
+                            try:
+                                res = compress(
+                                    model, example, cfg, table=table, train_loader=train, val_loader=val,
+                                    measure_fn=None if args.no_measure_loop else measure_fn,
+                                )  # fmt: skip
+                            except BudgetError as exc:  # this seed's error is a result; the others still run
+                                row = base | {"seed": seed, "error": f"BudgetError: {exc}"} | common
+                                model_rows.append(row)
+                                print(json.dumps(row), flush=True)
+                                continue
                             small = res.model
                             row = (
                                 base

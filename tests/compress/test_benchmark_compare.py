@@ -103,7 +103,11 @@ def test_rows_of_another_run_join_on_the_dense_ratio(cvb, tmp_path) -> None:
     for r in extra_rows:
         r["measured"]["ratio_to_dense"] = 0.2  # the extra run's dense measured 0.1 ms
     extra = run(0.1, extra_rows, "extra.json")
+    extra["rows"].append({"model": "m", "fraction": 0.25, "method": "ours", "seed": 2, "budget_ms": 0.025,
+                          "error": "BudgetError: x"})  # fmt: skip
     joined = cvb.rescaled_rows(extra, main)
+    assert joined[-1]["error"] == "BudgetError: x" and joined[-1]["from_run"] == "extra.json"
+    joined = joined[:-1]
     assert [r["measured"]["median_ms"] for r in joined] == pytest.approx([0.04, 0.04])  # 0.2 x 0.2
     assert joined[0]["budget_ms"] == pytest.approx(0.05) and joined[0]["budget_ms_own_run"] == 0.025
     assert joined[0]["measured_vs_budget"] == pytest.approx(0.8) and joined[0]["from_run"] == "extra.json"
@@ -114,7 +118,8 @@ def test_rows_of_another_run_join_on_the_dense_ratio(cvb, tmp_path) -> None:
     for _ in range(2):  # merging twice replaces the first merge
         cvb.recompare(tmp_path / "main.json", [tmp_path / "extra.json"])
     doc = json.loads((tmp_path / "main.json").read_text())
-    assert len(doc["rows"]) == 4
+    assert len(doc["rows"]) == 5
+    assert next(s for s in doc["summary"] if s["fraction"] == 0.25)["failed_seeds"] == [2]
     curve = doc["comparison"][0]["ours_curve"]
     assert [c["fraction"] for c in curve] == [0.25, 0.5]
     assert [c["measured_ms"] for c in curve] == pytest.approx([0.04, 0.1])
