@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_vs_baselines import MODEL_KWARGS, benchmark_table
 
-from edgetrim.compress.api import default_extractor, model_latency_ms
+from edgetrim.compress.api import default_extractor, model_latency_ms, width_limits
 from edgetrim.compress.gates import ChannelGates
-from edgetrim.compress.graph import Role, find_channel_groups
+from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms
 from edgetrim.compress.widths import fast_side_widths
 from edgetrim.examples.models import MODEL_ZOO
@@ -50,16 +50,8 @@ def measure_model(name: str, image_size: int, configs: int, seed: int) -> dict:
     cost = LatencyModel(table, bind_layer_terms(model, example, groups, extract=extract), units)
     dense_ms = model_latency_ms(table, extract(model, example))
     offset = dense_ms - cost.hard_ms(sizes)
-    # as compress chooses them: at least two channels for a depthwise group, multiples of the block
-    min_w = [
-        min(g.size, 2 * g.unit if any(m.role is Role.DEPTHWISE for m in g.members) else g.unit)
-        for g in groups
-    ]
+    min_w, align = width_limits(groups, table)  # as compress' final step chooses widths
     block = int(table.meta.get("ort_nchwc_block") or 1)
-    align = [block if g.unit == 1 else g.unit for g in groups]
-
-    def partial(g: int, w) -> float:
-        return sum(cost.term_ms(k, w) for k in cost.terms_of_group(g))
 
     rng = random.Random(seed)
     requests = [list(min_w)] + [
@@ -68,7 +60,7 @@ def measure_model(name: str, image_size: int, configs: int, seed: int) -> dict:
     gates = ChannelGates(model, groups)
     rows = []
     for req in requests:
-        widths = fast_side_widths(req, units, sizes, partial, min_widths=min_w, align=align)
+        widths = fast_side_widths(req, units, sizes, cost.group_ms, min_widths=min_w, align=align)
         small = gates.materialize(example, widths=widths)
         whole = model_latency_ms(table, extract(small, example))
         bound = cost.hard_ms(widths) + offset

@@ -69,7 +69,7 @@ from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, qua
 from edgetrim.compress.run_folder import save_run
 from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
-from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
+from edgetrim.compress.widths import fast_side_widths, fit_budget, narrowest_widths, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy, run_epochs
 from edgetrim.io_utils import atomic_write_bytes
@@ -150,6 +150,23 @@ def save_result(
         )
         atomic_write_bytes(root / QUANTIZED_FILE, buf.getvalue())
     return root
+
+
+def width_limits(
+    groups: Sequence[ChannelGroup], table: LatencyTable, align: int | None = None
+) -> tuple[list[int], list[int]]:
+    """Per group, the narrowest width and the alignment of the widths compress' final step may choose.
+
+    A depthwise conv cut to one channel turns into a plain conv (another kernel, another context), so
+    depthwise groups keep two units. Widths are multiples of ``align``, by default the runtime's
+    channel block the table records (onnxruntime NCHWc), else 1; head groups align to their unit.
+    """
+    min_widths = [
+        min(g.size, 2 * g.unit if any(m.role is Role.DEPTHWISE for m in g.members) else g.unit)
+        for g in groups
+    ]
+    block = align if align is not None else int(table.meta.get("ort_nchwc_block") or 1)
+    return min_widths, [block if g.unit == 1 else g.unit for g in groups]
 
 
 def model_latency_ms(table: LatencyTable, ops: Sequence[LayerOp]) -> float:
@@ -313,18 +330,7 @@ def compress(
     cost = LatencyModel(table, terms, [g.unit for g in groups])
     sizes = [g.size for g in groups]
     units = [g.unit for g in groups]
-    # a depthwise conv cut to one channel turns into a plain conv (another kernel, another context)
-    min_widths = [
-        min(g.size, 2 * g.unit if any(m.role is Role.DEPTHWISE for m in g.members) else g.unit)
-        for g in groups
-    ]
-
-    # widths the final step may choose: multiples of the runtime's channel block (onnxruntime NCHWc)
-    block = config.align if config.align is not None else int(table.meta.get("ort_nchwc_block") or 1)
-    align = [block if g.unit == 1 else g.unit for g in groups]
-
-    def partial_ms(g: int, widths: Sequence[int]) -> float:
-        return sum(cost.term_ms(k, widths) for k in cost.terms_of_group(g))
+    min_widths, align = width_limits(groups, table, config.align)
 
     def partial_flops(g: int, widths: Sequence[int]) -> float:
         sub = LatencyModel(None, [cost.terms[k] for k in cost.terms_of_group(g)], units)
@@ -332,7 +338,7 @@ def compress(
 
     budget: float | None = None
     cost_fn: Callable[[Sequence[int]], float] = cost.hard_ms
-    partial, what, unit_name = partial_ms, "latency", "ms"
+    partial, what, unit_name = cost.group_ms, "latency", "ms"
     # The bound terms are a per-op sum; the whole-model prediction adds structure (invoke overhead,
     # dispatch, reorders) that barely depends on the widths: an offset, taken from the dense model.
     offset = dense_ms - cost.hard_ms(sizes) if groups else 0.0
@@ -537,9 +543,7 @@ def compress(
             # reorders) and even the narrowest widths are over the internal budget on the whole-model
             # scale. With a target to measure, the narrowest model is measured and the loop decides;
             # without one the budget cannot be shown to be met.
-            final = fast_side_widths(
-                list(min_widths), units, sizes, partial, min_widths=min_widths, align=align
-            )
+            final = narrowest_widths(units, sizes, partial, min_widths=min_widths, align=align)
             small = gates.materialize(example, widths=final, prepare=_strip_quant, scores=scores)
             predicted_ms = check_ms(small, final)
             if measure_fn is None:

@@ -355,3 +355,8 @@ class LatencyModel:
 
     def terms_of_group(self, g: int) -> list[int]:
         return [k for k, t in enumerate(self.terms) if g in t.groups]
+
+    def group_ms(self, g: int, widths: Sequence[int]) -> float:
+        """Real-table latency of the terms whose widths depend on group ``g`` (the part of
+        :meth:`hard_ms` that changes with that group's width)."""
+        return sum(self.term_ms(k, widths) for k in self.terms_of_group(g))

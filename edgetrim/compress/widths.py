@@ -25,7 +25,7 @@ from edgetrim.errors import BudgetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fast_side_widths", "fit_budget", "smallest_reachable"]
+__all__ = ["fast_side_widths", "fit_budget", "narrowest_widths", "smallest_reachable"]
 
 # partial(g, widths): the part of the cost that depends on group g's width; total(widths): all of it.
 PartialCost = Callable[[int, Sequence[int]], float]
@@ -170,8 +170,9 @@ def _grow_from_floor(
 
     The fallback for a descent that stopped above the budget: on a table that is not monotone in
     width (a noisy profile) every single-group step down can cost more while a joint one costs less.
-    From every group at the fast side of its narrowest (aligned) width, widen one group at a time to the fast side of
-    its next step, most importance share gained per cost added first, up to ``ceiling``.
+    From every group at the fast side of its narrowest (aligned) width, widen one group at a time to
+    the fast side of its next step, most importance share gained per cost added first, up to
+    ``ceiling``.
     """
     aligns = [1] * len(units) if align is None else list(align)
     widths = fast_side_widths(floor, units, ceiling, partial, min_widths=floor, align=align)
@@ -221,6 +222,19 @@ def smallest_reachable(
     min_widths: Sequence[int] | None = None,
     align: Sequence[int] | None = None,
 ) -> float:
-    """The cost with every group at its narrowest fast-side width (``min_widths``, rounded up a step)."""
+    """The cost with every group at its narrowest fast-side width (:func:`narrowest_widths`)."""
+    return total(narrowest_widths(units, sizes, partial, min_widths=min_widths, align=align))
+
+
+def narrowest_widths(
+    units: Sequence[int],
+    sizes: Sequence[int],
+    partial: PartialCost,
+    *,
+    min_widths: Sequence[int] | None = None,
+    align: Sequence[int] | None = None,
+) -> list[int]:
+    """Every group at its narrowest fast-side width (``min_widths``, rounded up a step): the smallest
+    structure the table allows."""
     start = list(units) if min_widths is None else list(min_widths)
-    return total(fast_side_widths(start, units, sizes, partial, min_widths=min_widths, align=align))
+    return fast_side_widths(start, units, sizes, partial, min_widths=min_widths, align=align)
