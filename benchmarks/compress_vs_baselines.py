@@ -63,6 +63,7 @@ from edgetrim.compress.config import CompressConfig, Regularizer
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups, output_layers
 from edgetrim.errors import BudgetError, UncoveredOpError
+from edgetrim.examples._common import scaled_channels
 from edgetrim.examples.data import digits_hard_loaders, digits_loaders
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
@@ -225,12 +226,9 @@ def bisect_ratio(make, fits, lo: float = 0.0, hi: float = 0.95, steps: int = 8):
 
 
 def _divisible(channels: float, full: int, unit: int, divisor: int) -> int:
-    """MobileNet's width-multiplier rounding: nearest multiple of ``divisor``, never below 90% of
-    ``channels`` nor above ``full``, whole units."""
-    w = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    if w < 0.9 * channels:
-        w += divisor
-    return min(full, math.ceil(w / unit) * unit)
+    """MobileNet's width-multiplier rounding (the zoo's ``scaled_channels``), never above ``full``,
+    whole units."""
+    return min(full, math.ceil(scaled_channels(channels, 1.0, divisor) / unit) * unit)
 
 
 def uniform_model(model, example, keep_frac: float, round_to: int | None = None) -> nn.Module:
