@@ -68,6 +68,8 @@ class DigitsArrays(NamedTuple):
 
 def _stratified_split(y: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): each class keeps its share in both splits; the same seed gives the same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
     train_idx: list[np.ndarray] = []
     val_idx: list[np.ndarray] = []
@@ -136,8 +138,6 @@ def digits_arrays(
         >>> a.x_train.shape[1], a.x_train.dtype.name
         (64, 'float32')
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if flat and tokens:
         raise ValueError("flat and tokens are different layouts: pass at most one of them")
     images, labels = _load_images(image_size)
@@ -184,8 +184,6 @@ def digits_hard_arrays(
         >>> a.x_train.shape[1:], len(a.x_val)
         ((1, 16, 16), 450)
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if image_size < 12:
         raise ValueError(f"image_size must be >= 12 for the distorted digits, got {image_size}")
     if train_copies < 1 or val_copies < 1:
