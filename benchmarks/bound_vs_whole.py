@@ -1,13 +1,15 @@
-"""How far compress' per-group latency model is from the table's whole-model prediction.
+"""How far a per-op sum of compress' bound terms is from the table's whole-model prediction.
 
-``compress`` prices widths with the bound terms (one table lookup per operator, the widths written
-as functions of the group widths) plus a constant offset taken on the dense model, which stands for
-what the whole-model prediction adds (invoke overhead, per-node dispatch, onnxruntime's NCHWc layout:
-reorders at region boundaries, one-op reorder costs taken off blocked convs, Adds and activations fused
-into convs). This materialises each zoo model at random aligned widths (and at its narrowest) and
-writes, per configuration, the whole-model prediction of the materialised model, the bound terms plus
-offset, and their difference, to benchmarks/results/bound_vs_whole.json. No device timing; it reads
-the cached ort-cpu tables of compress_vs_baselines (profiled on first use).
+The bound terms (one table lookup per operator, the widths written as functions of the group widths)
+plus a constant offset taken on the dense model stand for what the whole-model prediction adds
+(invoke overhead, per-node dispatch, onnxruntime's NCHWc layout: reorders at region boundaries,
+one-op reorder costs taken off blocked convs, Adds and activations fused into convs). compress used
+to price widths that way; it now prices them with ``LatencyModel.whole_ms`` (the whole-model
+prediction of the bound operators at the widths). This materialises each zoo model at random aligned
+widths (and at its narrowest) and writes, per configuration, the whole-model prediction of the
+materialised model, the bound terms plus offset, ``whole_ms``, and their differences, to
+benchmarks/results/bound_vs_whole.json. No device timing; it reads the cached ort-cpu tables of
+compress_vs_baselines (profiled on first use).
 
     .venv/bin/python benchmarks/bound_vs_whole.py [--models mobilenetv3_small,resnet_small] [--configs 12]
 """
@@ -60,22 +62,28 @@ def measure_model(name: str, image_size: int, configs: int, seed: int) -> dict:
     gates = ChannelGates(model, groups)
     rows = []
     for req in requests:
-        widths = fast_side_widths(req, units, sizes, cost.group_ms, min_widths=min_w, align=align)
+        widths = fast_side_widths(
+            req, units, sizes, lambda _g, w: cost.whole_ms(w), min_widths=min_w, align=align
+        )
         small = gates.materialize(example, widths=widths)
         whole = model_latency_ms(table, extract(small, example))
         bound = cost.hard_ms(widths) + offset
+        substituted = cost.whole_ms(widths)
         rows.append(
             {"widths": widths, "whole_ms": whole, "bound_plus_offset_ms": bound, "diff_ms": whole - bound,
-             "rel_diff": (whole - bound) / whole}
+             "rel_diff": (whole - bound) / whole, "whole_ms_substituted": substituted,
+             "substituted_diff_ms": whole - substituted}
         )  # fmt: skip
         print(
-            name, widths, f"whole {whole:.4f} bound+offset {bound:.4f} diff {whole - bound:+.4f}", flush=True
-        )
+            name, widths, f"whole {whole:.4f} bound+offset {bound:.4f} diff {whole - bound:+.4f} "
+            f"substituted {substituted:.4f}", flush=True,
+        )  # fmt: skip
     gates.detach_hooks()
     rel = [r["rel_diff"] for r in rows]
     return {
         "model": name, "dense_ms": dense_ms, "offset_ms": offset, "nchwc_block": block,
         "rel_diff_median": statistics.median(rel), "rel_diff_min": min(rel), "rel_diff_max": max(rel),
+        "substituted_abs_diff_max_ms": max(abs(r["substituted_diff_ms"]) for r in rows),
         "narrowest": rows[0], "rows": rows,
     }  # fmt: skip
 

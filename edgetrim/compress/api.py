@@ -69,7 +69,7 @@ from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, qua
 from edgetrim.compress.run_folder import save_run
 from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
-from edgetrim.compress.widths import fast_side_widths, fit_budget, narrowest_widths, smallest_reachable
+from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy, run_epochs
 from edgetrim.io_utils import atomic_write_bytes
@@ -336,12 +336,20 @@ def compress(
         sub = LatencyModel(None, [cost.terms[k] for k in cost.terms_of_group(g)], units)
         return sub.hard_flops(widths)
 
+    def whole_ms(_g: int, widths: Sequence[int]) -> float:
+        # The part of the whole-model price that changes with one group's width, for the width fit:
+        # the whole price itself (the fit only compares prices that differ in that group's width).
+        # A per-group sum of terms would miss the layout costs that move with the width (NCHWc
+        # reorders at region boundaries, the reorders blocked ops shed), mostly at narrow widths.
+        return cost.whole_ms(widths)
+
     budget: float | None = None
-    cost_fn: Callable[[Sequence[int]], float] = cost.hard_ms
-    partial, what, unit_name = cost.group_ms, "latency", "ms"
-    # The bound terms are a per-op sum; the whole-model prediction adds structure (invoke overhead,
-    # dispatch, reorders) that barely depends on the widths: an offset, taken from the dense model.
-    offset = dense_ms - cost.hard_ms(sizes) if groups else 0.0
+    cost_fn: Callable[[Sequence[int]], float] = cost.whole_ms
+    partial, what, unit_name = whole_ms, "latency", "ms"
+    # ``whole_ms`` is the whole-model prediction at the widths; what it cannot price the same way as
+    # the extracted dense model (attention terms whose context changes with the heads are scaled) is
+    # an offset taken from the dense model, 0 otherwise.
+    offset = dense_ms - cost.whole_ms(sizes) if groups else 0.0
     dense_cost = dense_ms - offset
     shift = offset if config.budget_ms is not None else 0.0  # internal scale -> the budget's own
     if config.budget_ms is not None:
@@ -397,7 +405,7 @@ def compress(
         except UncoveredOpError:
             # an attention op whose context changes with the head count: priced by the bound model
             logger.info("materialised model has a context outside the table; using the bound prediction")
-            return cost.hard_ms(widths) + offset
+            return cost.whole_ms(widths) + offset
 
     # Calibrate the training target on the target itself: the dual ascent drives the *table's*
     # latency to ``budget_ms x predicted / measured`` of the structure the final step would build
@@ -428,7 +436,7 @@ def compress(
         scores = _unit_scores(gates, work)
         try:
             now = fit_budget(
-                start, units, _importance(scores), partial, cost.hard_ms, trainer.budget,
+                start, units, _importance(scores), partial, cost.whole_ms, trainer.budget,
                 min_widths=min_widths, align=align,
             )  # fmt: skip
         except BudgetError:
@@ -445,7 +453,7 @@ def compress(
             "epoch": trainer.state.epoch + 1,
             **stats,
             "accuracy": evaluate_accuracy(work, val_loader),
-            "predicted_ms": cost.hard_ms(widths) + offset,
+            "predicted_ms": cost.whole_ms(widths) + offset,
             "flops": cost.hard_flops(widths),
             "widths": widths,
             "bits": {n: q.bits() for n, q in quants.items()},
@@ -511,15 +519,16 @@ def compress(
         predicted_ms = check_ms(small, final)
         tighten = 0
         while predicted_ms > ms_budget + 1e-9 and groups and tighten < 20:
-            # The bound terms and the extracted model disagree (should not happen): shrink and re-check.
+            # The bound model and the extracted model disagree (only where a context changes with a
+            # group, e.g. attention heads priced from a table that holds the narrowed context).
             tighten += 1
-            target = cost.hard_ms(final) - (predicted_ms - ms_budget)
+            target = cost.whole_ms(final) - (predicted_ms - ms_budget)
             final = fit_budget(
                 final,
                 units,
                 ranked,
                 partial,
-                cost.hard_ms,
+                cost.whole_ms,
                 target,
                 min_widths=min_widths,
                 align=align,
@@ -533,30 +542,7 @@ def compress(
         return final, small, predicted_ms
 
     if ms_budget is not None:
-        try:
-            final, small, predicted_ms = meet_predicted(final, small, ms_budget)
-        except BudgetError:
-            if not groups:
-                raise
-            # The per-group terms plus the dense model's offset under-predicted these widths (the
-            # whole-model prediction adds layout costs that change with width, e.g. onnxruntime's NCHWc
-            # reorders) and even the narrowest widths are over the internal budget on the whole-model
-            # scale. With a target to measure, the narrowest model is measured and the loop decides;
-            # without one the budget cannot be shown to be met.
-            final = narrowest_widths(units, sizes, partial, min_widths=min_widths, align=align)
-            small = gates.materialize(example, widths=final, prepare=_strip_quant, scores=scores)
-            predicted_ms = check_ms(small, final)
-            if measure_fn is None:
-                raise BudgetError(
-                    f"latency budget {config.budget_ms:.4g} ms could not be met: the narrowest widths this "
-                    f"table allows are predicted at {predicted_ms:.4g} ms for the whole model; raise the budget",
-                    smallest=predicted_ms,
-                ) from None
-            logger.warning(
-                "the narrowest widths are predicted at %.4f ms, over the internal budget %.4f ms; measuring them",
-                predicted_ms, ms_budget,
-            )  # fmt: skip
-            ms_budget = predicted_ms
+        final, small, predicted_ms = meet_predicted(final, small, ms_budget)
     else:
         predicted_ms = check_ms(small, final)
 
@@ -601,7 +587,7 @@ def compress(
                 new_budget = 0.5 * (best[2] + over)
             try:
                 new_final = fit_budget(
-                    start, units, ranked, partial, cost.hard_ms, new_budget - offset,
+                    start, units, ranked, partial, cost.whole_ms, new_budget - offset,
                     min_widths=min_widths, align=align,
                 )  # fmt: skip
             except BudgetError:

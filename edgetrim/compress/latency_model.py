@@ -9,7 +9,11 @@ between ``graph`` and ``model_ops`` is assumed.
 
 The differentiable cost (Eq. 6) evaluates :func:`~edgetrim.compress.surrogate.bilinear_ms` on the
 table's monotone lower envelope at the soft widths; :meth:`LatencyModel.hard_ms` evaluates the real
-(staircase) table at integer widths and is what budgets are checked against.
+(staircase) table at integer widths, term by term. :meth:`LatencyModel.whole_ms` is what budgets are
+checked against: the table's whole-model prediction (``predict_model``) of the operators at those
+widths, which adds the runtime structure a per-op sum leaves out and which itself changes with the
+widths (on onnxruntime: NCHWc reorders at region boundaries, the reorders a blocked op's one-op
+profile paid, fused nodes, per-node dispatch).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 from edgetrim.compress.graph import ChannelGroup, materialize_channels
 from edgetrim.compress.surrogate import bilinear_ms, bilinear_ms_batched
 from edgetrim.errors import UncoveredOpError
-from edgetrim.lookup_tables import LatencyTable
+from edgetrim.lookup_tables import LatencyTable, ModelPredictor
 from edgetrim.types import LayerOp, OpContext, OpKind
 
 logger = logging.getLogger(__name__)
@@ -167,6 +171,9 @@ class LatencyModel:
         self._cache: dict[tuple[int, int, int], float] = {}
         self._real: dict[OpContext, np.ndarray] = {}  # dense real-table surface per context
         self._packed: tuple[Tensor, ...] | None = None
+        self._predictor = ModelPredictor(table) if table is not None else None
+        self._whole: dict[tuple[int, ...], float] = {}
+        self._ops: dict[tuple[int, int, int], LayerOp] = {}
         known = set(table.contexts()) if table is not None else set()
         self.contexts = [resolve_context(known, t.op.context) for t in self.terms]  # as priced by the table
         self.covered = [c is not None for c in self.contexts]
@@ -323,8 +330,51 @@ class LatencyModel:
         return self._cache[key]
 
     def hard_ms(self, widths: Sequence[int]) -> float:
-        """Latency the real (staircase) table predicts for the model at these group widths."""
+        """Sum of the real (staircase) table's per-term latencies at these group widths."""
         return sum(self.term_ms(k, widths) for k in range(len(self.terms)))
+
+    def op_at(self, k: int, widths: Sequence[int]) -> LayerOp:
+        """Term ``k``'s operator at these group widths, in the context the table prices it with.
+
+        A term whose context changes with a group (``scale``) keeps its dense context here; its
+        price is scaled in :meth:`whole_ms`.
+        """
+        t = self.terms[k]
+        w_in = max(0, t.in_expr.hard(widths))
+        w_out = max(0, t.out_expr.hard(widths))
+        key = (k, w_in, w_out)
+        op = self._ops.get(key)
+        if op is None:
+            ctx = self.contexts[k] or t.op.context
+            op = dataclasses.replace(t.op, context=ctx, in_width=w_in, out_width=w_out)
+            self._ops[key] = op
+        return op
+
+    def whole_ms(self, widths: Sequence[int]) -> float:
+        """The table's whole-model prediction (``predict_model``) of the model at these group widths.
+
+        Equal to the prediction of the materialised model at these widths (tested), without
+        materialising it: the widths are substituted into the bound operators. What differs from
+        :meth:`hard_ms` is the runtime structure in the prediction (invoke overhead, per-node
+        dispatch, NCHWc reorders and fusions), part of which changes with the widths. Memoised.
+        """
+        assert self._predictor is not None, "whole_ms needs a table"
+        key = tuple(int(w) for w in widths)
+        hit = self._whole.get(key)
+        if hit is not None:
+            return hit
+        ops = [self.op_at(k, key) for k in range(len(self.terms))]
+        pred = self._predictor.predict(ops)
+        total = pred.total_ms
+        scaled = [k for k, t in enumerate(self.terms) if t.scale is not None]
+        if scaled:
+            # one row per operator in order, layout rows in between
+            op_rows = [r for r in pred.rows if r.method != "layout"]
+            for k in scaled:
+                g, size = self.terms[k].scale  # type: ignore[misc]
+                total -= op_rows[k].ms * (1.0 - key[g] / size)
+        self._whole[key] = total
+        return total
 
     # ---- FLOPs (Eq. 4) ---------------------------------------------------------------------------
     def _flops_scale(self, t: LayerTerm, x: Tensor | float, y: Tensor | float) -> Tensor | float:

@@ -6,6 +6,7 @@ Torch-free by design (tests enforce it): tables are read on machines without tor
 from edgetrim.lookup_tables.predict import (
     LayerPrediction,
     ModelPrediction,
+    ModelPredictor,
     flops_baseline_ms,
     predict_model,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "LatencyTable",
     "LayerPrediction",
     "ModelPrediction",
+    "ModelPredictor",
     "PointPrediction",
     "check_target",
     "flops_baseline_ms",

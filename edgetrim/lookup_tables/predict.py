@@ -375,6 +375,94 @@ def _layout_row(name: str, ctx: OpContext, width: int, ms: float) -> LayerPredic
     return LayerPrediction(name, ctx.key(), width, width, float(ms), True, False, method="layout")
 
 
+class ModelPredictor:
+    """:func:`predict_model` for many variants of one model on one table (a width search).
+
+    Holds what does not change between calls: the table's contexts, the calibrated per-element fits
+    and a memo of every per-op table prediction, so re-pricing the model at other widths costs a
+    walk over its operators (the NCHWc layout included) rather than a table interpolation per op.
+    """
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+        self._known = set(table.contexts())
+        self._cal = _Calibrations(table)
+        self._memo: dict[tuple[OpContext, int, int], tuple[float, bool, str, float]] = {}
+        block = table.meta.get("ort_nchwc_block")
+        align = table.meta.get("ort_nchwc_conv_alignment")
+        self._block = int(block) if block else None
+        self._align = int(align) if align else None
+        self._overhead = (
+            float(table.meta.get("invoke_overhead_ms") or 0.0)
+            if table.meta.get("invoke_overhead_subtracted")
+            else 0.0
+        )
+        self._per_op = float(table.meta.get("per_op_overhead_ms") or 0.0)
+
+    def _price(self, op: LayerOp) -> tuple[float, bool, str, float]:
+        """(ms, extrapolated, method, uncovered estimate) of one op alone, memoised."""
+        ctx = op.context
+        key = (ctx, op.in_width, op.out_width)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        if ctx in self._known:
+            p = self.table.predict_ms(ctx, op.in_width, op.out_width)
+            out = (float(p.ms), bool(p.extrapolated), "table", 0.0)
+        elif ctx.kind in TABLED_KINDS:
+            raise UncoveredOpError(
+                f"layer {op.name!r} ({ctx.key()}, {op.in_width}->{op.out_width}) has no context in the table; "
+                f"profile this model on the target (`edgetrim profile --model ...`) and predict again"
+            )
+        elif (c := self._cal.for_context(ctx)) is not None:
+            out = (c(elements(ctx, op.in_width, op.out_width)), False, "calibrated", 0.0)
+        else:
+            g = self._cal.generic()
+            est = g(elements(ctx, op.in_width, op.out_width)) if g is not None else float("nan")
+            out = (0.0, False, "uncovered", est)
+        self._memo[key] = out
+        return out
+
+    def predict(self, layer_ops: Sequence[LayerOp]) -> ModelPrediction:
+        """The whole-model prediction of ``layer_ops`` (see :func:`predict_model`)."""
+        rows: list[LayerPrediction] = []
+        uncovered_est: list[float] = []
+        for op in layer_ops:
+            ms, ext, method, est = self._price(op)
+            covered = method != "uncovered"
+            rows.append(
+                LayerPrediction(
+                    op.name, op.context.key(), op.in_width, op.out_width, ms, covered, ext, method
+                )
+            )
+            if not covered:
+                uncovered_est.append(est)
+        if self._block:
+            rows = _nchwc_layout(self.table, self._cal, layer_ops, rows, self._block, self._align)
+        layers_ms = float(sum(r.ms for r in rows))
+        # A one-op model pays the runtime's per-node dispatch once, and the profiler subtracted it with
+        # the invoke overhead; inside a model every further node pays it again.
+        nodes = sum(1 for r in rows if r.method != "fused")
+        dispatch = self._per_op * max(nodes - 1, 0)
+        total = layers_ms + self._overhead + dispatch
+        if not uncovered_est:
+            share = 0.0
+        elif all(np.isfinite(uncovered_est)) and total + sum(uncovered_est) > 0:
+            share = float(sum(uncovered_est) / (total + sum(uncovered_est)))
+        else:
+            share = len(uncovered_est) / max(len(rows), 1)
+        ext_ms = sum(r.ms for r in rows if r.extrapolated)
+        return ModelPrediction(
+            total_ms=total,
+            rows=rows,
+            uncovered_share=share,
+            extrapolated_share=float(ext_ms / total) if total > 0 else 0.0,
+            device=self.table.device.fingerprint(),
+            overhead_ms=self._overhead,
+            dispatch_ms=dispatch,
+        )
+
+
 def predict_model(
     table: LatencyTable,
     layer_ops: Sequence[LayerOp],
@@ -405,60 +493,7 @@ def predict_model(
     """
     if target is not None:
         check_target(table, target, allow_other=allow_other_target)
-    known = set(table.contexts())
-    cal = _Calibrations(table)
-    rows: list[LayerPrediction] = []
-    uncovered_est: list[float] = []
-    for op in layer_ops:
-        ctx, key = op.context, op.context.key()
-        if ctx in known:
-            p = table.predict_ms(ctx, op.in_width, op.out_width)
-            rows.append(LayerPrediction(op.name, key, op.in_width, op.out_width, p.ms, True, p.extrapolated))
-            continue
-        if ctx.kind in TABLED_KINDS:
-            raise UncoveredOpError(
-                f"layer {op.name!r} ({key}, {op.in_width}->{op.out_width}) has no context in the table; "
-                f"profile this model on the target (`edgetrim profile --model ...`) and predict again"
-            )
-        c = cal.for_context(ctx)
-        if c is not None:
-            ms = c(elements(ctx, op.in_width, op.out_width))
-            rows.append(
-                LayerPrediction(op.name, key, op.in_width, op.out_width, ms, True, False, method="calibrated")
-            )
-            continue
-        rows.append(LayerPrediction(op.name, key, op.in_width, op.out_width, 0.0, False, False, "uncovered"))
-        g = cal.generic()
-        uncovered_est.append(g(elements(ctx, op.in_width, op.out_width)) if g is not None else float("nan"))
-    block = table.meta.get("ort_nchwc_block")
-    if block:
-        align = table.meta.get("ort_nchwc_conv_alignment")
-        rows = _nchwc_layout(table, cal, layer_ops, rows, int(block), int(align) if align else None)
-    layers_ms = float(sum(r.ms for r in rows))
-    overhead = 0.0
-    if table.meta.get("invoke_overhead_subtracted"):
-        overhead = float(table.meta.get("invoke_overhead_ms") or 0.0)
-    # A one-op model pays the runtime's per-node dispatch once, and the profiler subtracted it with
-    # the invoke overhead; inside a model every further node pays it again.
-    nodes = sum(1 for r in rows if r.method != "fused")
-    dispatch = float(table.meta.get("per_op_overhead_ms") or 0.0) * max(nodes - 1, 0)
-    total = layers_ms + overhead + dispatch
-    if not uncovered_est:
-        share = 0.0
-    elif all(np.isfinite(uncovered_est)) and total + sum(uncovered_est) > 0:
-        share = float(sum(uncovered_est) / (total + sum(uncovered_est)))
-    else:
-        share = len(uncovered_est) / max(len(rows), 1)
-    ext_ms = sum(r.ms for r in rows if r.extrapolated)
-    return ModelPrediction(
-        total_ms=total,
-        rows=rows,
-        uncovered_share=share,
-        extrapolated_share=float(ext_ms / total) if total > 0 else 0.0,
-        device=table.device.fingerprint(),
-        overhead_ms=overhead,
-        dispatch_ms=dispatch,
-    )
+    return ModelPredictor(table).predict(layer_ops)
 
 
 def total_macs(layer_ops: Sequence[LayerOp]) -> int:

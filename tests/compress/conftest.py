@@ -14,7 +14,7 @@ import pytest
 
 from edgetrim.lookup_tables import LatencyTable
 from edgetrim.lookup_tables.grid import plan_points
-from edgetrim.types import DeviceInfo, LatencyStats, LayerOp, OpContext
+from edgetrim.types import DeviceInfo, LatencyStats, LayerOp, OpContext, OpKind
 
 STEP = 8
 
@@ -65,6 +65,32 @@ def staircase_table(
             ms = ms_of(ctx, i, o)
             table.record(ctx, i, o, LatencyStats(ms, ms, ms, ms, 0.0, 5))
     return table
+
+
+def with_nchwc_layout(table: LatencyTable, per_element_ms: float, *, chains: bool = False) -> LatencyTable:
+    """``table`` with onnxruntime's NCHWc layout rules on (block 8, convs blocked at multiples of 4).
+
+    Blocked convs shed their one-op reorders and region boundaries gain reorders, all priced per
+    element (width-dependent), as on a profiled ort-cpu table. ``chains``: also the reorder-pair
+    chains and a hardswish fused into a blocked conv, which price in-graph reorders and fusions.
+    """
+    table.meta["ort_nchwc_block"] = 8
+    table.meta["ort_nchwc_conv_alignment"] = 4
+    variants = {"in": 1.0, "out": 1.0}
+    if chains:
+        variants |= {"pair1": 1.5, "pair8": 9.0, "fuse_none": 4.0, "fuse_hardswish": 4.5}
+    for name, factor in variants.items():
+        ctx = OpContext(OpKind.OTHER, spatial=(8, 8), variant=f"nchwc8_{name}")
+        for w in (8, 16, 24, 32):
+            ms = factor * per_element_ms * w * 64
+            table.record(ctx, w, w, LatencyStats(ms, ms, ms, ms, 0.0, 5))
+    return table
+
+
+@pytest.fixture(scope="session")
+def nchwc_layout():
+    """The :func:`with_nchwc_layout` modifier."""
+    return with_nchwc_layout
 
 
 @pytest.fixture(scope="session")
