@@ -16,9 +16,14 @@ repeats everything on other seeded fit/tune partitions (one partition's 40% is a
 choice made on one partition can be noise). A schedule whose budget the table cannot reach records the
 error.
 
+``--data digits_hard`` tunes on the distorted digits (split on the originals, so no tuning image is
+a copy of a fitting one); ``--importances magnitude,taylor`` compares the final width fit's unit
+importances (``CompressConfig.unit_importance``).
+
     .venv/bin/python benchmarks/compress_schedule_tuning.py [--models resnet_small,mobilenetv3_small]
         [--schedules 4:2,3:3,2:4,1:5] [--ablation 0:6] [--fractions 0.7,0.5] [--seeds 0,1,2]
-        [--gate-lrs 0.05] [--partitions 123]
+        [--gate-lrs 0.05] [--partitions 123] [--data digits|digits_hard] [--importances magnitude]
+        [--out compress_schedule_tuning.json]
 
 Writes benchmarks/results/compress_schedule_tuning.json: every run, the mean / std accuracy per
 (model, fraction, method) and ``chosen``: the schedule (and gate learning rate) with the best mean
@@ -53,7 +58,7 @@ from compress_vs_baselines import (
 from edgetrim.compress.api import compress
 from edgetrim.compress.config import CompressConfig
 from edgetrim.errors import EdgetrimError
-from edgetrim.examples.data import digits_arrays
+from edgetrim.examples.data import digits_arrays, digits_hard_arrays
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
 from edgetrim.model_ops import extract_layer_ops
@@ -62,12 +67,29 @@ from edgetrim.profiler.targets import get_target
 TUNE_SHARE = 0.4
 
 
-def tuning_loaders(image_size: int, seed: int = 123) -> tuple[DataLoader, DataLoader]:
-    """(fit, tune) loaders over a seeded split of the digits *training* split (validation untouched)."""
-    a = digits_arrays(image_size=image_size)
-    idx = np.random.default_rng(seed).permutation(len(a.y_train))
-    n_tune = int(len(idx) * TUNE_SHARE)
-    tune, fit = idx[:n_tune], idx[n_tune:]
+def tuning_rows(n: int, copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, tune) row indices of ``copies`` copy-major copies of ``n`` originals (row ``r`` is a copy of
+    original ``r % n``), split on the originals with ``TUNE_SHARE`` of them tuning."""
+    idx = np.random.default_rng(seed).permutation(n)
+    n_tune = int(n * TUNE_SHARE)
+    tune, fit = (
+        (rows[None, :] + n * np.arange(copies)[:, None]).ravel() for rows in (idx[:n_tune], idx[n_tune:])
+    )
+    return fit, tune
+
+
+def tuning_loaders(image_size: int, seed: int = 123, data: str = "digits") -> tuple[DataLoader, DataLoader]:
+    """(fit, tune) loaders over a seeded split of the *training* split (validation untouched).
+
+    ``digits_hard`` holds several distorted copies of every training original (copy-major): the split
+    is made on the originals, so no tuning image is a copy of a fitting image.
+    """
+    if data == "digits_hard":
+        a = digits_hard_arrays(image_size=image_size)
+        copies = len(a.y_train) // len(digits_arrays(image_size=image_size).y_train)
+    else:
+        a, copies = digits_arrays(image_size=image_size), 1
+    fit, tune = tuning_rows(len(a.y_train) // copies, copies, seed)
 
     def loader(rows: np.ndarray, train: bool) -> DataLoader:
         ds = TensorDataset(torch.from_numpy(a.x_train[rows]), torch.from_numpy(a.y_train[rows]))
@@ -77,10 +99,15 @@ def tuning_loaders(image_size: int, seed: int = 123) -> tuple[DataLoader, DataLo
     return loader(fit, True), loader(tune, False)
 
 
-def method_name(pen: int, ft: int, gate_lr: float, *, several: bool) -> str:
+def method_name(pen: int, ft: int, gate_lr: float, *, several: bool, importance: str | None = None) -> str:
     """``ours_2:4``, or ``ours_2:4_glr0.002`` when several gate learning rates are tuned (a schedule with
-    no penalised epoch never moves the gates, so it keeps the plain name)."""
-    return f"ours_{pen}:{ft}" + (f"_glr{gate_lr:g}" if several and pen > 0 else "")
+    no penalised epoch never moves the gates, so it keeps the plain name); ``_taylor`` / ``_magnitude``
+    appended when several unit importances are."""
+    return (
+        f"ours_{pen}:{ft}"
+        + (f"_glr{gate_lr:g}" if several and pen > 0 else "")
+        + (f"_{importance}" if importance else "")
+    )
 
 
 def _spread(xs: list[float]) -> dict:
@@ -105,6 +132,13 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--data", choices=("digits", "digits_hard"), default="digits",
+        help="the training split that is divided into fitting and tuning parts",
+    )  # fmt: skip
+    p.add_argument(
+        "--importances", default="magnitude", help="unit importances of the final width fit to compare"
+    )  # fmt: skip
     p.add_argument("--out", default="compress_schedule_tuning.json")
     args = p.parse_args()
     schedules = [tuple(int(v) for v in s.split(":")) for s in args.schedules.split(",")]
@@ -117,17 +151,19 @@ def main() -> None:
     total = totals.pop()
     seeds = [int(s) for s in args.seeds.split(",")]
     gate_lrs = [float(g) for g in args.gate_lrs.split(",")]
+    importances = args.importances.split(",")
+    several_imp = len(importances) > 1
     torch.set_num_threads(1)
     target = get_target("ort-cpu", threads=1)
     rows: list[dict] = []
     t0 = time.perf_counter()
     for part, name in [(int(q), n) for q in args.partitions.split(",") for n in args.models.split(",")]:
-        fit, tune = tuning_loaders(args.image_size, seed=part)
+        fit, tune = tuning_loaders(args.image_size, seed=part, data=args.data)
         torch.manual_seed(0)
         model, example = MODEL_ZOO[name](image_size=args.image_size, **MODEL_KWARGS.get(name, {}))
         dense_acc = train_classifier(model, fit, tune, epochs=args.pretrain_epochs, lr=args.lr)
         ops = extract_layer_ops(model, example, fusion=target.fusion)
-        table = benchmark_table(target, ops, name, args.image_size)
+        table = benchmark_table(target, ops, name, args.image_size, reuse=True)
         dense_pred = predicted(table, target, model, example)
         for frac in [float(f) for f in args.fractions.split(",")]:
             budget = frac * dense_pred
@@ -152,14 +188,17 @@ def main() -> None:
                     )
                     print(json.dumps(rows[-1]), flush=True)
             # an ablation has no penalised epoch, so its gate learning rate is moot: run it once
-            runs = [(pen, ft, g) for pen, ft in schedules for g in gate_lrs]
-            runs += [(pen, ft, gate_lrs[0]) for pen, ft in ablation]
-            for pen, ft, glr in runs:
-                method = method_name(pen, ft, glr, several=len(gate_lrs) > 1)
+            runs = [(pen, ft, g, imp) for pen, ft in schedules for g in gate_lrs for imp in importances]
+            runs += [(pen, ft, gate_lrs[0], imp) for pen, ft in ablation for imp in importances]
+            for pen, ft, glr, imp in runs:
+                method = method_name(
+                    pen, ft, glr, several=len(gate_lrs) > 1, importance=imp if several_imp else None
+                )
                 for seed in seeds:
                     cfg = CompressConfig(
-                        budget_ms=budget, epochs=pen, finetune_epochs=ft, lr=args.lr, seed=seed, gate_lr=glr
-                    )
+                        budget_ms=budget, epochs=pen, finetune_epochs=ft, lr=args.lr, seed=seed, gate_lr=glr,
+                        unit_importance=imp,
+                    )  # fmt: skip
                     try:
                         res = compress(model, example, cfg, table=table, train_loader=fit, val_loader=tune)
                     except EdgetrimError as exc:
@@ -183,7 +222,12 @@ def main() -> None:
                  "accuracy": _spread([r["accuracy"] for r in ok]),
                  "predicted_vs_budget": statistics.fmean(r["predicted_ms"] / r["budget_ms"] for r in ok)}
             )  # fmt: skip
-    ours = {method_name(a, b, g, several=len(gate_lrs) > 1) for a, b in schedules for g in gate_lrs}
+    ours = {
+        method_name(a, b, g, several=len(gate_lrs) > 1, importance=imp if several_imp else None)
+        for a, b in schedules
+        for g in gate_lrs
+        for imp in importances
+    }
     # a schedule must have run at every (model, fraction) to be chosen; ties go to more fine-tuning
     cells = {(s["model"], s["fraction"]) for s in summary if s["method"] in ours}
     score = {}

@@ -68,6 +68,7 @@ from edgetrim.examples.data import digits_hard_loaders, digits_loaders
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
 from edgetrim.io_utils import atomic_write_json
+from edgetrim.lookup_tables import load_table
 from edgetrim.model_ops import extract_layer_ops
 from edgetrim.profiler.session import ProfileConfig, profile_table
 from edgetrim.profiler.targets import get_target
@@ -94,11 +95,25 @@ def fits_table(table, target, example, budget: float):
 
 
 def benchmark_table(
-    target, ops, name: str, image_size: int, *, points_per_context: int = 120, refine: bool = True
+    target,
+    ops,
+    name: str,
+    image_size: int,
+    *,
+    points_per_context: int = 120,
+    refine: bool = True,
+    reuse: bool = False,
 ):
     """The ort-cpu table of model ``name`` at ``image_size``, profiled once and cached under results/
-    (resumable); every compress benchmark on the zoo models at that size reads the same file."""
+    (resumable); every compress benchmark on the zoo models at that size reads the same file.
+
+    ``reuse``: read the cached table as it is when there is one (no rechecks or refinement, so a
+    script that only reads predictions can run beside another process without timing anything).
+    """
     suffix = "" if image_size == 8 else f"_s{image_size}_wide"
+    cached = OUT / f"compress_table_{name}{suffix}.json"
+    if reuse and cached.is_file():
+        return load_table(cached)
     return profile_table(
         target, ops, out=OUT / f"compress_table_{name}{suffix}.json", resume=True,
         timing=TimingConfig(warmup=3, min_runs=5, max_runs=30, time_cap_s=0.2), refine=refine,

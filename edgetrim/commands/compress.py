@@ -119,6 +119,14 @@ def compress_cmd(
     sparse_lambda: Annotated[
         float, typer.Option("--sparse-lambda", help="l1/l2 weight penalty with sparse")
     ] = 0.0,
+    unit_importance: Annotated[
+        str,
+        typer.Option(
+            "--unit-importance",
+            help="what the final width fit keeps: magnitude (|alpha| x column norm, per group) or taylor "
+            "(estimated loss change, compared across groups)",
+        ),
+    ] = "magnitude",
     align: Annotated[
         int | None,
         typer.Option("--align", help="final widths are multiples of this (default: the table's NCHWc block)"),
@@ -148,6 +156,7 @@ def compress_cmd(
             blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs,
             finetune_schedule=finetune_schedule, lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
+            unit_importance=unit_importance,
         )  # fmt: skip
     except ValueError as exc:
         raise EdgetrimError(str(exc)) from None

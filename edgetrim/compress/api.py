@@ -57,6 +57,7 @@ from torch.nn.utils import parametrize
 from edgetrim.compress.config import Block, CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import ChannelGroup, Role, find_channel_groups, output_layers
+from edgetrim.compress.importance import magnitude_scores, taylor_scores
 from edgetrim.compress.latency_model import (
     Extractor,
     LatencyModel,
@@ -195,28 +196,6 @@ def model_latency_ms(table: LatencyTable, ops: Sequence[LayerOp]) -> float:
 
 def _group_label(g: ChannelGroup) -> str:
     return f"{g.root_name}" + (f" (heads of {g.unit})" if g.unit > 1 else "")
-
-
-def _unit_scores(gates: ChannelGates, model: nn.Module) -> list[Tensor]:
-    """Per group, one importance per mask entry: ``|alpha| x`` its consumers' column norm.
-
-    The width fit spends this importance and the materialisation keeps the units that have most of
-    it, so the channels removed are the ones the fit counted as cheapest to lose (with untrained
-    gates ``|alpha|`` alone cannot tell units apart).
-    """
-    modules = dict(model.named_modules())
-    out = []
-    for gi, (g, a) in enumerate(zip(gates.groups, gates.alphas)):
-        score = torch.zeros(g.num_units)
-        for name, entries in gates._plan.items():
-            w = modules[name].weight.detach()
-            w = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, k)
-            col = w.pow(2).sum(dim=(0, 2)).sqrt()  # (in,)
-            for egi, local, root in entries:
-                if egi == gi:
-                    score.index_add_(0, root, col[local])
-        out.append(a.detach().abs() * score)
-    return out
 
 
 def _importance(scores: Sequence[Tensor]) -> list[list[float]]:
@@ -398,6 +377,14 @@ def compress(
         resumed = True
         logger.info("resumed from %s after epoch %d", ckpt, trainer.state.epoch)
 
+    relative = config.unit_importance == "magnitude"  # magnitudes are on per-group scales
+
+    def unit_scores() -> list[Tensor]:
+        """Per group, one importance per mask entry (see ``config.unit_importance``)."""
+        if config.unit_importance == "taylor":
+            return taylor_scores(gates, work, train_loader)
+        return magnitude_scores(gates, work)
+
     def check_ms(small: nn.Module, widths: Sequence[int]) -> float:
         """The real table's prediction for the materialised model itself (re-extracted)."""
         try:
@@ -433,11 +420,11 @@ def compress(
         """Measure the structure the final step would build now (the gates' fast-side widths fitted
         to the current internal budget) and re-scale the internal budget by its predicted/measured."""
         start = fast_side_widths(gates.widths(), units, sizes, partial, min_widths=min_widths, align=align)
-        scores = _unit_scores(gates, work)
+        scores = unit_scores()
         try:
             now = fit_budget(
                 start, units, _importance(scores), partial, cost.whole_ms, trainer.budget,
-                min_widths=min_widths, align=align,
+                min_widths=min_widths, align=align, relative=relative,
             )  # fmt: skip
         except BudgetError:
             return
@@ -481,13 +468,13 @@ def compress(
         if groups
         else []
     )
-    scores = _unit_scores(gates, work)  # the weights and gates are final from here on
+    scores = unit_scores()  # the weights and gates are final from here on
     ranked = _importance(scores)
     if budget is not None and groups:
         try:
             final = fit_budget(
                 final, units, ranked, partial, cost_fn, budget, what=what, unit_name=unit_name,
-                min_widths=min_widths, align=align,
+                min_widths=min_widths, align=align, relative=relative,
             )  # fmt: skip
         except BudgetError as exc:
             # Only when even the narrowest widths are over after training (the up-front floor check
@@ -532,6 +519,7 @@ def compress(
                 target,
                 min_widths=min_widths,
                 align=align,
+                relative=relative,
             )
             small = gates.materialize(example, widths=final, prepare=_strip_quant, scores=scores)
             predicted_ms = check_ms(small, final)
@@ -588,7 +576,7 @@ def compress(
             try:
                 new_final = fit_budget(
                     start, units, ranked, partial, cost.whole_ms, new_budget - offset,
-                    min_widths=min_widths, align=align,
+                    min_widths=min_widths, align=align, relative=relative,
                 )  # fmt: skip
             except BudgetError:
                 logger.warning("measured %.4f ms > budget %.4f ms and no narrower widths fit", m_ms, config.budget_ms)  # fmt: skip

@@ -71,6 +71,11 @@ class CompressConfig:
         sparse_lambda: weight of the l1/l2 weight penalty with ``sparse``.
         align: final widths are multiples of this (or a group's full size); None: the table's
             onnxruntime NCHWc block (``meta["ort_nchwc_block"]``) when it records one, else 1.
+        unit_importance: what the final width fit spends and materialisation keeps per mask entry
+            (:mod:`edgetrim.compress.importance`): ``"magnitude"`` (``|alpha| x`` consumer column
+            norm, groups compared by the share of their own score a step removes) or ``"taylor"``
+            (first-order Taylor estimate of the loss change from training batches, compared across
+            groups as it is).
         lowrank_min_width: factorise only layers whose widths are both at least this.
         ignore: module names whose output channels are kept whole.
         seed: RNG seed for the run.
@@ -97,6 +102,7 @@ class CompressConfig:
     lambda_init: float = 0.0
     bits_lambda: float = 0.0
     sparse_lambda: float = 0.0
+    unit_importance: str = "magnitude"
     lowrank_min_width: int = 16
     align: int | None = None
     ignore: tuple[str, ...] = ()
@@ -141,6 +147,8 @@ class CompressConfig:
             raise ValueError(
                 f"finetune_schedule must be 'cosine' or 'constant', got {self.finetune_schedule!r}"
             )
+        if self.unit_importance not in ("magnitude", "taylor"):
+            raise ValueError(f"unit_importance must be 'magnitude' or 'taylor', got {self.unit_importance!r}")
         if self.dual_signal not in ("soft", "hard"):
             raise ValueError(f"dual_signal must be 'soft' or 'hard', got {self.dual_signal!r}")
         if not 0.0 <= self.measure_tolerance < 0.5:

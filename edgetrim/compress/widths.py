@@ -5,8 +5,10 @@ Training asks for a width per group (its non-zero gates). The real table then de
 1. :func:`fast_side_widths`: for each group take the cheapest width at or above the request, the widest
    among equally cheap ones. Channels within a latency step cost nothing extra, so they are kept.
 2. :func:`fit_budget`: while the predicted cost is over budget, move the group whose next step down
-   buys the most cost per share of the group's remaining importance lost (the lowest-|alpha| units go
-   first) to the widest width of that cheaper step. Should no single step be cheaper while the cost
+   buys the most cost per importance lost (the least important units go first) to the widest width
+   of that cheaper step. Importance is counted as the share of the group's remaining importance
+   (``relative``, for scores on per-group scales such as weight magnitudes) or as it is (scores on one
+   scale across groups, such as the Taylor estimate of the loss change). Should no single step be cheaper while the cost
    is still over (a table that is not monotone in width, e.g. a noisy profile), it grows the widths
    back from the narrowest ones instead, as long as they fit.
 
@@ -104,6 +106,7 @@ def fit_budget(
     unit_name: str = "ms",
     min_widths: Sequence[int] | None = None,
     align: Sequence[int] | None = None,
+    relative: bool = True,
 ) -> list[int]:
     """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first.
 
@@ -113,6 +116,8 @@ def fit_budget(
         importance: per group, unit importances sorted in decreasing order (e.g. ``|alpha|``).
         partial, total: cost callables.
         budget: the cost that must not be exceeded.
+        relative: a step loses the share of its group's remaining importance it removes (scores on
+            per-group scales); False: the importance it removes, as is (scores comparable across groups).
 
     Raises:
         BudgetError: no group can shrink further, the cost is still over budget and so is every group
@@ -138,12 +143,17 @@ def fit_budget(
             # share of the group's *remaining* importance that would go: thinning an already thin
             # group costs more than trimming the tail of a wide one
             kept = cum[g][u_now]
-            lost = (kept - cum[g][u_new]) / kept if kept > 0 else (u_now - u_new) / u_now
+            if not relative:
+                lost = kept - cum[g][u_new]
+            elif kept > 0:
+                lost = (kept - cum[g][u_new]) / kept
+            else:
+                lost = (u_now - u_new) / u_now
             score = lost / saved
             if best is None or score < best[0]:
                 best = (score, g, w)
         if best is None:
-            grown = _grow_from_floor(widths, units, cum, partial, total, budget, floor, align)
+            grown = _grow_from_floor(widths, units, cum, partial, total, budget, floor, align, relative)
             if grown is not None:
                 return grown
             reached = total(widths)
@@ -165,6 +175,7 @@ def _grow_from_floor(
     budget: float,
     floor: Sequence[int],
     align: Sequence[int] | None,
+    relative: bool = True,
 ) -> list[int] | None:
     """Widths within ``budget`` grown from the narrowest ones, or None when even those are over.
 
@@ -197,7 +208,7 @@ def _grow_from_floor(
                 w = u
             if total(_with(widths, g, w)) > budget + _EPS:
                 continue
-            whole = cum[g][-1]
+            whole = cum[g][-1] if relative else 1.0
             u_now, u_new = widths[g] // units[g], w // units[g]
             gained = (
                 (cum[g][u_new] - cum[g][u_now]) / whole

@@ -123,3 +123,17 @@ def test_rows_of_another_run_join_on_the_dense_ratio(cvb, tmp_path) -> None:
     curve = doc["comparison"][0]["ours_curve"]
     assert [c["fraction"] for c in curve] == [0.25, 0.5]
     assert [c["measured_ms"] for c in curve] == pytest.approx([0.04, 0.1])
+
+
+def test_tuning_split_of_the_distorted_digits_keeps_every_original_on_one_side(load_benchmark) -> None:
+    """digits_hard holds distorted copies of every training original (copy-major): a tuning image must
+    not be a copy of a fitting image, so the fit/tune split is made on the originals."""
+    tuning = load_benchmark("compress_schedule_tuning")
+    n, copies = 50, 3
+    fit, tune = tuning.tuning_rows(n, copies, seed=5)
+    assert len(fit) + len(tune) == n * copies and not set(fit) & set(tune)
+    assert len(tune) == copies * int(n * tuning.TUNE_SHARE)
+    assert {int(r) % n for r in fit}.isdisjoint({int(r) % n for r in tune})  # row r is original r % n
+    again = tuning.tuning_rows(n, copies, seed=5)
+    assert all((a == b).all() for a, b in zip(again, (fit, tune)))
+    assert not (tuning.tuning_rows(n, copies, seed=6)[1] == tune).all()
