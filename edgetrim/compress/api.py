@@ -9,7 +9,9 @@ Stages (one function each below):
    structure the final step would build from the gates, before training and after each penalised
    epoch but the last, measured: ``budget_ms x predicted / measured``);
 4. choose the final widths with the real table: fast side of every step, then fit the budget
-   (:mod:`.widths`); check the materialised model's predicted latency, tighten if needed;
+   (:mod:`.widths`), every candidate priced by the table's whole-model prediction at its widths
+   (``LatencyModel.whole_ms``: layout reorders, fusions and dispatch included, not a per-op sum);
+   check the materialised model's predicted latency, tighten if needed;
 5. with a ``measure_fn``: measure the materialised model on the target and, while it is over the
    budget, tighten the internal (table-scale) budget by the measured/predicted ratio and redo step 4
    (at most ``config.measure_steps`` times);
@@ -311,9 +313,12 @@ def compress(
     units = [g.unit for g in groups]
     min_widths, align = width_limits(groups, table, config.align)
 
+    group_flops: dict[int, LatencyModel] = {}
+
     def partial_flops(g: int, widths: Sequence[int]) -> float:
-        sub = LatencyModel(None, [cost.terms[k] for k in cost.terms_of_group(g)], units)
-        return sub.hard_flops(widths)
+        if g not in group_flops:  # the FLOPs of the terms that depend on group g, bound once
+            group_flops[g] = LatencyModel(None, [cost.terms[k] for k in cost.terms_of_group(g)], units)
+        return group_flops[g].hard_flops(widths)
 
     def whole_ms(_g: int, widths: Sequence[int]) -> float:
         # The part of the whole-model price that changes with one group's width, for the width fit:
@@ -332,7 +337,7 @@ def compress(
     dense_cost = dense_ms - offset
     shift = offset if config.budget_ms is not None else 0.0  # internal scale -> the budget's own
     if config.budget_ms is not None:
-        budget = config.budget_ms - offset  # on the bound terms' scale
+        budget = config.budget_ms - offset  # on whole_ms' scale
     elif config.budget_flops is not None:
         budget = config.budget_flops
         cost_fn, partial, what, unit_name = cost.hard_flops, partial_flops, "FLOPs", "FLOPs"

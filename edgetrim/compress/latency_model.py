@@ -173,6 +173,7 @@ class LatencyModel:
         self._packed: tuple[Tensor, ...] | None = None
         self._predictor = ModelPredictor(table) if table is not None else None
         self._whole: dict[tuple[int, ...], float] = {}
+        self._group_terms: dict[int, list[int]] = {}
         self._ops: dict[tuple[int, int, int], LayerOp] = {}
         known = set(table.contexts()) if table is not None else set()
         self.contexts = [resolve_context(known, t.op.context) for t in self.terms]  # as priced by the table
@@ -404,7 +405,12 @@ class LatencyModel:
         return sum(self.term_ms(k, widths) for k, t in enumerate(self.terms) if not t.groups)
 
     def terms_of_group(self, g: int) -> list[int]:
-        return [k for k, t in enumerate(self.terms) if g in t.groups]
+        """Indices of the terms whose widths (or context) depend on group ``g`` (cached: the width fit
+        asks for them in its inner loops)."""
+        hit = self._group_terms.get(g)
+        if hit is None:
+            hit = self._group_terms[g] = [k for k, t in enumerate(self.terms) if g in t.groups]
+        return hit
 
     def group_ms(self, g: int, widths: Sequence[int]) -> float:
         """Real-table latency of the terms whose widths depend on group ``g`` (the part of
