@@ -144,10 +144,7 @@ def main() -> None:
     p.add_argument("--splits", default="0-19", help="digits split seeds, e.g. 0-19 or 0,3,5")
     p.add_argument("--variants", default="ours:2:4,ours:0:6,tp,tp8")
     p.add_argument("--pretrain-epochs", type=int, default=6)
-    p.add_argument(
-        "--pretrain-schedule", choices=("constant", "cosine"), default="constant",
-        help="the dense model's learning rate (cosine: trained to convergence, not left mid-descent)",
-    )  # fmt: skip
+    cvb.add_pretrain_schedule_arg(p)
     p.add_argument("--total-epochs", type=int, default=6, help="training epochs after pruning (tp, tp8)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--image-size", type=int, default=16)

@@ -128,6 +128,14 @@ MODEL_KWARGS = {
 }
 
 
+def add_pretrain_schedule_arg(p: argparse.ArgumentParser) -> None:
+    """``--pretrain-schedule`` (shared by the scripts that pre-train the dense zoo models)."""
+    p.add_argument(
+        "--pretrain-schedule", choices=("constant", "cosine"), default="constant",
+        help="the dense model's learning rate (cosine: trained to convergence, not left mid-descent)",
+    )  # fmt: skip
+
+
 def _summary(xs: list[float]) -> dict:
     q = statistics.quantiles(xs, n=10) if len(xs) >= 2 else [xs[0]] * 9
     return {"median_ms": statistics.median(xs), "p10_ms": q[0], "p90_ms": q[-1], "rounds": len(xs)}
@@ -499,10 +507,7 @@ def main() -> None:
         "distractors (2 training / 8 validation copies per image), where a net's width shows in accuracy",
     )  # fmt: skip
     p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument(
-        "--pretrain-schedule", choices=("constant", "cosine"), default="constant",
-        help="the dense model's learning rate (cosine: trained to convergence, not left mid-descent)",
-    )  # fmt: skip
+    add_pretrain_schedule_arg(p)
     # 2 penalised + 4 fine-tune epochs: chosen on a tuning split carved from the training data
     # (benchmarks/compress_schedule_tuning.py), never on the validation split reported here
     p.add_argument("--epochs", type=int, default=2)
