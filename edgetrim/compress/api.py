@@ -395,8 +395,9 @@ def compress(
         try:
             return model_latency_ms(table, extract(small, example))
         except UncoveredOpError:
-            # an attention op whose context changes with the head count: priced by the bound model
-            logger.info("materialised model has a context outside the table; using the bound prediction")
+            # an attention op whose context changes with the head count: priced by the bound model,
+            # whose whole-model price scales such ops by the heads kept
+            logger.info("materialised model has a context outside the table; using the bound model's price")
             return cost.whole_ms(widths) + offset
 
     # Calibrate the training target on the target itself: the dual ascent drives the *table's*

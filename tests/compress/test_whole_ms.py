@@ -18,6 +18,7 @@ from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms
 from edgetrim.examples.models import MODEL_ZOO
+from edgetrim.lookup_tables import predict_model
 
 ZOO = ["digits_cnn", "resnet_small", "mobilenetv3_small", "efficientnet_b0_small", "mlp_bn"]
 
@@ -75,3 +76,25 @@ def test_whole_ms_is_memoised_and_ignores_the_width_sequence_type(make_table, nc
     first = cost.whole_ms(widths)
     assert cost.whole_ms(tuple(widths)) == first
     assert len(cost._whole) == 1
+
+
+def test_whole_ms_of_an_encoder_scales_the_attention_ops_by_the_heads_kept(make_table, nchwc_layout) -> None:
+    """Attention matmuls / softmax change *context* with the head count; the bound model keeps their
+    dense context and prices them by the share of heads kept, inside the whole-model prediction."""
+    model, example, extract, table, groups, cost = _bound(
+        "bert_encoder_small", make_table, nchwc_layout, chains=False
+    )
+    sizes = [g.size for g in groups]
+    assert cost.whole_ms(sizes) == pytest.approx(model_latency_ms(table, extract(model, example)), rel=1e-9)
+    heads = next(i for i, g in enumerate(groups) if g.unit > 1)
+    scaled = [k for k, t in enumerate(cost.terms) if t.scale is not None and t.scale[0] == heads]
+    assert scaled
+    half = list(sizes)
+    half[heads] = sizes[heads] // 2
+    dense_ops = [cost.op_at(k, sizes) for k in range(len(cost.terms))]
+    rows = [r for r in predict_model(table, dense_ops).rows if r.method != "layout"]
+    # what the scaled ops lose at half the heads, plus what the head group's own width changes
+    unscaled_half = predict_model(table, [cost.op_at(k, half) for k in range(len(cost.terms))]).total_ms
+    expected = unscaled_half - sum(0.5 * rows[k].ms for k in scaled)
+    assert cost.whole_ms(half) == pytest.approx(expected, rel=1e-9)
+    assert cost.whole_ms(half) < cost.whole_ms(sizes)
