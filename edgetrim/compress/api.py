@@ -9,7 +9,7 @@ Stages (one function each below):
    structure the final step would build from the gates, before training and after each penalised
    epoch but the last, measured: ``budget_ms x predicted / measured``);
 4. choose the final widths with the real table: fast side of every step, then fit the budget
-   (:mod:`.widths`), every candidate priced by the table's whole-model prediction at its widths
+   (:mod:`.widths`; grown back toward it when training asked for less than it pays for), every candidate priced by the table's whole-model prediction at its widths
    (``LatencyModel.whole_ms``: layout reorders, fusions and dispatch included, not a per-op sum);
    check the materialised model's predicted latency, tighten if needed;
 5. with a ``measure_fn``: measure the materialised model on the target and, while it is over the
@@ -72,7 +72,7 @@ from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, qua
 from edgetrim.compress.run_folder import save_run
 from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
-from edgetrim.compress.widths import fast_side_widths, fit_budget, smallest_reachable
+from edgetrim.compress.widths import fast_side_widths, fit_budget, fit_widths, smallest_reachable
 from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy, run_epochs
 from edgetrim.io_utils import atomic_write_bytes
@@ -428,8 +428,8 @@ def compress(
         start = fast_side_widths(gates.widths(), units, sizes, partial, min_widths=min_widths, align=align)
         scores = unit_scores()
         try:
-            now = fit_budget(
-                start, units, _importance(scores), partial, cost.whole_ms, trainer.budget,
+            now = fit_widths(
+                start, units, sizes, _importance(scores), partial, cost.whole_ms, trainer.budget,
                 min_widths=min_widths, align=align, relative=relative,
             )  # fmt: skip
         except BudgetError:
@@ -478,8 +478,8 @@ def compress(
     ranked = _importance(scores)
     if budget is not None and groups:
         try:
-            final = fit_budget(
-                final, units, ranked, partial, cost_fn, budget, what=what, unit_name=unit_name,
+            final = fit_widths(
+                final, units, sizes, ranked, partial, cost_fn, budget, what=what, unit_name=unit_name,
                 min_widths=min_widths, align=align, relative=relative,
             )  # fmt: skip
         except BudgetError as exc:
@@ -580,8 +580,8 @@ def compress(
                 # between the widest within budget and the narrowest over it (bisect on the table)
                 new_budget = 0.5 * (best[2] + over)
             try:
-                new_final = fit_budget(
-                    start, units, ranked, partial, cost.whole_ms, new_budget - offset,
+                new_final = fit_widths(
+                    start, units, sizes, ranked, partial, cost.whole_ms, new_budget - offset,
                     min_widths=min_widths, align=align, relative=relative,
                 )  # fmt: skip
             except BudgetError:

@@ -8,9 +8,11 @@ Training asks for a width per group (its non-zero gates). The real table then de
    buys the most cost per importance lost (the least important units go first) to the widest width
    of that cheaper step. Importance is counted as the share of the group's remaining importance
    (``relative``, for scores on per-group scales such as weight magnitudes) or as it is (scores on one
-   scale across groups, such as the Taylor estimate of the loss change). Should no single step be cheaper while the cost
-   is still over (a table that is not monotone in width, e.g. a noisy profile), it grows the widths
-   back from the narrowest ones instead, as long as they fit.
+   scale across groups, such as the Taylor estimate of the loss change). Should no single step be
+   cheaper while the cost is still over (a table that is not monotone in width, e.g. a noisy
+   profile), it grows the widths back from the narrowest ones instead, as long as they fit.
+3. :func:`grow_to_budget`: when training asked for less than the budget pays for, widen the groups
+   again, step by step on the fast side, as long as they fit (:func:`fit_widths` picks 2 or 3).
 
 Both take cost callables, so they serve latency (ms) and FLOPs budgets alike. ``align`` (per group)
 restricts the widths to multiples of it (plus the group's full size): onnxruntime's CPU convs run in
@@ -27,7 +29,14 @@ from edgetrim.errors import BudgetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fast_side_widths", "fit_budget", "narrowest_widths", "smallest_reachable"]
+__all__ = [
+    "fast_side_widths",
+    "fit_budget",
+    "fit_widths",
+    "grow_to_budget",
+    "narrowest_widths",
+    "smallest_reachable",
+]
 
 # partial(g, widths): the part of the cost that depends on group g's width; total(widths): all of it.
 PartialCost = Callable[[int, Sequence[int]], float]
@@ -164,6 +173,56 @@ def fit_budget(
             )
         widths[best[1]] = best[2]
     return widths
+
+
+def grow_to_budget(
+    widths: Sequence[int],
+    units: Sequence[int],
+    sizes: Sequence[int],
+    partial: PartialCost,
+    total: TotalCost,
+    budget: float,
+    *,
+    align: Sequence[int] | None = None,
+) -> list[int]:
+    """Widen ``widths`` while they fit ``budget``: the other direction of :func:`fit_budget`.
+
+    Training can ask for fewer channels than the budget pays for (gates that reached zero). Then the
+    widths grow back, one group at a time to the fast side of its next step up to its full ``size``,
+    the group gaining the largest share of its channels per cost added first. Channels brought back
+    had zero gates: they start dead and train in the fine-tune. Returns ``widths`` unchanged when
+    they are over the budget already.
+    """
+    if total(widths) > budget + _EPS:
+        return list(widths)
+    cum = [[float(k) for k in range(size // u + 1)] for size, u in zip(sizes, units)]  # every channel alike
+    grown = _grow_from_floor(sizes, units, cum, partial, total, budget, widths, align)
+    return list(widths) if grown is None else grown
+
+
+def fit_widths(
+    widths: Sequence[int],
+    units: Sequence[int],
+    sizes: Sequence[int],
+    importance: Sequence[Sequence[float]],
+    partial: PartialCost,
+    total: TotalCost,
+    budget: float,
+    *,
+    what: str = "latency",
+    unit_name: str = "ms",
+    min_widths: Sequence[int] | None = None,
+    align: Sequence[int] | None = None,
+    relative: bool = True,
+) -> list[int]:
+    """Widths within ``budget`` from ``widths``: :func:`fit_budget` when they are over it,
+    :func:`grow_to_budget` when they are under (the budget is what the run may spend)."""
+    if total(widths) > budget + _EPS:
+        return fit_budget(
+            widths, units, importance, partial, total, budget, what=what, unit_name=unit_name,
+            min_widths=min_widths, align=align, relative=relative,
+        )  # fmt: skip
+    return grow_to_budget(widths, units, sizes, partial, total, budget, align=align)
 
 
 def _grow_from_floor(

@@ -190,3 +190,19 @@ def test_a_budget_just_over_the_narrowest_whole_model_prediction_is_met(make_tab
             model, example, _config(budget_ms=smallest * 0.999, **cfg), table=table, train_loader=train,
             val_loader=val,
         )  # fmt: skip
+
+
+def test_widths_training_cut_below_the_budget_grow_back_toward_it(setup) -> None:
+    """A penalty held high (lambda fixed by dual_lr 0) drives gates to zero far below what the budget
+    pays for; the final step widens the groups again while the whole model fits the budget."""
+    model, example, train, val, table = setup
+    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    budget = 0.9 * dense_ms
+    cfg = _config(budget_ms=budget, lambda_init=2000.0, dual_lr=0.0, gate_lr=0.5, calibrate=False)
+    rep = compress(model, example, cfg, table=table, train_loader=train, val_loader=val).report
+    asked, kept = rep.widths_requested, rep.widths_after
+    assert sum(asked.values()) < sum(rep.widths_before.values())  # training pruned
+    assert all(kept[g] >= asked[g] for g in asked)
+    # beyond the fast side of the requested step (the table steps every 8 channels): grown back
+    assert any(kept[g] > -(-asked[g] // 8) * 8 for g in asked)
+    assert rep.predicted_ms <= budget + 1e-12

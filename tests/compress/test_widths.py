@@ -77,3 +77,18 @@ def test_fit_budget_gets_out_of_a_dip_by_growing_from_the_floor() -> None:
     assert widths == [7, 7]  # grown from (1, 1) while it fits; 8 on either side would cost 12
     with pytest.raises(BudgetError):  # below the floor's cost nothing helps
         fit_budget([8, 8], [1, 1], imp, lambda g, w: _bumpy(w), _bumpy, budget=0.5)
+
+
+def test_widths_under_the_budget_grow_back_to_the_fast_side_of_steps_that_fit() -> None:
+    from edgetrim.compress.widths import fit_widths, grow_to_budget
+
+    grown = grow_to_budget([8, 8], [1, 1], [32, 32], partial, total, budget=7.0)
+    assert total(grown) <= 7.0 and grown[0] > 8  # group 0's steps are cheaper: it grows first
+    assert all(w % 8 == 0 for w in grown)  # every width the widest of its step
+    # nothing narrower than it started, nothing wider than the group
+    assert grow_to_budget([8, 8], [1, 1], [32, 32], partial, total, budget=100.0) == [32, 32]
+    assert grow_to_budget([16, 16], [1, 1], [32, 32], partial, total, budget=2.0) == [16, 16]  # over: as is
+    imp = [[1.0] * 32, [1.0] * 32]
+    # fit_widths shrinks what is over the budget and grows what is under
+    assert total(fit_widths([32, 32], [1, 1], [32, 32], imp, partial, total, 6.0)) <= 6.0
+    assert fit_widths([8, 8], [1, 1], [32, 32], imp, partial, total, 7.0) == grown
