@@ -62,9 +62,7 @@ def measure_model(name: str, image_size: int, configs: int, seed: int) -> dict:
     gates = ChannelGates(model, groups)
     rows = []
     for req in requests:
-        widths = fast_side_widths(
-            req, units, sizes, lambda _g, w: cost.whole_ms(w), min_widths=min_w, align=align
-        )
+        widths = fast_side_widths(req, units, sizes, cost.partial_ms, min_widths=min_w, align=align)
         small = gates.materialize(example, widths=widths)
         whole = model_latency_ms(table, extract(small, example))
         bound = cost.hard_ms(widths) + offset

@@ -320,16 +320,9 @@ def compress(
             group_flops[g] = LatencyModel(None, [cost.terms[k] for k in cost.terms_of_group(g)], units)
         return group_flops[g].hard_flops(widths)
 
-    def whole_ms(_g: int, widths: Sequence[int]) -> float:
-        # The part of the whole-model price that changes with one group's width, for the width fit:
-        # the whole price itself (the fit only compares prices that differ in that group's width).
-        # A per-group sum of terms would miss the layout costs that move with the width (NCHWc
-        # reorders at region boundaries, the reorders blocked ops shed), mostly at narrow widths.
-        return cost.whole_ms(widths)
-
     budget: float | None = None
     cost_fn: Callable[[Sequence[int]], float] = cost.whole_ms
-    partial, what, unit_name = whole_ms, "latency", "ms"
+    partial, what, unit_name = cost.partial_ms, "latency", "ms"
     # ``whole_ms`` is the whole-model prediction at the widths; what it cannot price the same way as
     # the extracted dense model (attention terms whose context changes with the heads are scaled) is
     # an offset taken from the dense model, 0 otherwise.

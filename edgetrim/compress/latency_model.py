@@ -174,6 +174,7 @@ class LatencyModel:
         self._predictor = ModelPredictor(table) if table is not None else None
         self._whole: dict[tuple[int, ...], float] = {}
         self._group_terms: dict[int, list[int]] = {}
+        self._scaled = [k for k, t in enumerate(self.terms) if t.scale is not None]  # priced by heads kept
         self._ops: dict[tuple[int, int, int], LayerOp] = {}
         known = set(table.contexts()) if table is not None else set()
         self.contexts = [resolve_context(known, t.op.context) for t in self.terms]  # as priced by the table
@@ -367,11 +368,10 @@ class LatencyModel:
         ops = [self.op_at(k, key) for k in range(len(self.terms))]
         pred = self._predictor.predict(ops)
         total = pred.total_ms
-        scaled = [k for k, t in enumerate(self.terms) if t.scale is not None]
-        if scaled:
+        if self._scaled:
             # one row per operator in order, layout rows in between
             op_rows = [r for r in pred.rows if r.method != "layout"]
-            for k in scaled:
+            for k in self._scaled:
                 g, size = self.terms[k].scale  # type: ignore[misc]
                 total -= op_rows[k].ms * (1.0 - key[g] / size)
         self._whole[key] = total
@@ -412,7 +412,9 @@ class LatencyModel:
             hit = self._group_terms[g] = [k for k, t in enumerate(self.terms) if g in t.groups]
         return hit
 
-    def group_ms(self, g: int, widths: Sequence[int]) -> float:
-        """Real-table latency of the terms whose widths depend on group ``g`` (the part of
-        :meth:`hard_ms` that changes with that group's width)."""
-        return sum(self.term_ms(k, widths) for k in self.terms_of_group(g))
+    def partial_ms(self, g: int, widths: Sequence[int]) -> float:
+        """The cost the width fit compares when group ``g``'s width changes (``widths.PartialCost``):
+        the whole-model price itself. A per-group sum of terms would miss the layout costs that move
+        with the width (NCHWc reorders at region boundaries, the reorders blocked ops shed), mostly at
+        narrow widths; the fit only compares prices that differ in group ``g``'s width."""
+        return self.whole_ms(widths)
