@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import pytest
+import torch
 
 from edgetrim.lookup_tables import LatencyTable
 from edgetrim.lookup_tables.grid import plan_points
@@ -113,3 +114,28 @@ def load_benchmark():
         return mod
 
     return load
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(make_table):
+    """An MLP (40, 24) trained 4 epochs on flat digits, its staircase table, and a latency budget 40%
+    of the way from the smallest reachable latency to the dense one."""
+    from edgetrim.compress.api import model_latency_ms
+    from edgetrim.examples.data import digits_loaders
+    from edgetrim.examples.models import mlp
+    from edgetrim.examples.training import train_classifier
+    from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
+
+    torch.manual_seed(0)
+    model, example = mlp(widths=(40, 24))
+    train, val = digits_loaders(flat=True, batch_size=128)
+    train_classifier(model, train, val, epochs=4, lr=3e-3)
+    ops = extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
+    table = make_table(ops)
+    tiny, tiny_x = mlp(widths=(1, 1))
+    floor_ms = model_latency_ms(
+        table, extract_layer_ops(tiny, tiny_x, fusion=fusion_for_runtime("onnxruntime"))
+    )
+    dense_ms = model_latency_ms(table, ops)
+    # a budget 40% of the way from the smallest reachable latency to the dense one
+    return model, example, train, val, table, floor_ms + 0.4 * (dense_ms - floor_ms)

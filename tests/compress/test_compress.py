@@ -18,26 +18,8 @@ from edgetrim.compress.quant import BITS, attach_quant_, bake_quant_
 from edgetrim.errors import BudgetError, EdgetrimError, UncoveredOpError
 from edgetrim.examples.data import digits_loaders
 from edgetrim.examples.models import mlp
-from edgetrim.examples.training import train_classifier
 from edgetrim.lookup_tables import LatencyTable
 from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
-
-
-@pytest.fixture(scope="module")
-def trained_mlp(make_table):
-    torch.manual_seed(0)
-    model, example = mlp(widths=(40, 24))
-    train, val = digits_loaders(flat=True, batch_size=128)
-    train_classifier(model, train, val, epochs=4, lr=3e-3)
-    ops = extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
-    table = make_table(ops)
-    tiny, tiny_x = mlp(widths=(1, 1))
-    floor_ms = model_latency_ms(
-        table, extract_layer_ops(tiny, tiny_x, fusion=fusion_for_runtime("onnxruntime"))
-    )
-    dense_ms = model_latency_ms(table, ops)
-    # a budget 40% of the way from the smallest reachable latency to the dense one
-    return model, example, train, val, table, floor_ms + 0.4 * (dense_ms - floor_ms)
 
 
 def _fast_config(**kw) -> CompressConfig:

@@ -15,24 +15,11 @@ from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.importance import taylor_scores
 from edgetrim.compress.widths import fit_budget
 from edgetrim.errors import BudgetError
-from edgetrim.examples.data import digits_loaders
-from edgetrim.examples.models import mlp
-from edgetrim.examples.training import train_classifier
 from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
 
 
-@pytest.fixture(scope="module")
-def trained(make_table):
-    torch.manual_seed(0)
-    model, example = mlp(widths=(40, 24))
-    train, val = digits_loaders(flat=True, batch_size=128)
-    train_classifier(model, train, val, epochs=4, lr=3e-3)
-    table = make_table(extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime")))
-    return model, example, train, val, table
-
-
-def test_taylor_scores_are_the_loss_change_estimate_of_each_unit(trained) -> None:
-    model, example, train, _, _ = trained
+def test_taylor_scores_are_the_loss_change_estimate_of_each_unit(trained_mlp) -> None:
+    model, example, train, _, _, _ = trained_mlp
     model = copy.deepcopy(model)
     second = [m for m in model.modules() if isinstance(m, nn.Linear)][1]
     with torch.no_grad():
@@ -77,8 +64,8 @@ def test_fit_budget_compares_groups_by_share_or_by_absolute_importance() -> None
     assert fit_budget([4, 4], [1, 1], imp, partial, total, 5.0, relative=False) == [4, 1]
 
 
-def test_compress_with_taylor_importance_meets_the_budget(trained) -> None:
-    model, example, train, val, table = trained
+def test_compress_with_taylor_importance_meets_the_budget(trained_mlp) -> None:
+    model, example, train, val, table, _ = trained_mlp
     dense = model_latency_ms(
         table, extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
     )
