@@ -59,7 +59,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgetrim.compress.api import compress, model_latency_ms
-from edgetrim.compress.config import CompressConfig, Regularizer
+from edgetrim.compress.config import IMPORTANCE_KINDS, CompressConfig, Regularizer
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups, output_layers
 from edgetrim.errors import BudgetError, UncoveredOpError
@@ -517,6 +517,10 @@ def main() -> None:
     p.add_argument(
         "--gate-lr", type=float, default=0.002, help="gates' learning rate for ours and flops_reg"
     )  # fmt: skip
+    p.add_argument(
+        "--unit-importance", choices=IMPORTANCE_KINDS, default="magnitude",
+        help="CompressConfig.unit_importance of ours and flops_reg",
+    )  # fmt: skip
     p.add_argument("--points-per-context", type=int, default=120)
     p.add_argument("--rounds", type=int, default=9, help="interleaved measurement rounds")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -607,6 +611,7 @@ def main() -> None:
                                 budget_ms=budget, regularizer=reg, epochs=args.epochs,
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
                                 gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
+                                unit_importance=args.unit_importance,
                             )  # fmt: skip
                             try:
                                 res = compress(

@@ -6,7 +6,10 @@ import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["Block", "CompressConfig", "OptimizerKind", "Regularizer", "config_from_dict"]
+__all__ = ["IMPORTANCE_KINDS", "Block", "CompressConfig", "OptimizerKind", "Regularizer", "config_from_dict"]
+
+
+IMPORTANCE_KINDS = ("magnitude", "taylor")  # see edgetrim.compress.importance
 
 
 class Block(enum.StrEnum):
@@ -147,8 +150,10 @@ class CompressConfig:
             raise ValueError(
                 f"finetune_schedule must be 'cosine' or 'constant', got {self.finetune_schedule!r}"
             )
-        if self.unit_importance not in ("magnitude", "taylor"):
-            raise ValueError(f"unit_importance must be 'magnitude' or 'taylor', got {self.unit_importance!r}")
+        if self.unit_importance not in IMPORTANCE_KINDS:
+            raise ValueError(
+                f"unit_importance must be one of {IMPORTANCE_KINDS}, got {self.unit_importance!r}"
+            )
         if self.dual_signal not in ("soft", "hard"):
             raise ValueError(f"dual_signal must be 'soft' or 'hard', got {self.dual_signal!r}")
         if not 0.0 <= self.measure_tolerance < 0.5:

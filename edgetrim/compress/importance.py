@@ -20,11 +20,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from edgetrim.compress.config import IMPORTANCE_KINDS
 from edgetrim.compress.gates import ChannelGates
 
 __all__ = ["IMPORTANCE_KINDS", "magnitude_scores", "taylor_scores"]
-
-IMPORTANCE_KINDS = ("magnitude", "taylor")
 
 
 def magnitude_scores(gates: ChannelGates, model: nn.Module) -> list[Tensor]:
