@@ -447,19 +447,33 @@ class SurfaceInterpolator:
         ms, ext = self.predict_grid(np.array([x]), np.array([y]))
         return float(ms[0, 0]), bool(ext[0, 0])
 
+    def _dense_shape(self) -> tuple[int, int] | None:
+        """``(inputs, outputs)`` of the dense grid (widths 1..max measured), None when too large."""
+        hi_in = self.in_range[1]
+        hi_out = 1 if self.one_axis else self.out_range[1]
+        return None if hi_in * hi_out > _DENSE_MAX else (hi_in, hi_out)
+
+    def _keep_dense(self, grid: np.ndarray, shape: tuple[int, int]) -> None:
+        """Keep ``grid`` (predictions at widths ``1..`` on both axes, at least ``shape``) as the dense
+        grid; only widths inside the measured range are served from it (never extrapolated)."""
+        dense = np.array(grid[: shape[0], : shape[1]], dtype=float)  # a copy: callers own ``grid``
+        lo_in, lo_out = self.in_range[0], (1 if self.one_axis else self.out_range[0])
+        dense[: lo_in - 1, :] = np.nan
+        dense[:, : lo_out - 1] = np.nan
+        self._dense = dense
+
     def _dense_grid(self) -> np.ndarray | None:
         if self._dense is None:
-            hi_in = self.in_range[1]
-            hi_out = 1 if self.one_axis else self.out_range[1]
-            if hi_in * hi_out > _DENSE_MAX:
+            shape = self._dense_shape()
+            if shape is None:
                 return None
-            # Only widths inside the measured range are served from it (never flagged extrapolated).
-            lo_in, lo_out = self.in_range[0], (1 if self.one_axis else self.out_range[0])
-            grid, _ = self.predict_grid(np.arange(1, hi_in + 1), np.arange(1, hi_out + 1))
-            grid[: lo_in - 1, :] = np.nan
-            grid[:, : lo_out - 1] = np.nan
-            self._dense = grid
+            # predict_grid keeps a grid over every width from 1 (_maybe_keep_dense)
+            self.predict_grid(np.arange(1, shape[0] + 1), np.arange(1, shape[1] + 1))
         return self._dense
+
+    @staticmethod
+    def _counts_from_one(axis: np.ndarray, n: int) -> bool:
+        return axis.size >= n and bool(np.array_equal(axis[:n], np.arange(1, n + 1)))
 
     def predict_grid(self, in_axis: np.ndarray, out_axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictions on the product grid ``in_axis x out_axis``: ``(ms, extrapolated)`` arrays.
@@ -470,6 +484,7 @@ class SurfaceInterpolator:
         out_axis = np.atleast_1d(np.asarray(out_axis))
         if self.one_axis:
             v, e = interp_1d(self._xs, self._ys, in_axis, self.in_rule)
+            self._maybe_keep_dense(in_axis, out_axis, v[:, None])
             return (
                 np.repeat(v[:, None], out_axis.size, axis=1),
                 np.repeat(e[:, None], out_axis.size, axis=1),
@@ -486,7 +501,21 @@ class SurfaceInterpolator:
         ext = ((in_axis < lo_i) | (in_axis > hi_i))[:, None] | (
             (out_axis < self._out_lo) | (out_axis > self._out_hi)
         )[None, :]
+        self._maybe_keep_dense(in_axis, out_axis, ms)
         return ms, ext
+
+    def _maybe_keep_dense(self, in_axis: np.ndarray, out_axis: np.ndarray, ms: np.ndarray) -> None:
+        """A grid over every width from 1 (a caller's whole surface, e.g. a cost model's staircase)
+        holds the dense grid already: keep it instead of computing the same values again later."""
+        if self._dense is not None:
+            return
+        shape = self._dense_shape()
+        if (
+            shape is not None
+            and self._counts_from_one(in_axis, shape[0])
+            and (self.one_axis or self._counts_from_one(out_axis, shape[1]))
+        ):
+            self._keep_dense(ms, shape)
 
 
 # --------------------------------------------------------------------------- envelopes

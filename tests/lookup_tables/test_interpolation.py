@@ -213,6 +213,25 @@ def test_repeated_queries_use_a_dense_cache_with_identical_answers() -> None:
     assert interp.predict(45, 10)[1] and interp.predict(10, 45)[1]  # outside: still flagged
 
 
+@pytest.mark.parametrize("ctx", [CONV, DW])
+def test_a_whole_surface_from_width_one_becomes_the_dense_cache(ctx) -> None:
+    """A caller's surface over every width from 1 (a cost model's staircase) is kept as the dense grid:
+    the same values a fresh interpolator builds from its own queries, NaN below the measured range."""
+    pts = plan_points(ctx, 40, 1 if ctx.one_axis else 40)
+    t, fresh_t = table_from(residue_surface, ctx, pts), table_from(residue_surface, ctx, pts)
+    interp, fresh = t.interpolator(ctx), fresh_t.interpolator(ctx)
+    interp.predict_grid(np.arange(2, 60), np.arange(1, 60))  # not from width 1: nothing kept
+    assert interp._dense is None
+    _, _, surface = t.surface_ms(ctx, np.arange(1, 55), np.arange(1, 50 if not ctx.one_axis else 2))
+    assert interp._dense is not None
+    surface[:] = -1.0  # the caller's array is its own
+    expected = fresh._dense_grid()
+    assert expected is not None and interp._dense.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(interp._dense), np.isnan(expected))
+    np.testing.assert_allclose(interp._dense, expected, rtol=1e-12, equal_nan=True)
+    assert (interp._dense[np.isfinite(interp._dense)] > 0).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     pts=st.dictionaries(
