@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_vs_baselines import (
     MODEL_KWARGS,
     OUT,
+    add_pretrain_schedule_arg,
     benchmark_table,
     predicted,
     tp_at_budget,
@@ -131,6 +132,7 @@ def main() -> None:
     p.add_argument("--partitions", default="123", help="seeds of the fit/tune partitions (comma separated)")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--pretrain-epochs", type=int, default=6)
+    add_pretrain_schedule_arg(p)  # cosine: the regime of compress_vs_baselines' dense nets
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument(
         "--data", choices=("digits", "digits_hard"), default="digits",
@@ -161,7 +163,9 @@ def main() -> None:
         fit, tune = tuning_loaders(args.image_size, seed=part, data=args.data)
         torch.manual_seed(0)
         model, example = MODEL_ZOO[name](image_size=args.image_size, **MODEL_KWARGS.get(name, {}))
-        dense_acc = train_classifier(model, fit, tune, epochs=args.pretrain_epochs, lr=args.lr)
+        dense_acc = train_classifier(
+            model, fit, tune, epochs=args.pretrain_epochs, lr=args.lr, schedule=args.pretrain_schedule
+        )
         ops = extract_layer_ops(model, example, fusion=target.fusion)
         table = benchmark_table(target, ops, name, args.image_size, reuse=True)
         dense_pred = predicted(table, target, model, example)
