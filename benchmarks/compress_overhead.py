@@ -62,7 +62,7 @@ def measure(name: str, repeats: int) -> dict:
     cfg = CompressConfig(budget_ms=0.6 * dense_ms)
     trainer = PenaltyTrainer(
         model, gates, {}, cost, cfg, dense_widths=[g.size for g in groups], dense_cost=dense_ms,
-        cost_fn=cost.hard_ms, budget=0.6 * dense_ms, soft_cost_fn=cost.soft_ms,  # as compress() binds it
+        cost_fn=cost.whole_ms, budget=0.6 * dense_ms, soft_cost_fn=cost.soft_ms,  # as compress() binds it
     )  # fmt: skip
     plain_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     plain, comp = [], []

@@ -9,7 +9,7 @@ from edgetrim.compress.config import CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, default_extractor
-from edgetrim.compress.train import PenaltyTrainer
+from edgetrim.compress.train import _ANCHOR_EVERY, PenaltyTrainer
 from edgetrim.examples.models import mlp
 
 
@@ -78,3 +78,25 @@ def test_flops_penalty_on_a_latency_budget_still_reads_the_latency_surrogate(mak
     flops = trainer._soft_cost(counts)  # FLOPs, not ms: must not be read as the dual's latency
     assert trainer.dual_cost(counts, flops) == pytest.approx(trainer.dual_cost(), rel=1e-9)
     assert trainer.dual_cost(counts, flops) != pytest.approx(float(flops) + trainer._soft_shift)
+
+
+def test_soft_signal_is_re_anchored_at_the_real_cost_of_the_current_widths(make_table, tmp_path) -> None:
+    trainer, _ = _trainer(make_table, "soft")
+    with torch.no_grad():  # half of every group at exactly zero
+        for a in trainer.gates.alphas:
+            a[: a.numel() // 2] = 0.0
+    hard = trainer.gates.widths()
+    real = trainer.cost_fn(hard)  # widths off the staircase's step edges
+
+    def signal_at_hard() -> float:  # the soft cost at the non-zero widths, shifted as the dual reads it
+        return float(trainer.soft_cost_fn([torch.tensor(float(w)) for w in hard])) + trainer._soft_shift
+
+    trainer.dual_cost()
+    assert abs(signal_at_hard() - real) > 1e-3 * real  # the offset taken at the dense widths
+    for _ in range(_ANCHOR_EVERY):
+        now = trainer.dual_cost()
+    assert signal_at_hard() == pytest.approx(real, rel=1e-9)  # re-taken where the gates are now
+    trainer.save_checkpoint(tmp_path / "ckpt.pt")  # a resumed run reads the same signal at once
+    resumed, _ = _trainer(make_table, "soft")
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert resumed.dual_cost() == pytest.approx(now, rel=1e-12)
