@@ -7,7 +7,8 @@ One batch::
     lambda <- max(0, lambda + dual_lr * (cost(hard widths) / target(t) - 1))   # budget mode only
 
 The dual step reads the cost at the soft widths (``config.dual_signal="soft"``, default: the table's
-envelope at the l1/l2 counts, or Eq. 4 for FLOPs): the l1/l2 count falls smoothly as the masks spread,
+envelope at the l1/l2 counts, offset to the real cost at the current non-zero widths, or Eq. 4 for
+FLOPs): the l1/l2 count falls smoothly as the masks spread,
 while exact zeros appear late (at uniform masks the surrogate's gradient is zero), so a dual step on
 the non-zero count (``"hard"``: the real table at the current integer widths) keeps raising lambda
 through the first epochs and then prunes far past the target in a burst. Whatever the gates ask for
