@@ -9,7 +9,8 @@ Stages (one function each below):
    structure the final step would build from the gates, before training and after each penalised
    epoch but the last, measured: ``budget_ms x predicted / measured``);
 4. choose the final widths with the real table: fast side of every step, then fit the budget
-   (:mod:`.widths`; grown back toward it when training asked for less than it pays for), every candidate priced by the table's whole-model prediction at its widths
+   (:mod:`.widths`; grown back toward it when training asked for less than it pays for), every
+   candidate priced by the table's whole-model prediction at its widths
    (``LatencyModel.whole_ms``: layout reorders, fusions and dispatch included, not a per-op sum);
    check the materialised model's predicted latency, tighten if needed;
 5. with a ``measure_fn``: measure the materialised model on the target and, while it is over the

@@ -121,6 +121,7 @@ class PenaltyTrainer:
         self._penalty_is_budget_cost = (
             config.regularizer is Regularizer.LATENCY and config.budget_ms is not None
         ) or (config.regularizer is Regularizer.FLOPS and config.budget_flops is not None)
+        self._soft_shift = 0.0  # soft signal + this = the real cost at ``self._anchor``
         if self.soft_cost_fn is not None:
             with torch.no_grad():
                 self._soft_shift = dense_cost - float(self.soft_cost_fn(dense_counts))
@@ -287,7 +288,7 @@ class PenaltyTrainer:
                 "budget": self.budget,
                 "epoch": self.state.epoch,
                 "history": self.state.history,
-                "soft_anchor": [list(self._anchor), getattr(self, "_soft_shift", 0.0), self._since_anchor],
+                "soft_anchor": [list(self._anchor), self._soft_shift, self._since_anchor],
             },
             buf,
         )
