@@ -8,7 +8,9 @@ Training asks for a width per group (its non-zero gates). The real table then de
    buys the most cost per importance lost (the least important units go first) to the widest width
    of that cheaper step. Importance is counted as the share of the group's remaining importance
    (``relative``, for scores on per-group scales such as weight magnitudes) or as it is (scores on one
-   scale across groups, such as the Taylor estimate of the loss change). Should no single step be
+   scale across groups, such as the Taylor estimate of the loss change). A step is a whole latency
+   step, so the last one can land well under the budget; what it leaves is spent again on the
+   channels the descent took (most importance back per cost added first). Should no single step be
    cheaper while the cost is still over (a table that is not monotone in width, e.g. a noisy
    profile), it grows the widths back from the narrowest ones instead, as long as they fit.
 3. :func:`grow_to_budget`: when training asked for less than the budget pays for, widen the groups
@@ -117,7 +119,8 @@ def fit_budget(
     align: Sequence[int] | None = None,
     relative: bool = True,
 ) -> list[int]:
-    """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first.
+    """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first,
+    then widen them again (never past ``widths``) into what the last step left under the budget.
 
     Args:
         widths: starting widths (channels), typically from :func:`fast_side_widths`.
@@ -133,6 +136,7 @@ def fit_budget(
         at its narrowest width (says the cost where the descent stopped, also as ``smallest``).
     """
     widths = list(widths)
+    start = list(widths)
     floor = list(units) if min_widths is None else list(min_widths)
     cum = []
     for imp in importance:
@@ -172,7 +176,10 @@ def fit_budget(
                 smallest=reached,
             )
         widths[best[1]] = best[2]
-    return widths
+    # The last step can overshoot (a whole latency step at once): spend what it left on the channels
+    # the descent took, most importance back per cost first.
+    refilled = _grow_from_floor(start, units, cum, partial, total, budget, widths, align, relative)
+    return widths if refilled is None else refilled
 
 
 def grow_to_budget(

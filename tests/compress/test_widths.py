@@ -92,3 +92,20 @@ def test_widths_under_the_budget_grow_back_to_the_fast_side_of_steps_that_fit() 
     # fit_widths shrinks what is over the budget and grows what is under
     assert total(fit_widths([32, 32], [1, 1], [32, 32], imp, partial, total, 6.0)) <= 6.0
     assert fit_widths([8, 8], [1, 1], [32, 32], imp, partial, total, 7.0) == grown
+
+
+def test_budget_left_by_an_overshooting_step_is_spent_again() -> None:
+    # group 0: one step (10 above 8 channels, 1 at or below); group 1: 1 per channel. The descent
+    # trims group 1 to 18 channels, then group 0's step (the cheapest importance per cost by then)
+    # lands at 19, five under the budget: group 1 gets those five channels back.
+    def cost(g: int, w: Sequence[int]) -> float:
+        return (10.0 if w[0] > 8 else 1.0) if g == 0 else float(w[1])
+
+    def whole(w: Sequence[int]) -> float:
+        return cost(0, w) + cost(1, w)
+
+    imp = [[1.0] * 16, [1.0] * 32]
+    widths = fit_budget([16, 32], [1, 1], imp, cost, whole, budget=24.0)
+    assert widths == [8, 23] and whole(widths) == 24.0
+    # never wider than where the descent started
+    assert fit_budget([16, 20], [1, 1], imp, cost, whole, budget=24.0) == [8, 20]
