@@ -1,0 +1,211 @@
+"""Where an accuracy gap of the side-by-side benchmark comes from: the structure or the recipe, with more seeds.
+
+benchmarks/compress_vs_baselines.py compares methods over 3 seeds; on a converged net the gaps it
+finds are as small as one seed's spread. This script takes one network of a stored run (``--from``),
+rebuilds its dense model exactly as that run did (same init, data and pre-training; the dense accuracy
+is checked against the stored one), and, for every budget of the run, trains with more seeds:
+
+* ``ours``: ``compress`` with the run's recipe (penalised + fine-tune epochs, gate learning rate) at
+  the internal budget the run's measured loop settled on (predicted scale, no device timing);
+* ``ours_structure``: the widths that run chose, cut from the dense model by the same unit scores
+  (dense weights, gates at 1) and fine-tuned as the baselines are (one cosine run of all the epochs):
+  ours' structure without ours' recipe;
+* ``flops_reg``: ``compress`` with the FLOPs regulariser, otherwise as ``ours`` (the run's FLOPs
+  regulariser internal budget);
+* ``tp_magnitude`` / ``tp_magnitude_r8``: Torch-Pruning magnitude pruning at the ratio that rebuilds
+  the stored run's structure (same parameter count), the same fine-tune.
+
+Every structure is also priced on the run's table (``predicted_ms``). The summary gives mean, std and
+standard error per (fraction, method), and per fraction the differences to the FLOPs regulariser and
+each Torch-Pruning arm paired by seed (the arms fine-tuned here see the same batches in the same order for one seed; ours'
+seed is compress' own). No timing: two
+processes can share the machine (``--seeds`` split between them, ``--summarise`` joins their files).
+
+    .venv/bin/python benchmarks/compress_seed_decomposition.py --model resnet_small --seeds 0,1,2,3
+        [--from compress_vs_baselines_hard.json] [--methods ours,ours_structure,tp_magnitude,tp_magnitude_r8]
+        [--out compress_seed_decomposition_resnet_small_a.json]
+    .venv/bin/python benchmarks/compress_seed_decomposition.py --summarise A.json,B.json --out C.json
+
+Writes benchmarks/results/<out> (rewritten after every run: an interrupted run keeps what it did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compress_vs_baselines import MODEL_KWARGS, OUT, benchmark_table, predicted, tp_model
+
+from edgetrim.compress.api import _group_label, compress
+from edgetrim.compress.config import CompressConfig, Regularizer
+from edgetrim.compress.gates import ChannelGates
+from edgetrim.compress.graph import find_channel_groups
+from edgetrim.compress.importance import magnitude_scores
+from edgetrim.examples.data import digits_hard_loaders, digits_loaders
+from edgetrim.examples.models import MODEL_ZOO
+from edgetrim.examples.training import train_classifier
+from edgetrim.io_utils import atomic_write_json
+from edgetrim.model_ops import extract_layer_ops
+from edgetrim.profiler.targets import get_target
+
+METHODS = ("ours", "ours_structure", "flops_reg", "tp_magnitude", "tp_magnitude_r8")
+REFERENCES = ("flops_reg", "tp_magnitude", "tp_magnitude_r8")
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tp_with_params(model, example, params: int, round_to: int | None) -> tuple[torch.nn.Module, float]:
+    """Torch-Pruning magnitude pruning at the ratio whose model has ``params`` parameters (bisection:
+    the count falls as the ratio grows); SystemExit when no ratio up to 0.95 rebuilds it."""
+    lo, hi = 0.0, 0.95
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        pruned = tp_model(model, example, mid, round_to)
+        n = n_params(pruned)
+        if n == params:
+            return pruned, mid
+        lo, hi = (mid, hi) if n > params else (lo, mid)
+    raise SystemExit(
+        f"no Torch-Pruning ratio rebuilds the stored {params}-parameter model (round_to={round_to})"
+    )
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per (fraction, method): mean / std / standard error; per fraction: differences to the
+    Torch-Pruning arms paired by seed."""
+    acc: dict[tuple[float, str], dict[int, float]] = {}
+    for r in rows:
+        acc.setdefault((r["fraction"], r["method"]), {})[r["seed"]] = r["accuracy"]
+    per_method = []
+    for (frac, method), by_seed in sorted(acc.items()):
+        xs = list(by_seed.values())
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        per_method.append({"fraction": frac, "method": method, "seeds": len(xs), "mean": statistics.mean(xs),
+                           "std": sd, "se": sd / len(xs) ** 0.5})  # fmt: skip
+    paired = []
+    for frac in sorted({f for f, _ in acc}):
+        for method in METHODS:
+            for ref in REFERENCES:
+                a, b = acc.get((frac, method), {}), acc.get((frac, ref), {})
+                common = sorted(set(a) & set(b))
+                later_ref = method in REFERENCES and REFERENCES.index(method) > REFERENCES.index(ref)
+                if method == ref or later_ref or len(common) < 2:  # each pair of references once
+                    continue
+                d = [a[s] - b[s] for s in common]
+                se = statistics.stdev(d) / len(d) ** 0.5
+                paired.append({"fraction": frac, "method": method, "vs": ref, "seeds": len(d),
+                               "diff": statistics.mean(d), "se": se})  # fmt: skip
+    return {"per_method": per_method, "paired": paired}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--from", dest="source", default="compress_vs_baselines_hard.json", help="a stored side-by-side run"
+    )
+    p.add_argument("--model", default="resnet_small")
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--summarise", default="", help="join these result files (comma separated) into --out")
+    p.add_argument("--out", default=None, help="default compress_seed_decomposition_<model>.json")
+    args = p.parse_args()
+    out = OUT / (args.out or f"compress_seed_decomposition_{args.model}.json")
+    if args.summarise:
+        docs = [json.loads((OUT / f).read_text()) for f in args.summarise.split(",")]
+        rows = [r for d in docs for r in d["rows"]]
+        atomic_write_json(
+            out, docs[0] | {"parts": args.summarise.split(","), "rows": rows, "summary": summarise(rows)}
+        )
+        print(json.dumps(summarise(rows), indent=1))
+        return
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+    source = json.loads((OUT / args.source).read_text())
+    run = source["args"]
+    stored = [r for r in source["rows"] if r["model"] == args.model and "accuracy" in r]
+    if not stored:
+        raise SystemExit(f"{args.source} has no {args.model} results; pick --model from its rows")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(1)
+    loaders = digits_hard_loaders if run["data"] == "digits_hard" else digits_loaders
+    train, val = loaders(image_size=run["image_size"])
+    torch.manual_seed(0)  # as compress_vs_baselines builds its dense nets
+    model, example = MODEL_ZOO[args.model](image_size=run["image_size"], **MODEL_KWARGS.get(args.model, {}))
+    dense_acc = train_classifier(
+        model, train, val, epochs=run["pretrain_epochs"], lr=run["lr"], schedule=run["pretrain_schedule"]
+    )
+    if abs(dense_acc - stored[0]["dense_accuracy"]) > 1e-9:
+        print(
+            f"warning: dense accuracy {dense_acc:.4f}, the stored run had {stored[0]['dense_accuracy']:.4f}"
+        )
+    target = get_target("ort-cpu", threads=1)
+    ops = extract_layer_ops(model, example, fusion=target.fusion)
+    table = benchmark_table(target, ops, args.model, run["image_size"], reuse=True)
+    groups = find_channel_groups(model, example)
+    labels = [_group_label(g) for g in groups]
+    total_epochs = run["epochs"] + run["finetune_epochs"]
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+
+    def log(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        atomic_write_json(out, {"benchmark": "compress_seed_decomposition", "args": vars(args), "source_args": run,
+                                "dense_accuracy": dense_acc, "seconds": time.perf_counter() - t0, "rows": rows,
+                                "summary": summarise(rows)})  # fmt: skip
+
+    def fine_tuned(pruned: torch.nn.Module, frac: float, method: str, **extra) -> None:
+        for seed in seeds:
+            small = copy.deepcopy(pruned)
+            acc = train_classifier(
+                small, train, val, epochs=total_epochs, lr=run["lr"], seed=seed, schedule="cosine"
+            )
+            log({"fraction": frac, "method": method, "seed": seed, "accuracy": acc, "params": n_params(small),
+                 "predicted_ms": predicted(table, target, small, example)} | extra)  # fmt: skip
+
+    for frac in sorted({r["fraction"] for r in stored}, reverse=True):
+        for method in methods:
+            kind = "ours" if method == "ours_structure" else method
+            ref = next((r for r in stored if r["method"] == kind and r["fraction"] == frac), None)
+            if ref is None:  # e.g. a baseline that found no structure within this budget
+                print(f"skipped: {args.source} has no {kind} result at {frac}", flush=True)
+                continue
+            if method in ("ours", "flops_reg"):
+                reg = Regularizer.LATENCY if method == "ours" else Regularizer.FLOPS
+                for seed in seeds:
+                    cfg = CompressConfig(
+                        budget_ms=ref["internal_budget_ms"], regularizer=reg, epochs=run["epochs"],
+                        finetune_epochs=run["finetune_epochs"], lr=run["lr"], seed=seed, gate_lr=run["gate_lr"],
+                        unit_importance=run.get("unit_importance", "magnitude"),
+                    )  # fmt: skip
+                    res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+                    log({"fraction": frac, "method": method, "seed": seed, "accuracy": res.report.accuracy,
+                         "params": n_params(res.model), "predicted_ms": predicted(table, target, res.model, example),
+                         "widths": res.report.widths_after})  # fmt: skip
+            elif method == "ours_structure":
+                widths = [ref["widths_after"][label] for label in labels]
+                gates = ChannelGates(model, groups)
+                pruned = gates.materialize(example, widths=widths, scores=magnitude_scores(gates, model))
+                gates.detach_hooks()
+                fine_tuned(pruned, frac, method, widths=ref["widths_after"])
+            else:
+                round_to = 8 if method.endswith("r8") else None
+                pruned, ratio = tp_with_params(model, example, ref["params"], round_to)
+                fine_tuned(pruned, frac, method, ratio=ratio)
+
+
+if __name__ == "__main__":
+    main()
