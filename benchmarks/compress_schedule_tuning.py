@@ -16,13 +16,15 @@ repeats everything on other seeded fit/tune partitions (one partition's 40% is a
 choice made on one partition can be noise). A schedule whose budget the table cannot reach records the
 error.
 
-``--data digits_hard`` tunes on the distorted digits (split on the originals, so no tuning image is
+``--penalised-schedules constant,cosine`` compares the weights' learning rate during the penalised
+epochs (``CompressConfig.penalised_schedule``). ``--data digits_hard`` tunes on the distorted digits (split on the originals, so no tuning image is
 a copy of a fitting one); ``--importances magnitude,taylor`` compares the final width fit's unit
 importances (``CompressConfig.unit_importance``).
 
     .venv/bin/python benchmarks/compress_schedule_tuning.py [--models resnet_small,mobilenetv3_small]
         [--schedules 4:2,3:3,2:4,1:5] [--ablation 0:6] [--fractions 0.7,0.5] [--seeds 0,1,2]
         [--gate-lrs 0.05] [--partitions 123] [--data digits|digits_hard] [--importances magnitude]
+        [--penalised-schedules constant]
         [--out compress_schedule_tuning.json]
 
 Writes benchmarks/results/compress_schedule_tuning.json: every run, the mean / std accuracy per
@@ -100,14 +102,24 @@ def tuning_loaders(image_size: int, seed: int = 123, data: str = "digits") -> tu
     return loader(fit, True), loader(tune, False)
 
 
-def method_name(pen: int, ft: int, gate_lr: float, *, several: bool, importance: str | None = None) -> str:
+def method_name(
+    pen: int,
+    ft: int,
+    gate_lr: float,
+    *,
+    several: bool,
+    importance: str | None = None,
+    penalised_schedule: str | None = None,
+) -> str:
     """``ours_2:4``, or ``ours_2:4_glr0.002`` when several gate learning rates are tuned (a schedule with
     no penalised epoch never moves the gates, so it keeps the plain name); ``_taylor`` / ``_magnitude``
-    appended when several unit importances are."""
+    appended when several unit importances are, ``_pcosine`` / ``_pconstant`` when several learning
+    rate schedules of the penalised epochs are (again only with penalised epochs)."""
     return (
         f"ours_{pen}:{ft}"
         + (f"_glr{gate_lr:g}" if several and pen > 0 else "")
         + (f"_{importance}" if importance else "")
+        + (f"_p{penalised_schedule}" if penalised_schedule and pen > 0 else "")
     )
 
 
@@ -141,6 +153,10 @@ def main() -> None:
     p.add_argument(
         "--importances", default="magnitude", help="unit importances of the final width fit to compare"
     )  # fmt: skip
+    p.add_argument(
+        "--penalised-schedules", default="constant",
+        help="weights' learning rate schedules during the penalised epochs to compare (constant, cosine)",
+    )  # fmt: skip
     p.add_argument("--out", default="compress_schedule_tuning.json")
     args = p.parse_args()
     schedules = [tuple(int(v) for v in s.split(":")) for s in args.schedules.split(",")]
@@ -155,6 +171,8 @@ def main() -> None:
     gate_lrs = [float(g) for g in args.gate_lrs.split(",")]
     importances = args.importances.split(",")
     several_imp = len(importances) > 1
+    pen_schedules = args.penalised_schedules.split(",")
+    several_pen = len(pen_schedules) > 1
     torch.set_num_threads(1)
     target = get_target("ort-cpu", threads=1)
     rows: list[dict] = []
@@ -192,16 +210,25 @@ def main() -> None:
                     )
                     print(json.dumps(rows[-1]), flush=True)
             # an ablation has no penalised epoch, so its gate learning rate is moot: run it once
-            runs = [(pen, ft, g, imp) for pen, ft in schedules for g in gate_lrs for imp in importances]
-            runs += [(pen, ft, gate_lrs[0], imp) for pen, ft in ablation for imp in importances]
-            for pen, ft, glr, imp in runs:
+            runs = [
+                (pen, ft, g, imp, ps)
+                for pen, ft in schedules
+                for g in gate_lrs
+                for imp in importances
+                for ps in pen_schedules
+            ]
+            runs += [
+                (pen, ft, gate_lrs[0], imp, pen_schedules[0]) for pen, ft in ablation for imp in importances
+            ]
+            for pen, ft, glr, imp, ps in runs:
                 method = method_name(
-                    pen, ft, glr, several=len(gate_lrs) > 1, importance=imp if several_imp else None
-                )
+                    pen, ft, glr, several=len(gate_lrs) > 1, importance=imp if several_imp else None,
+                    penalised_schedule=ps if several_pen else None,
+                )  # fmt: skip
                 for seed in seeds:
                     cfg = CompressConfig(
                         budget_ms=budget, epochs=pen, finetune_epochs=ft, lr=args.lr, seed=seed, gate_lr=glr,
-                        unit_importance=imp,
+                        unit_importance=imp, penalised_schedule=ps,
                     )  # fmt: skip
                     try:
                         res = compress(model, example, cfg, table=table, train_loader=fit, val_loader=tune)
@@ -227,11 +254,13 @@ def main() -> None:
                  "predicted_vs_budget": statistics.fmean(r["predicted_ms"] / r["budget_ms"] for r in ok)}
             )  # fmt: skip
     ours = {
-        method_name(a, b, g, several=len(gate_lrs) > 1, importance=imp if several_imp else None)
+        method_name(a, b, g, several=len(gate_lrs) > 1, importance=imp if several_imp else None,
+                    penalised_schedule=ps if several_pen else None)
         for a, b in schedules
         for g in gate_lrs
         for imp in importances
-    }
+        for ps in pen_schedules
+    }  # fmt: skip
     # a schedule must have run at every (model, fraction) to be chosen; ties go to more fine-tuning
     cells = {(s["model"], s["fraction"]) for s in summary if s["method"] in ours}
     score = {}

@@ -48,6 +48,10 @@ class CompressConfig:
         epochs: training epochs with the penalty; finetune_epochs: plain epochs of the small model.
         finetune_schedule: learning rate of the fine-tune: ``"cosine"`` (from ``lr`` to 0 over the
             fine-tune, so it ends on small steps) or ``"constant"``.
+        penalised_schedule: learning rate of the *weights* during the penalised epochs:
+            ``"constant"`` (``lr`` throughout) or ``"cosine"`` (from ``lr`` to 0 over the penalised
+            epochs, so the weights the cut is scored on, and the fine-tune starts from, have settled;
+            the masks keep ``gate_lr``).
         lr: weight learning rate; gate_lr: learning rate of the channel / head masks; bits_lr: of
             the bit gates. Adam moves a mask by up to about ``gate_lr`` per step, so the rate sets how
             far the masks can travel in a run. Which is better depends on the model (README,
@@ -92,6 +96,7 @@ class CompressConfig:
     epochs: int = 3
     finetune_epochs: int = 1
     finetune_schedule: str = "cosine"
+    penalised_schedule: str = "constant"
     lr: float = 1e-3
     gate_lr: float = 0.05
     bits_lr: float = 0.05
@@ -146,10 +151,9 @@ class CompressConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.budget_ramp <= 1.0:
             raise ValueError(f"budget_ramp must be in (0, 1], got {self.budget_ramp}")
-        if self.finetune_schedule not in ("cosine", "constant"):
-            raise ValueError(
-                f"finetune_schedule must be 'cosine' or 'constant', got {self.finetune_schedule!r}"
-            )
+        for name in ("finetune_schedule", "penalised_schedule"):
+            if getattr(self, name) not in ("cosine", "constant"):
+                raise ValueError(f"{name} must be 'cosine' or 'constant', got {getattr(self, name)!r}")
         if self.unit_importance not in IMPORTANCE_KINDS:
             raise ValueError(
                 f"unit_importance must be one of {IMPORTANCE_KINDS}, got {self.unit_importance!r}"

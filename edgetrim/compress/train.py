@@ -251,6 +251,8 @@ class PenaltyTrainer:
             if cfg.sparse_lambda > 0:
                 penalty = penalty + cfg.sparse_lambda * self.sparse_cost()
             loss = ce + penalty
+            if cfg.penalised_schedule == "cosine":
+                self._set_weight_lr(n, num_batches)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -268,6 +270,13 @@ class PenaltyTrainer:
         if n == 0:
             raise EdgetrimError("the training data loader yielded no batches")
         return {k: v / n for k, v in sums.items()} | {"lambda": self.state.lam, "target": target}
+
+    def _set_weight_lr(self, batch: int, num_batches: int | None) -> None:
+        """Cosine learning rate of the weights over the penalised epochs (masks keep theirs). The
+        position comes from the epoch counter and the batch index, so a resumed run continues it."""
+        done = self.state.epoch + (batch / num_batches if num_batches else 0.0)
+        progress = min(1.0, done / max(self.config.epochs, 1))
+        self.optimizer.param_groups[0]["lr"] = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def project_(self) -> None:
         """Projection onto the constraints after every optimiser step (alpha >= 0, bit gates in [0, 1])."""
