@@ -117,6 +117,10 @@ def main() -> None:
     p.add_argument("--model", default="resnet_small")
     p.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--penalised-schedule", choices=("constant", "cosine"), default=None,
+        help="weights' learning rate in ours' / flops_reg's penalised epochs (default: the stored run's)",
+    )  # fmt: skip
     p.add_argument("--summarise", default="", help="join these result files (comma separated) into --out")
     p.add_argument("--out", default=None, help="default compress_seed_decomposition_<model>.json")
     args = p.parse_args()
@@ -190,6 +194,7 @@ def main() -> None:
                         budget_ms=ref["internal_budget_ms"], regularizer=reg, epochs=run["epochs"],
                         finetune_epochs=run["finetune_epochs"], lr=run["lr"], seed=seed, gate_lr=run["gate_lr"],
                         unit_importance=run.get("unit_importance", "magnitude"),
+                        penalised_schedule=args.penalised_schedule or run.get("penalised_schedule", "constant"),
                     )  # fmt: skip
                     res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
                     log({"fraction": frac, "method": method, "seed": seed, "accuracy": res.report.accuracy,

@@ -523,6 +523,10 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--points-per-context", type=int, default=120)
     p.add_argument("--rounds", type=int, default=9, help="interleaved measurement rounds")
+    p.add_argument(
+        "--penalised-schedule", choices=("constant", "cosine"), default="constant",
+        help="weights' learning rate during the penalised epochs of ours and flops_reg",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--refine", action="store_true", help="adaptive table refinement while profiling")
     p.add_argument("--no-measure-loop", action="store_true", help="ours / flops_reg without measure_fn")
@@ -611,7 +615,7 @@ def main() -> None:
                                 budget_ms=budget, regularizer=reg, epochs=args.epochs,
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
                                 gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
-                                unit_importance=args.unit_importance,
+                                unit_importance=args.unit_importance, penalised_schedule=args.penalised_schedule,
                             )  # fmt: skip
                             try:
                                 res = compress(
