@@ -99,6 +99,14 @@ def compress_cmd(
     finetune_schedule: Annotated[
         str, typer.Option("--finetune-schedule", help="fine-tune learning rate: cosine (to 0) or constant")
     ] = "cosine",
+    penalised_schedule: Annotated[
+        str,
+        typer.Option(
+            "--penalised-schedule",
+            help="weights' learning rate during the penalised epochs: constant, or cosine (to 0, so the "
+            "weights the cut is scored on have settled; the masks keep --gate-lr)",
+        ),
+    ] = "constant",
     pretrain_epochs: Annotated[
         int, typer.Option("--pretrain-epochs", help="train the model first (for untrained zoo models)")
     ] = 0,
@@ -154,7 +162,7 @@ def compress_cmd(
         config = CompressConfig(
             budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
             blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs,
-            finetune_schedule=finetune_schedule, lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
+            finetune_schedule=finetune_schedule, penalised_schedule=penalised_schedule, lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
             unit_importance=unit_importance,
         )  # fmt: skip

@@ -70,11 +70,16 @@ def test_cli_finetune_schedule_reaches_the_config_and_bad_values_are_one_line_er
         "--finetune-epochs",
         "1",
     ]
-    ok = CliRunner().invoke(app, [*base, "--finetune-schedule", "constant", "--json"])
+    ok = CliRunner().invoke(
+        app, [*base, "--finetune-schedule", "constant", "--penalised-schedule", "cosine", "--json"]
+    )
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout)["config"]["finetune_schedule"] == "constant"
+    config = json.loads(ok.stdout)["config"]
+    assert config["finetune_schedule"] == "constant" and config["penalised_schedule"] == "cosine"
     bad = CliRunner().invoke(app, [*base, "--finetune-schedule", "step"])
     assert bad.exit_code == 2 and "finetune_schedule must be 'cosine' or 'constant'" in bad.output
+    bad = CliRunner().invoke(app, [*base, "--penalised-schedule", "step"])
+    assert bad.exit_code == 2 and "penalised_schedule must be 'cosine' or 'constant'" in bad.output
 
 
 def test_cli_needs_exactly_one_budget(tmp_path, make_table) -> None:
