@@ -16,10 +16,10 @@ repeats everything on other seeded fit/tune partitions (one partition's 40% is a
 choice made on one partition can be noise). A schedule whose budget the table cannot reach records the
 error.
 
-``--penalised-schedules constant,cosine`` compares the weights' learning rate during the penalised
-epochs (``CompressConfig.penalised_schedule``). ``--data digits_hard`` tunes on the distorted digits (split on the originals, so no tuning image is
+``--data digits_hard`` tunes on the distorted digits (split on the originals, so no tuning image is
 a copy of a fitting one); ``--importances magnitude,taylor`` compares the final width fit's unit
-importances (``CompressConfig.unit_importance``).
+importances (``CompressConfig.unit_importance``); ``--penalised-schedules constant,cosine`` the
+weights' learning rate during the penalised epochs (``CompressConfig.penalised_schedule``).
 
     .venv/bin/python benchmarks/compress_schedule_tuning.py [--models resnet_small,mobilenetv3_small]
         [--schedules 4:2,3:3,2:4,1:5] [--ablation 0:6] [--fractions 0.7,0.5] [--seeds 0,1,2]

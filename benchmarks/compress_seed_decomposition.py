@@ -1,4 +1,4 @@
-"""Where an accuracy gap of the side-by-side benchmark comes from: the structure or the recipe, with more seeds.
+"""Where a gap of the side-by-side benchmark comes from: the structure or the recipe, with more seeds.
 
 benchmarks/compress_vs_baselines.py compares methods over 3 seeds; on a converged net the gaps it
 finds are as small as one seed's spread. This script takes one network of a stored run (``--from``),
@@ -17,8 +17,8 @@ is checked against the stored one), and, for every budget of the run, trains wit
 
 Every structure is also priced on the run's table (``predicted_ms``). The summary gives mean, std and
 standard error per (fraction, method), and per fraction the differences to the FLOPs regulariser and
-each Torch-Pruning arm paired by seed (the arms fine-tuned here see the same batches in the same order for one seed; ours'
-seed is compress' own). No timing: two
+each Torch-Pruning arm paired by seed (for one seed the arms fine-tuned here see the same batches in
+the same order; ours' seed is compress' own). No timing: two
 processes can share the machine (``--seeds`` split between them, ``--summarise`` joins their files).
 
     .venv/bin/python benchmarks/compress_seed_decomposition.py --model resnet_small --seeds 0,1,2,3
@@ -161,15 +161,17 @@ def main() -> None:
     groups = find_channel_groups(model, example)
     labels = [_group_label(g) for g in groups]
     total_epochs = run["epochs"] + run["finetune_epochs"]
+    penalised = args.penalised_schedule or run.get("penalised_schedule", "constant")
     rows: list[dict] = []
     t0 = time.perf_counter()
 
     def log(row: dict) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
-        atomic_write_json(out, {"benchmark": "compress_seed_decomposition", "args": vars(args), "source_args": run,
-                                "dense_accuracy": dense_acc, "seconds": time.perf_counter() - t0, "rows": rows,
-                                "summary": summarise(rows)})  # fmt: skip
+        doc = {"benchmark": "compress_seed_decomposition", "args": vars(args), "source_args": run,
+               "dense_accuracy": dense_acc, "seconds": time.perf_counter() - t0, "rows": rows,
+               "summary": summarise(rows)}  # fmt: skip
+        atomic_write_json(out, doc)
 
     def fine_tuned(pruned: torch.nn.Module, frac: float, method: str, **extra) -> None:
         for seed in seeds:
@@ -192,13 +194,14 @@ def main() -> None:
                 for seed in seeds:
                     cfg = CompressConfig(
                         budget_ms=ref["internal_budget_ms"], regularizer=reg, epochs=run["epochs"],
-                        finetune_epochs=run["finetune_epochs"], lr=run["lr"], seed=seed, gate_lr=run["gate_lr"],
-                        unit_importance=run.get("unit_importance", "magnitude"),
-                        penalised_schedule=args.penalised_schedule or run.get("penalised_schedule", "constant"),
+                        finetune_epochs=run["finetune_epochs"], lr=run["lr"], seed=seed,
+                        gate_lr=run["gate_lr"], unit_importance=run.get("unit_importance", "magnitude"),
+                        penalised_schedule=penalised,
                     )  # fmt: skip
                     res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+                    small = res.model
                     log({"fraction": frac, "method": method, "seed": seed, "accuracy": res.report.accuracy,
-                         "params": n_params(res.model), "predicted_ms": predicted(table, target, res.model, example),
+                         "params": n_params(small), "predicted_ms": predicted(table, target, small, example),
                          "widths": res.report.widths_after})  # fmt: skip
             elif method == "ours_structure":
                 widths = [ref["widths_after"][label] for label in labels]

@@ -615,7 +615,8 @@ def main() -> None:
                                 budget_ms=budget, regularizer=reg, epochs=args.epochs,
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
                                 gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
-                                unit_importance=args.unit_importance, penalised_schedule=args.penalised_schedule,
+                                unit_importance=args.unit_importance,
+                                penalised_schedule=args.penalised_schedule,
                             )  # fmt: skip
                             try:
                                 res = compress(

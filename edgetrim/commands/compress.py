@@ -162,7 +162,8 @@ def compress_cmd(
         config = CompressConfig(
             budget_ms=budget_ms, budget_flops=budget_flops, lam=lam, regularizer=regularizer,
             blocks=_blocks(blocks), epochs=epochs, finetune_epochs=finetune_epochs,
-            finetune_schedule=finetune_schedule, penalised_schedule=penalised_schedule, lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
+            finetune_schedule=finetune_schedule, penalised_schedule=penalised_schedule,
+            lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
             unit_importance=unit_importance,
         )  # fmt: skip
