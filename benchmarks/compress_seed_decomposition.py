@@ -18,11 +18,12 @@ is checked against the stored one), and, for every budget of the run, trains wit
 Every structure is also priced on the run's table (``predicted_ms``). The summary gives mean, std and
 standard error per (fraction, method), and per fraction the differences to the FLOPs regulariser and
 each Torch-Pruning arm paired by seed (for one seed the arms fine-tuned here see the same batches in
-the same order; ours' seed is compress' own). No timing: two
-processes can share the machine (``--seeds`` split between them, ``--summarise`` joins their files).
+the same order; ours' seed is compress' own). No timing: two processes can share the machine
+(``--seeds`` split between them, ``--summarise`` joins their files).
 
     .venv/bin/python benchmarks/compress_seed_decomposition.py --model resnet_small --seeds 0,1,2,3
-        [--from compress_vs_baselines_hard.json] [--methods ours,ours_structure,tp_magnitude,tp_magnitude_r8]
+        [--from compress_vs_baselines_hard.json]
+        [--methods ours,ours_structure,flops_reg,tp_magnitude,tp_magnitude_r8]
         [--out compress_seed_decomposition_resnet_small_a.json]
     .venv/bin/python benchmarks/compress_seed_decomposition.py --summarise A.json,B.json --out C.json
 
@@ -125,12 +126,14 @@ def main() -> None:
     p.add_argument("--out", default=None, help="default compress_seed_decomposition_<model>.json")
     args = p.parse_args()
     out = OUT / (args.out or f"compress_seed_decomposition_{args.model}.json")
+    named = args.summarise.split(",") if args.summarise else [args.source]
+    missing = [f for f in named if not (OUT / f).is_file()]
+    if missing:
+        raise SystemExit(f"no result file {', '.join(missing)} under {OUT}; name files written there")
     if args.summarise:
-        docs = [json.loads((OUT / f).read_text()) for f in args.summarise.split(",")]
+        docs = [json.loads((OUT / f).read_text()) for f in named]
         rows = [r for d in docs for r in d["rows"]]
-        atomic_write_json(
-            out, docs[0] | {"parts": args.summarise.split(","), "rows": rows, "summary": summarise(rows)}
-        )
+        atomic_write_json(out, docs[0] | {"parts": named, "rows": rows, "summary": summarise(rows)})
         print(json.dumps(summarise(rows), indent=1))
         return
     methods = args.methods.split(",")
