@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_baselines import MODEL_KWARGS, OUT, benchmark_table, predicted, tp_model
+from compress_vs_baselines import MODEL_KWARGS, OUT, benchmark_table, bisect_ratio, predicted, tp_model
 
 from edgetrim.compress.api import _group_label, compress
 from edgetrim.compress.config import CompressConfig, Regularizer
@@ -67,19 +67,20 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def tp_with_params(model, example, params: int, round_to: int | None) -> tuple[torch.nn.Module, float]:
-    """Torch-Pruning magnitude pruning at the ratio whose model has ``params`` parameters (bisection:
-    the count falls as the ratio grows); SystemExit when no ratio up to 0.95 rebuilds it."""
-    lo, hi = 0.0, 0.95
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        pruned = tp_model(model, example, mid, round_to)
-        n = n_params(pruned)
-        if n == params:
-            return pruned, mid
-        lo, hi = (mid, hi) if n > params else (lo, mid)
-    raise SystemExit(
-        f"no Torch-Pruning ratio rebuilds the stored {params}-parameter model (round_to={round_to})"
-    )
+    """Torch-Pruning magnitude pruning at the smallest ratio whose model has at most ``params``
+    parameters (the side-by-side benchmark's bisection, run to convergence); SystemExit when that
+    model does not have exactly ``params`` (no ratio up to 0.95 rebuilds the stored structure)."""
+    try:
+        ratio, pruned = bisect_ratio(
+            lambda r: tp_model(model, example, r, round_to), lambda m: n_params(m) <= params, steps=40
+        )
+    except ValueError:
+        pruned = None
+    if pruned is None or n_params(pruned) != params:
+        raise SystemExit(
+            f"no Torch-Pruning ratio rebuilds the stored {params}-parameter model (round_to={round_to})"
+        )
+    return pruned, ratio
 
 
 def summarise(rows: list[dict]) -> dict:
