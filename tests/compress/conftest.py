@@ -101,6 +101,37 @@ def make_table():
 
 
 @pytest.fixture(scope="session")
+def mlp_trainer(make_table):
+    """``mlp_trainer(**config)``: a ``PenaltyTrainer`` on a seeded MLP 64-40-24-10 over its staircase
+    table, bound as compress binds it (real cost at the non-zero gates, the table's envelope as the
+    soft signal), with a budget of half the dense cost; returns ``(trainer, dense cost)``."""
+    from edgetrim.compress.config import CompressConfig
+    from edgetrim.compress.gates import ChannelGates
+    from edgetrim.compress.graph import find_channel_groups
+    from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, default_extractor
+    from edgetrim.compress.train import PenaltyTrainer
+    from edgetrim.examples.models import mlp
+
+    def build(**config):
+        torch.manual_seed(0)
+        model, example = mlp(widths=(40, 24))
+        extract = default_extractor("onnxruntime")
+        groups = find_channel_groups(model, example)
+        terms = bind_layer_terms(model, example, groups, extract=extract)
+        cost = LatencyModel(make_table(extract(model, example)), terms, [g.unit for g in groups])
+        sizes = [g.size for g in groups]
+        dense = cost.hard_ms(sizes)
+        trainer = PenaltyTrainer(
+            model, ChannelGates(model, groups), {}, cost, CompressConfig(budget_ms=0.5 * dense, **config),
+            dense_widths=sizes, dense_cost=dense, cost_fn=cost.hard_ms, budget=0.5 * dense,
+            soft_cost_fn=cost.soft_ms,
+        )  # fmt: skip
+        return trainer, dense
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def load_benchmark():
     """``load_benchmark(name)`` imports ``benchmarks/<name>.py`` (not a package) for tests of its logic."""
     import importlib.util

@@ -6,36 +6,12 @@ import pytest
 import torch
 
 from edgetrim.compress.config import CompressConfig
-from edgetrim.compress.gates import ChannelGates
-from edgetrim.compress.graph import find_channel_groups
-from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, default_extractor
-from edgetrim.compress.train import _ANCHOR_EVERY, PenaltyTrainer
-from edgetrim.examples.models import mlp
+from edgetrim.compress.train import _ANCHOR_EVERY
 
 
-def _trainer(make_table, signal: str, regularizer: str | None = None) -> tuple[PenaltyTrainer, float]:
-    torch.manual_seed(0)
-    model, example = mlp(widths=(40, 24))
-    extract = default_extractor("onnxruntime")
-    groups = find_channel_groups(model, example)
-    table = make_table(extract(model, example))
-    cost = LatencyModel(
-        table, bind_layer_terms(model, example, groups, extract=extract), [g.unit for g in groups]
-    )
-    sizes = [g.size for g in groups]
-    dense = cost.hard_ms(sizes)
-    gates = ChannelGates(model, groups)
-    cfg = CompressConfig(budget_ms=0.5 * dense, dual_signal=signal, regularizer=regularizer)
-    trainer = PenaltyTrainer(
-        model, gates, {}, cost, cfg, dense_widths=sizes, dense_cost=dense, cost_fn=cost.hard_ms,
-        budget=0.5 * dense, soft_cost_fn=cost.soft_ms,
-    )  # fmt: skip
-    return trainer, dense
-
-
-def test_soft_signal_follows_spreading_masks_before_any_gate_is_zero(make_table) -> None:
-    soft, dense = _trainer(make_table, "soft")
-    hard, _ = _trainer(make_table, "hard")
+def test_soft_signal_follows_spreading_masks_before_any_gate_is_zero(mlp_trainer) -> None:
+    soft, dense = mlp_trainer(dual_signal="soft")
+    hard, _ = mlp_trainer(dual_signal="hard")
     assert soft.dual_cost() == pytest.approx(dense, rel=1e-6)  # uniform masks: the dense cost
     assert hard.dual_cost() == pytest.approx(dense, rel=1e-12)
     for t in (soft, hard):  # half of every group's masks shrink to 1e-3: no exact zero yet
@@ -57,8 +33,8 @@ def test_dual_signal_is_validated() -> None:
         CompressConfig(budget_ms=1.0, dual_signal="median")
 
 
-def test_dual_reads_the_penalty_cost_it_was_handed_without_a_second_surrogate_pass(make_table) -> None:
-    trainer, dense = _trainer(make_table, "soft")
+def test_dual_reads_the_penalty_cost_it_was_handed_without_a_second_surrogate_pass(mlp_trainer) -> None:
+    trainer, dense = mlp_trainer(dual_signal="soft")
     with torch.no_grad():
         for a in trainer.gates.alphas:
             a.uniform_(0.0, 1.0)
@@ -69,8 +45,8 @@ def test_dual_reads_the_penalty_cost_it_was_handed_without_a_second_surrogate_pa
     assert trainer.dual_cost(counts, soft) < dense
 
 
-def test_flops_penalty_on_a_latency_budget_still_reads_the_latency_surrogate(make_table) -> None:
-    trainer, _ = _trainer(make_table, "soft", regularizer="flops")
+def test_flops_penalty_on_a_latency_budget_still_reads_the_latency_surrogate(mlp_trainer) -> None:
+    trainer, _ = mlp_trainer(dual_signal="soft", regularizer="flops")
     with torch.no_grad():
         for a in trainer.gates.alphas:
             a.uniform_(0.0, 1.0)
@@ -80,8 +56,8 @@ def test_flops_penalty_on_a_latency_budget_still_reads_the_latency_surrogate(mak
     assert trainer.dual_cost(counts, flops) != pytest.approx(float(flops) + trainer._soft_shift)
 
 
-def test_soft_signal_is_re_anchored_at_the_real_cost_of_the_current_widths(make_table, tmp_path) -> None:
-    trainer, _ = _trainer(make_table, "soft")
+def test_soft_signal_is_re_anchored_at_the_real_cost_of_the_current_widths(mlp_trainer, tmp_path) -> None:
+    trainer, _ = mlp_trainer(dual_signal="soft")
     with torch.no_grad():  # half of every group at exactly zero
         for a in trainer.gates.alphas:
             a[: a.numel() // 2] = 0.0
@@ -97,6 +73,6 @@ def test_soft_signal_is_re_anchored_at_the_real_cost_of_the_current_widths(make_
         now = trainer.dual_cost()
     assert signal_at_hard() == pytest.approx(real, rel=1e-9)  # re-taken where the gates are now
     trainer.save_checkpoint(tmp_path / "ckpt.pt")  # a resumed run reads the same signal at once
-    resumed, _ = _trainer(make_table, "soft")
+    resumed, _ = mlp_trainer(dual_signal="soft")
     resumed.load_checkpoint(tmp_path / "ckpt.pt")
     assert resumed.dual_cost() == pytest.approx(now, rel=1e-12)

@@ -9,29 +9,11 @@ import pytest
 import torch
 
 from edgetrim.compress.config import CompressConfig
-from edgetrim.compress.gates import ChannelGates
-from edgetrim.compress.graph import find_channel_groups
-from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, default_extractor
 from edgetrim.compress.train import PenaltyTrainer
-from edgetrim.examples.models import mlp
 
 
-def _trainer(make_table, schedule: str) -> PenaltyTrainer:
-    torch.manual_seed(0)
-    model, example = mlp(widths=(40, 24))
-    extract = default_extractor("onnxruntime")
-    groups = find_channel_groups(model, example)
-    cost = LatencyModel(
-        make_table(extract(model, example)), bind_layer_terms(model, example, groups, extract=extract),
-        [g.unit for g in groups],
-    )  # fmt: skip
-    sizes = [g.size for g in groups]
-    dense = cost.hard_ms(sizes)
-    cfg = CompressConfig(budget_ms=0.5 * dense, epochs=2, lr=0.01, gate_lr=0.05, penalised_schedule=schedule)
-    return PenaltyTrainer(
-        model, ChannelGates(model, groups), {}, cost, cfg, dense_widths=sizes, dense_cost=dense,
-        cost_fn=cost.hard_ms, budget=0.5 * dense,
-    )  # fmt: skip
+def _trainer(mlp_trainer, schedule: str) -> PenaltyTrainer:
+    return mlp_trainer(epochs=2, lr=0.01, gate_lr=0.05, penalised_schedule=schedule)[0]
 
 
 def _batches(n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,24 +36,24 @@ def _lrs_per_step(trainer: PenaltyTrainer, epochs: int) -> list[tuple[float, flo
     return seen
 
 
-def test_cosine_decays_the_weights_over_the_penalised_epochs_and_leaves_the_masks(make_table) -> None:
-    lrs = _lrs_per_step(_trainer(make_table, "cosine"), epochs=2)
+def test_cosine_decays_the_weights_over_the_penalised_epochs_and_leaves_the_masks(mlp_trainer) -> None:
+    lrs = _lrs_per_step(_trainer(mlp_trainer, "cosine"), epochs=2)
     weights, masks = [w for w, _ in lrs], [m for _, m in lrs]
     assert len(lrs) == 8
     expected = [0.01 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]  # 4 batches x 2 epochs
     assert weights == pytest.approx(expected)
     assert all(a > b for a, b in itertools.pairwise(weights)) and weights[-1] < 0.001
     assert masks == [0.05] * 8
-    constant = _lrs_per_step(_trainer(make_table, "constant"), epochs=2)
+    constant = _lrs_per_step(_trainer(mlp_trainer, "constant"), epochs=2)
     assert constant == [(0.01, 0.05)] * 8
 
 
-def test_a_resumed_run_continues_the_schedule(make_table, tmp_path) -> None:
-    whole = _lrs_per_step(_trainer(make_table, "cosine"), epochs=2)
-    first = _trainer(make_table, "cosine")
+def test_a_resumed_run_continues_the_schedule(mlp_trainer, tmp_path) -> None:
+    whole = _lrs_per_step(_trainer(mlp_trainer, "cosine"), epochs=2)
+    first = _trainer(mlp_trainer, "cosine")
     _lrs_per_step(first, epochs=1)
     first.save_checkpoint(tmp_path / "ckpt.pt")
-    resumed = _trainer(make_table, "cosine")
+    resumed = _trainer(mlp_trainer, "cosine")
     resumed.load_checkpoint(tmp_path / "ckpt.pt")
     again = _lrs_per_step(resumed, epochs=1)
     assert [w for w, _ in again] == pytest.approx([w for w, _ in whole[4:]])  # not restarted at lr
