@@ -94,7 +94,16 @@ _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
-_MATMUL_OPS = ("BmmBackward", "MmBackward0(", "MatmulBackward", "BaddbmmBackward")
+# Autograd nodes of an activation x activation product: attention scores and context, written as a
+# matmul or as one fused ``scaled_dot_product_attention`` (Hugging Face's default implementation).
+_MATMUL_OPS = ("BmmBackward", "MmBackward0(", "MatmulBackward", "BaddbmmBackward", "ScaledDotProduct")
+# Where attention modules keep the width of one head: ours and most Hugging Face models (``head_dim``),
+# BERT and ViT in transformers (``attention_head_size``), a few others (``head_size``).
+_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size")
+# Head counts an attention module may keep as plain integers (updated when heads are removed), and
+# widths derived from them (``all_head_size`` = heads x head_dim in transformers' BERT and ViT).
+_HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads")
+_HEAD_WIDTH_ATTRS = ("all_head_size",)
 
 
 def _head_dim(model: nn.Module, producer_names: list[str]) -> tuple[int, str]:
@@ -110,9 +119,10 @@ def _head_dim(model: nn.Module, producer_names: list[str]) -> tuple[int, str]:
     by_name = dict(model.named_modules())
     while True:
         module = by_name.get(".".join(common))
-        value = getattr(module, "head_dim", None) if module is not None else None
-        if isinstance(value, int) and value > 0:
-            return value, ".".join(common)
+        for attr in _HEAD_DIM_ATTRS if module is not None else ():
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, ".".join(common)
         if not common:
             return 0, ""
         common.pop()
@@ -460,16 +470,19 @@ def materialize_channels(
         tp_group = dg.get_pruning_group(root, fn, remove)
         tp_group.prune(record_history=False)
         if group.unit > 1 and group.owner:
-            _set_num_heads(by_name[group.owner], len(kept_set) // group.unit)
+            _set_num_heads(by_name[group.owner], len(kept_set) // group.unit, group.unit)
     return clone
 
 
-def _set_num_heads(attn: nn.Module, heads: int) -> None:
-    """Keep an attention module's ``num_heads`` attribute in step with its sliced projections."""
-    current = getattr(type(attn), "num_heads", None)
-    if isinstance(current, property) or not hasattr(attn, "num_heads"):
-        return  # derived from the widths at run time, nothing to update
-    attn.num_heads = heads
+def _set_num_heads(attn: nn.Module, heads: int, head_dim: int) -> None:
+    """Keep an attention module's head count (and widths derived from it) in step with its sliced
+    projections; attributes that are properties are derived at run time and left alone."""
+    for attrs, value in ((_HEAD_COUNT_ATTRS, heads), (_HEAD_WIDTH_ATTRS, heads * head_dim)):
+        for attr in attrs:
+            if isinstance(getattr(type(attn), attr, None), property) or not hasattr(attn, attr):
+                continue
+            if isinstance(getattr(attn, attr), int):
+                setattr(attn, attr, value)
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:

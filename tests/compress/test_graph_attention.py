@@ -1,0 +1,138 @@
+"""Attention heads in layouts other than the zoo's encoder: a fused ``scaled_dot_product_attention``
+and the attribute names of Hugging Face transformers (``attention_head_size``, ``num_attention_heads``,
+``all_head_size``). Each must give one group per attention block with whole heads as units, and random
+gates must materialise to the same function with the head count updated.
+
+The transformers models are built from small configs (random weights, nothing downloaded).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetrim.compress.gates import ChannelGates
+from edgetrim.compress.graph import find_channel_groups
+
+
+class FusedAttention(nn.Module):
+    """Self-attention through one ``F.scaled_dot_product_attention`` call, transformers' naming."""
+
+    def __init__(self, hidden: int = 24, heads: int = 4, head_size: int = 6) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, head_size
+        self.all_head_size = heads * head_size
+        self.query, self.key, self.value = (nn.Linear(hidden, heads * head_size) for _ in range(3))
+        self.dense = nn.Linear(heads * head_size, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (*x.shape[:-1], -1, self.attention_head_size)  # head count follows the sliced widths
+        q, k, v = (p(x).view(shape).transpose(1, 2) for p in (self.query, self.key, self.value))
+        ctx = F.scaled_dot_product_attention(q, k, v, scale=0.4)  # (B, H, S, Dh)
+        return self.dense(ctx.transpose(1, 2).reshape(*x.shape[:-1], -1))
+
+
+class FusedEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(8, 24), FusedAttention(), nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head((h + self.attn(h)).mean(1))
+
+
+def _random_gates_materialise(model: nn.Module, example: torch.Tensor, batch: torch.Tensor) -> nn.Module:
+    """Gate whole units at random (unit 0 kept), materialise, check outputs; returns the small model."""
+    groups = find_channel_groups(model, (example,))
+    gates = ChannelGates(model, groups)
+    with torch.no_grad():
+        for a in gates.alphas:
+            a.copy_(torch.rand_like(a) * (torch.rand_like(a) > 0.5))
+            a[0] = 1.0
+        masked = model(batch)
+        small = gates.materialize((example,))
+        torch.testing.assert_close(small(batch), masked, rtol=1e-4, atol=1e-5)
+    return small
+
+
+def test_fused_attention_gives_whole_head_units() -> None:
+    torch.manual_seed(0)
+    model = FusedEncoder().eval()
+    x = torch.randn(1, 5, 8)
+    groups = find_channel_groups(model, (x,))
+    heads = [g for g in groups if g.unit > 1]
+    assert [(g.size, g.unit, g.owner) for g in heads] == [(24, 6, "attn")]
+    assert set(heads[0].names()) >= {"attn.query", "attn.key", "attn.value", "attn.dense"}
+
+
+def test_fused_attention_materialises_and_updates_the_head_count() -> None:
+    torch.manual_seed(0)
+    model = FusedEncoder().eval()
+    groups = find_channel_groups(model, (torch.randn(1, 5, 8),))
+    head_group = next(g.id for g in groups if g.unit > 1)
+    for drop in ([0], [1, 3]):  # one head, then two
+        torch.manual_seed(1)
+        gates = ChannelGates(model, groups)
+        with torch.no_grad():
+            for gi, a in enumerate(gates.alphas):
+                a.copy_(torch.rand_like(a) + 0.5)
+                if gi == head_group:
+                    a[drop] = 0.0
+            x = torch.randn(3, 5, 8)
+            masked = model(x)
+            small = gates.materialize((torch.randn(1, 5, 8),))
+            torch.testing.assert_close(small(x), masked, rtol=1e-4, atol=1e-5)
+        gates.detach_hooks()
+        attn = small.attn
+        assert attn.num_attention_heads == 4 - len(drop)
+        assert attn.all_head_size == attn.query.out_features == (4 - len(drop)) * 6
+        assert attn.attention_head_size == 6
+
+
+def _logits(model: nn.Module) -> nn.Module:
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x).logits
+
+    return Logits().eval()
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_transformers_bert_prunes_heads_and_ffn(attn_implementation: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=16, num_labels=3, attn_implementation=attn_implementation,
+    )  # fmt: skip
+    model = _logits(transformers.BertForSequenceClassification(config))
+    ids = torch.randint(0, 50, (1, 12))
+    groups = find_channel_groups(model, (ids,))
+    heads = sorted((g.owner, g.size, g.unit) for g in groups if g.unit > 1)
+    assert heads == [(f"m.bert.encoder.layer.{i}.attention.self", 32, 8) for i in range(2)]
+    assert {g.root_name for g in groups} >= {f"m.bert.encoder.layer.{i}.intermediate.dense" for i in range(2)}
+    small = _random_gates_materialise(model, ids, torch.randint(0, 50, (3, 12)))
+    for i in range(2):
+        attn = small.m.bert.encoder.layer[i].attention.self
+        assert attn.all_head_size == attn.num_attention_heads * 8 == attn.query.out_features
+
+
+def test_transformers_vit_prunes_heads() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        num_channels=1, image_size=8, patch_size=2, hidden_size=24, num_hidden_layers=1,
+        num_attention_heads=3, intermediate_size=32, num_labels=10,
+    )  # fmt: skip
+    model = _logits(transformers.ViTForImageClassification(config))
+    x = torch.randn(1, 1, 8, 8)
+    assert [(g.size, g.unit) for g in find_channel_groups(model, (x,)) if g.unit > 1] == [(24, 8)]
+    small = _random_gates_materialise(model, x, torch.randn(3, 1, 8, 8))
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
