@@ -7,6 +7,9 @@ this module only assembles them and turns user errors into one-line messages (se
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import typer
 
 from edgetrim.commands import COMMAND_MODULES
@@ -22,8 +25,23 @@ for _module in COMMAND_MODULES:
     _module.register(app)
 
 
+# Third-party notices that say nothing about the user's model or target, printed on every export:
+# torch.onnx registering torchvision ops that are not installed, a pytree deprecation inside the
+# exporter, torchao's optional CUDA kernels and its enum registrations (imported through transformers).
+_QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.utils._pytree", "torchao")
+_QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
+
+
+def _quiet_third_party_notices() -> None:
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
 def main() -> None:
     """Console entry point."""
+    _quiet_third_party_notices()
     app()
 
 

@@ -167,3 +167,18 @@ def test_resume_into_another_targets_table_is_refused(model_file, tmp_path) -> N
     result = runner.invoke(app, [*base, "--target", "litert-cpu", "--resume"])
     assert result.exit_code == 2 and "cannot resume" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_console_output_carries_no_third_party_notices(model_file) -> None:
+    """The exporter's own notices (torchvision ops not installed, a pytree deprecation) are not the
+    user's concern; the console entry point keeps them out of a measure's output."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edgetrim.cli", "measure", "--target", "ort-cpu"]
+    cmd += ["--model", f"{model_file}:tiny", "--quick"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "median" in done.stdout
+    for notice in ("torchvision is not installed", "LeafSpec", "Failed to load"):
+        assert notice not in done.stdout + done.stderr
