@@ -147,7 +147,10 @@ def plan_points(
                 n -= 1
             ins, outs = _geometric(max_in, n), _geometric(max_out, n)
             if len(ins) * len(outs) > budget:
-                logger.warning("budget %s is below the coarsest plan for %s", budget, ctx.key())
+                logger.warning(
+                    "%s: %d points asked for, the coarsest grid this planner builds has %d; "
+                    "measuring those", ctx.key(), budget, len(ins) * len(outs),
+                )  # fmt: skip
     pts = {(i, o) for i in ins for o in outs}
     pts.update(extra)
     return sorted(pts)
