@@ -198,8 +198,24 @@ def _norm_name(fn: Any) -> str:
     return name
 
 
+# Parameter-free modules the classifier prices as modules; any other parameter-free module (a zoo's own
+# activation class such as transformers' GELUActivation) is traced through, so the functions it calls
+# (F.gelu) are priced instead of one unknown OTHER op.
+_PRICED_PARAMETER_FREE: tuple[type[nn.Module], ...] = (
+    *_ACT_MODULES, *_SKIP_MODULES, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d,
+    nn.Softmax, nn.Flatten, nn.Unflatten,
+)  # fmt: skip
+
+
 def _is_leaf(m: nn.Module) -> bool:
-    return isinstance(m, _ATOMIC_MODULES) or not any(True for _ in m.children())
+    if isinstance(m, _ATOMIC_MODULES):
+        return True
+    if any(True for _ in m.children()):
+        return False
+    stateless = (
+        next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None
+    )
+    return not stateless or isinstance(m, _PRICED_PARAMETER_FREE)
 
 
 # --- front end 1: torch.fx --------------------------------------------------------------------

@@ -236,3 +236,37 @@ def test_onnxruntime_linear_on_tokens_runs_between_reshapes() -> None:
     assert [o.context.kind for o in extract_layer_ops(model, x, fusion=LITERT)] == [OpKind.LINEAR] * 2
     flat = extract_layer_ops(model, (torch.randn(5, 12),), fusion=ONNXRUNTIME)
     assert [o.context.kind for o in flat] == [OpKind.LINEAR] * 2  # 2-D input: Gemm as is
+
+
+class ZooGelu(nn.Module):  # an activation class of another zoo (transformers' GELUActivation)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x)
+
+
+class ZooScale(nn.Module):  # a parameter-free module whose forward the classifier has no model for
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5
+
+
+class FfnWithZooActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.act, self.scale, self.down = nn.Linear(8, 16), ZooGelu(), ZooScale(), nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.scale(self.act(self.up(x))))
+
+
+class UntraceableFfn(FfnWithZooActivation):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.sum()) > 1e9:  # data-dependent control flow: torch.fx cannot trace it
+            return x
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("model", [FfnWithZooActivation, UntraceableFfn], ids=["fx", "eager"])
+def test_parameter_free_modules_of_other_zoos_are_priced_by_what_they_call(model) -> None:
+    ops = extract_layer_ops(model(), (torch.randn(2, 8),), fusion=ONNXRUNTIME)
+    acts = [o for o in ops if o.context.kind == OpKind.ACTIVATION]
+    assert [o.context.key() for o in acts] == ["activation/t2/gelu"]
+    assert not any(o.context.variant in ("zoogelu", "zooscale") for o in ops)  # no unknown OTHER op
