@@ -52,6 +52,9 @@ class FusionRules:
             gets ``variant="skip"`` (its one-op model adds the residual first, as the fused kernel does).
         transpose_into_matmul: a transpose of the last two axes whose only consumer is a matmul
             (as its second operand) runs inside it (onnxruntime's FusedMatMul, transB); not emitted.
+        pad_into_conv: a zero constant pad whose only consumer is a conv or pooling layer becomes that
+            layer's padding (onnxruntime's PadFusion; TensorFlow-style "same" padding written as
+            ``F.pad`` before every conv); not emitted.
     """
 
     name: str
@@ -63,6 +66,7 @@ class FusionRules:
     linear_nd_reshapes: bool = False
     add_into_layer_norm: bool = False
     transpose_into_matmul: bool = False
+    pad_into_conv: bool = False
 
     def __post_init__(self) -> None:
         for attr in ("conv_activations", "linear_activations", "add_activations"):
@@ -81,9 +85,11 @@ TORCH_EAGER = FusionRules(name="torch-eager")
 # NCHWc layout fuses a residual Add and a HardSwish into blocked convs, which depends on the widths:
 # the predictor applies it, see lookup_tables.predict). A biased MatMul on a 3-D input becomes
 # Reshape -> Gemm -> Reshape. An Add feeding only a LayerNorm becomes SkipLayerNormalization, and a
-# last-two-axes transpose feeding only a MatMul (K^T in attention) becomes FusedMatMul.
+# last-two-axes transpose feeding only a MatMul (K^T in attention) becomes FusedMatMul, and a zero
+# Pad feeding only a Conv / pool becomes its pads (PadFusion).
 ONNXRUNTIME = FusionRules(
     name="onnxruntime",
+    pad_into_conv=True,
     fold_bn=True,
     fold_bn_linear=True,
     linear_nd_reshapes=True,
@@ -501,6 +507,9 @@ class _Extractor:
         if len(x.shape) != 4:
             return self.elementwise(name, OpKind.OTHER, x.shape, variant=f"pool_{variant}")
         n, cch, h, w = x.shape
+        kh, kw = _pair(kernel)
+        if not variant.startswith("global") and kh >= h and kw >= w and _pair(padding) == (0, 0):
+            variant = f"global_{variant}"  # one window over the whole map (ceil_mode): a global pool
         glob = variant.startswith("global")
         ctx = OpContext(
             OpKind.POOL,
@@ -566,6 +575,8 @@ class _Extractor:
             self.elementwise(c.name, OpKind.OTHER, x.shape, variant="reshape")
         elif isinstance(m, nn.MultiheadAttention):
             self.mha(c, m, x)
+        elif isinstance(m, nn.ConstantPad2d) and self._pad_folds_into_next(c, ("constant", m.value), {}):
+            return
         else:
             logger.info("no latency model for module %s (%s); recorded as OTHER", c.name, type(m).__name__)
             self.elementwise(c.name, OpKind.OTHER, x.shape, variant=type(m).__name__.lower())
@@ -656,6 +667,8 @@ class _Extractor:
             q, k = ins[0], ins[1]
             b = max(1, math.prod(q.shape[:-2]))
             self.attention(c.name, b, 1, q.shape[-2], k.shape[-2], q.shape[-1])
+        elif op == "pad" and self._pad_folds_into_next(c, c.args[2:4], c.kwargs):
+            return
         elif op in _RESHAPES:
             if ins:
                 self.elementwise(c.name, OpKind.OTHER, ins[0].shape, variant="reshape")
@@ -673,6 +686,22 @@ class _Extractor:
         elif ins:
             logger.info("no latency model for %s (%s); recorded as OTHER", c.name, op)
             self.elementwise(c.name, OpKind.OTHER, out_shape, variant=op)
+
+    def _pad_folds_into_next(self, c: _Call, mode_value: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+        """``c`` pads with zeros and its output goes only to a conv or pooling layer that takes it in."""
+        if not self.fusion.pad_into_conv:
+            return False
+        mode = mode_value[0] if len(mode_value) > 0 else kwargs.get("mode", "constant")
+        value = mode_value[1] if len(mode_value) > 1 else kwargs.get("value")
+        if mode != "constant" or value not in (None, 0, 0.0):
+            return False
+        j = self._sole_next(c.out)
+        if j is None:
+            return False
+        n = self.calls[j]
+        if n.op == "module":
+            return isinstance(n.module, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d))
+        return n.op in ("conv2d", "avg_pool2d", "max_pool2d")
 
     def _feeds_layer_norm(self, c: _Call) -> bool:
         """``c``'s output goes only to a LayerNorm over its last axis (shapes of both inputs equal)."""

@@ -270,3 +270,30 @@ def test_parameter_free_modules_of_other_zoos_are_priced_by_what_they_call(model
     acts = [o for o in ops if o.context.kind == OpKind.ACTIVATION]
     assert [o.context.key() for o in acts] == ["activation/t2/gelu"]
     assert not any(o.context.variant in ("zoogelu", "zooscale") for o in ops)  # no unknown OTHER op
+
+
+class SamePaddedConvs(nn.Module):
+    """TensorFlow-style "same" padding written out: F.pad / nn.ZeroPad2d before convs with padding 0,
+    one reflect pad, and a pooler whose one window covers the whole map (kernel > map, ceil_mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.zero = nn.Conv2d(3, 8, 3, stride=2), nn.ZeroPad2d((0, 1, 0, 1))
+        self.c2, self.c3 = nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 3)
+        self.pool = nn.AvgPool2d(64, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(F.pad(x, (0, 1, 0, 1)))
+        x = self.c2(self.zero(x))
+        x = self.c3(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+        return self.pool(x).flatten(1)
+
+
+@pytest.mark.parametrize("fusion", [ONNXRUNTIME, TORCH_EAGER, LITERT], ids=lambda f: f.name)
+def test_zero_pads_fold_into_the_next_conv_where_the_runtime_fuses_them(fusion) -> None:
+    ops = extract_layer_ops(SamePaddedConvs(), (torch.randn(1, 3, 16, 16),), fusion=fusion)
+    pads = [o.context.variant for o in ops if o.context.kind == OpKind.OTHER and "pad" in o.context.variant]
+    # onnxruntime's PadFusion takes the two zero pads into the convs; the reflect pad stays everywhere
+    assert pads == (["pad"] if fusion is ONNXRUNTIME else ["pad", "zeropad2d", "pad"])
+    pool = next(o for o in ops if o.context.kind == OpKind.POOL)
+    assert pool.context.variant == "global_avg" and pool.context.spatial == (7, 7)
