@@ -28,7 +28,12 @@ for _module in COMMAND_MODULES:
 # Third-party notices that say nothing about the user's model or target, printed on every export:
 # torch.onnx registering torchvision ops that are not installed, a pytree deprecation inside the
 # exporter, torchao's optional CUDA kernels and its enum registrations (imported through transformers).
-_QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.utils._pytree", "torchao")
+_QUIET_LOGGERS = (
+    "torch.onnx._internal.exporter._registration",
+    "torch.utils._pytree",
+    "torchao",
+    "onnxscript.optimizer._constant_folding",  # a constant it could not fold is left to the runtime
+)
 _QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
 
 

@@ -1,15 +1,18 @@
 """Load a model from a ``path/to/file.py:fn`` or ``package.module:fn`` spec.
 
 ``fn()`` returns an ``nn.Module`` or ``(module, example_inputs)``; when only a module is returned the
-caller passes ``input_shape``. Every failure is a one-line ``ModelSpecError``.
+caller passes ``input_shape``. A model that returns a mapping with ``logits`` (a Hugging Face
+``ModelOutput``) is wrapped in :class:`LogitsOutput`, so training, tracing and export see one tensor.
+Every failure is a one-line ``ModelSpecError``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,19 @@ import torch
 from torch import nn
 
 from edgetrim.errors import ModelSpecError
+
+logger = logging.getLogger(__name__)
+
+
+class LogitsOutput(nn.Module):
+    """``model(*x)["logits"]``: a classifier whose forward returns a mapping (transformers' outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*inputs)["logits"]
 
 
 @dataclass
@@ -108,10 +124,13 @@ def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> Loaded
     module.eval()
     try:
         with torch.no_grad():
-            module(*example)
+            out = module(*example)
     except Exception as exc:
         raise ModelSpecError(
             f"{spec} does not run on inputs of shape {[tuple(t.shape) for t in example]}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
+        logger.info("%s returns a %s; edgetrim uses its 'logits'", spec, type(out).__name__)
+        module = LogitsOutput(module).eval()
     return LoadedModel(module=module, example_inputs=example, spec=spec)

@@ -50,3 +50,45 @@ def test_module_without_example_inputs_asks_for_input_shape(tmp_path: Path) -> N
     src.write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 3)\n")
     with pytest.raises(ModelSpecError, match="--input-shape"):
         load_model(f"{src}:build")
+
+
+MAPPING_MODEL = """
+import torch
+from torch import nn
+
+class Classifier(nn.Module):  # returns a mapping, as transformers' models do
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"logits": self.head(h), "hidden_states": h}
+
+def build():
+    torch.manual_seed(0)
+    return Classifier(), (torch.randn(1, 6),)
+"""
+
+
+def test_a_model_returning_a_mapping_is_used_through_its_logits(tmp_path: Path) -> None:
+    import pickle
+
+    from edgetrim.compress.graph import find_channel_groups
+
+    src = tmp_path / "mapping_net.py"
+    src.write_text(MAPPING_MODEL)
+    loaded = load_model(f"{src}:build")
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        out = loaded.module(x)
+        assert isinstance(out, torch.Tensor)
+        torch.testing.assert_close(out, loaded.module.model(x)["logits"])
+    # the hidden layer is prunable, the classifier is the output
+    assert [g.root_name for g in find_channel_groups(loaded.module, loaded.example_inputs)] == ["model.body"]
+    pickle.dumps(loaded.module)  # RUN folders store the module
+
+
+def test_a_model_returning_a_tensor_is_not_wrapped() -> None:
+    loaded = load_model("lenet5")
+    assert type(loaded.module).__name__ != "LogitsOutput"
