@@ -21,7 +21,7 @@ from edgetrim.deploy.artifact import ExportArtifact, ExportFormat, Precision
 from edgetrim.deploy.data import RealData, check_artifact_inputs, check_input_spec, load_real_data
 from edgetrim.deploy.manifest import build_manifest, write_manifest
 from edgetrim.deploy.onnx_export import DEFAULT_OPSET, OnnxRunner, export_onnx, quantize_onnx_int8
-from edgetrim.deploy.parity import ParityConfig, check_parity
+from edgetrim.deploy.parity import ParityConfig, check_ids_in_range, check_parity, embedding_sizes
 from edgetrim.deploy.remeasure import RemeasureReport, remeasure, sparsity_payoff, weight_sparsity
 from edgetrim.errors import EdgetrimError, ExportError
 
@@ -215,6 +215,9 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
             what=f"data {data.spec!r} for run {root.name}",
             against="the model",
         )
+        # before any export: out-of-range ids would fail later in torch or in int8 calibration
+        names = [f"input_{i}" for i in range(len(inputs))]
+        check_ids_in_range(embedding_sizes(model, inputs), inputs, data, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     precisions = (Precision.FP32, Precision.INT8) if cfg.int8 else (Precision.FP32,)

@@ -8,7 +8,9 @@ pinned and the batch dimension is dynamic unless the model's code fixes it (then
 to the example batch and says so in ``ExportArtifact.notes``). int8 is onnxruntime's *static*
 quantization in QDQ form, per-channel asymmetric uint8 weights and uint8 activations, calibrated
 (min/max) on real input batches. (Symmetric int8 weights cost ~20 dB of SQNR on the small digits
-models here: 18 dB vs 38 dB for uint8 on the pruned + low-rank test net, onnxruntime 1.32.)
+models here: 18 dB vs 38 dB for uint8 on the pruned + low-rank test net, onnxruntime 1.32.) Integer
+inputs (token ids) are fed to calibration as they are and stay integer in the quantized file: only
+float tensors get quantize/dequantize pairs.
 """
 
 from __future__ import annotations
@@ -27,14 +29,37 @@ import torch
 from torch import nn
 
 from edgetrim.deploy.artifact import ExportArtifact, ExportFormat, Precision, TensorSpec
-from edgetrim.deploy.data import rebatch
+from edgetrim.deploy.data import feed_array, rebatch
 from edgetrim.errors import ExportError
 from edgetrim.io_utils import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
+_ONNX_DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+}
+# onnxruntime's names for input types (``NodeArg.type``) -> numpy dtype names
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
 
 
 def _onnx() -> Any:
@@ -171,12 +196,10 @@ def export_onnx(
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over pre-loaded input batches."""
+    """onnxruntime CalibrationDataReader over pre-loaded input batches, each cast to its input's dtype."""
 
-    def __init__(self, names: Sequence[str], batches: Sequence[Sequence[np.ndarray]]) -> None:
-        self._items = iter(
-            [dict(zip(names, (np.ascontiguousarray(a, np.float32) for a in b))) for b in batches]
-        )
+    def __init__(self, specs: Sequence[TensorSpec], batches: Sequence[Sequence[np.ndarray]]) -> None:
+        self._items = iter([{t.name: feed_array(a, t.dtype) for t, a in zip(specs, b)} for b in batches])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._items, None)
@@ -194,7 +217,7 @@ def quantize_onnx_int8(
     Args:
         fp32: the artifact from :func:`export_onnx`.
         path: the int8 ``.onnx`` file to write.
-        calibration: input batches (one list of float32 arrays per batch) from the real data.
+        calibration: input batches (one list of arrays per batch, float32 or integer ids) from the real data.
         per_channel: per-output-channel weight scales (more accurate; supported by the CPU EP).
 
     Raises:
@@ -206,7 +229,6 @@ def quantize_onnx_int8(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    names = [t.name for t in fp32.inputs]
     batches: list[list[np.ndarray]] = []
     for b in calibration:
         batches += [list(b)] if fp32.dynamic_batch else rebatch(b, fp32.inputs[0].shape[0])
@@ -227,7 +249,7 @@ def quantize_onnx_int8(
             quantize_static(
                 str(src),
                 str(dst),
-                Reader(names, batches),
+                Reader(fp32.inputs, batches),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QUInt8,
@@ -279,7 +301,11 @@ def session(
 
 
 class OnnxRunner:
-    """Run an ONNX artifact on float32 numpy inputs of any batch size (re-batched for a static batch)."""
+    """Run an ONNX artifact on numpy inputs of any batch size (re-batched for a static batch).
+
+    Each input is cast to the dtype the artifact declares: float32 for float inputs, int64 (or whatever
+    integer type the graph takes) for token ids.
+    """
 
     def __init__(self, artifact: ExportArtifact, *, threads: int = 1) -> None:
         self.artifact = artifact
@@ -294,7 +320,10 @@ class OnnxRunner:
             chunks = rebatch(arrays, self.artifact.inputs[0].shape[0])
         results: list[list[np.ndarray]] = []
         for chunk in chunks:
-            feed = {name: np.ascontiguousarray(a, np.float32) for name, a in zip(self._names, chunk)}
+            feed = {
+                name: feed_array(a, spec.dtype)
+                for name, spec, a in zip(self._names, self.artifact.inputs, chunk)
+            }
             results.append(self._sess.run(None, feed))
         return [np.concatenate([r[i] for r in results])[:n] for i in range(len(results[0]))]
 
@@ -327,13 +356,17 @@ def profile_nodes(
 ) -> dict[str, float]:
     """Median per-node kernel time (ms) over ``runs`` profiled runs, graph optimisation off.
 
+    ``arrays`` are cast to the dtypes the session declares (float32, or int64 for token ids).
+
     Optimisation is off so every node keeps the name (and module metadata) the exporter gave it; the
     profiler's own overhead inflates these times, so callers scale them to an un-profiled total.
     """
     with tempfile.TemporaryDirectory(prefix="edgetrim-prof-") as tmp:
         sess = session(path, threads=threads, optimize=False, profile_dir=Path(tmp))
-        names = [i.name for i in sess.get_inputs()]
-        feed = {n: np.ascontiguousarray(a, np.float32) for n, a in zip(names, arrays)}
+        feed = {
+            i.name: feed_array(a, _ORT_DTYPES.get(i.type, "float32"))
+            for i, a in zip(sess.get_inputs(), arrays)
+        }
         for _ in range(runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())

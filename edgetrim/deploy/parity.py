@@ -9,6 +9,12 @@ the classification accuracy of both is compared.
 For int8, random inputs are drawn uniformly inside the range the calibration data covered (outside
 it, saturation is the quantizer working as designed, not a defect), and the SQNR gate is applied on
 real data when there is any, else on those random inputs.
+
+Integer inputs (token ids) are indices, so random ones must be valid indices: they are drawn uniformly
+from ``[0, n)``, ``n`` the smallest ``num_embeddings`` of the ``nn.Embedding`` modules that receive the
+input directly (found with forward pre-hooks during one run on the example inputs); an integer input no
+embedding reads is drawn from the range of values the example inputs and the real data hold. Integer
+inputs are never quantized or scaled, in int8 checks neither.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from torch import nn
 
 from edgetrim.deploy.artifact import ExportArtifact, Precision
-from edgetrim.deploy.data import RealData, check_input_spec
+from edgetrim.deploy.data import RealData, check_input_spec, is_integer
 from edgetrim.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -114,16 +120,119 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def torch_outputs(model: nn.Module, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run ``model`` on float32 numpy inputs; outputs flattened to a list of numpy arrays."""
+def _to_tensor(a: np.ndarray, dtype: torch.dtype | None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype is not None:
+        return t.to(dtype)
+    return t if is_integer(a.dtype) else t.float()  # ids as they are, values as float32
+
+
+def torch_outputs(
+    model: nn.Module, arrays: Sequence[np.ndarray], dtypes: Sequence[torch.dtype] | None = None
+) -> list[np.ndarray]:
+    """Run ``model`` on numpy inputs; outputs flattened to a list of numpy arrays.
+
+    Each array is cast to its entry of ``dtypes`` (the example inputs' dtypes: ids stay int64 when the
+    artifact took int32); without ``dtypes`` float arrays become float32 and integer arrays keep theirs.
+    """
+    kinds = list(dtypes) if dtypes is not None else [None] * len(arrays)
     with torch.no_grad():
-        out = model(*(torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in arrays))
+        out = model(*(_to_tensor(a, d) for a, d in zip(arrays, kinds)))
     flat = list(out) if isinstance(out, list | tuple) else [out]
     return [o.detach().cpu().float().numpy() for o in flat]
 
 
+def embedding_sizes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[int | None]:
+    """Per input, the smallest ``num_embeddings`` of the ``nn.Embedding`` modules it feeds directly.
+
+    One forward run on ``example_inputs`` with a pre-hook on every embedding records what each receives.
+    An input matches an embedding's input by identity (the tensor passed straight through) or, when no
+    embedding receives it by identity, by equal shape and values (a ``.view`` or ``.to`` on the way).
+    Identity wins because an all-zero example equals buffers such as BERT's token-type ids, whose
+    embedding has 2 rows: matching those would shrink the id range to {0, 1}. ``None`` for float inputs
+    and for integer inputs no embedding reads.
+    """
+    seen: list[tuple[torch.Tensor, int]] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = args[0] if args else kwargs.get("input")
+        if isinstance(ids, torch.Tensor):
+            seen.append((ids, int(module.num_embeddings)))
+
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if not embeddings or not any(is_integer(t.dtype) for t in example_inputs):
+        return [None] * len(example_inputs)
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in embeddings]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    sizes: list[int | None] = []
+    for t in example_inputs:
+        if not is_integer(t.dtype):
+            sizes.append(None)
+            continue
+        hits = [n for ids, n in seen if ids is t]
+        if not hits:
+            hits = [n for ids, n in seen if ids.shape == t.shape and torch.equal(ids.long(), t.long())]
+        sizes.append(min(hits) if hits else None)
+    return sizes
+
+
+def _value_range(i: int, example: torch.Tensor, data: RealData | None) -> tuple[int, int]:
+    """Smallest and largest value input ``i`` takes in the example and the real data ({0} when empty)."""
+    parts = [example.detach().cpu().numpy().reshape(-1)]
+    if data is not None:
+        parts += [arrays[i].reshape(-1) for arrays, _ in (*data.calibration, *data.evaluation)]
+    values = np.concatenate([np.asarray(p, np.int64) for p in parts])
+    if values.size == 0:
+        return 0, 0
+    return int(values.min()), int(values.max())
+
+
+def _integer_ranges(
+    example_inputs: Sequence[torch.Tensor], sizes: Sequence[int | None], data: RealData | None
+) -> list[tuple[int, int] | None]:
+    """Per input, the inclusive range random integer draws come from; ``None`` for float inputs."""
+    ranges: list[tuple[int, int] | None] = []
+    for i, (t, size) in enumerate(zip(example_inputs, sizes)):
+        if not is_integer(t.dtype):
+            ranges.append(None)
+        elif size is not None:
+            ranges.append((0, size - 1))
+        else:
+            ranges.append(_value_range(i, t, data))
+    return ranges
+
+
+def check_ids_in_range(
+    sizes: Sequence[int | None], example_inputs: Sequence[torch.Tensor], data: RealData, names: Sequence[str]
+) -> None:
+    """Raise a one-line ExportError when real ids fall outside the embedding they index.
+
+    ``sizes`` come from :func:`embedding_sizes`. Torch would raise ``IndexError`` deep inside the model,
+    and runtimes may read out of bounds.
+    """
+    for i, size in enumerate(sizes):
+        if size is None:
+            continue
+        lo, hi = _value_range(i, example_inputs[i], data)
+        if lo < 0 or hi >= size:
+            raise ExportError(
+                f"data {data.spec!r} has ids from {lo} to {hi} for input {names[i]!r}, but the model's "
+                f"nn.Embedding takes 0..{size - 1}; use data made for this model's vocabulary"
+            )
+
+
 def _random_inputs(
-    example_inputs: Sequence[torch.Tensor], n: int, seed: int, data: RealData | None, precision: Precision
+    example_inputs: Sequence[torch.Tensor],
+    sizes: Sequence[int | None],
+    n: int,
+    seed: int,
+    data: RealData | None,
+    precision: Precision,
 ) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     draws: list[list[np.ndarray]] = []
@@ -131,11 +240,16 @@ def _random_inputs(
     if precision is Precision.INT8 and data is not None:
         first = data.calibration[0][0]
         bounds = [(float(np.min(a)), float(np.max(a))) for a in first]
+    ids = _integer_ranges(example_inputs, sizes, data)
     for _ in range(n):
         arrays = []
         for i, t in enumerate(example_inputs):
             shape = tuple(t.shape)
-            if bounds is not None:
+            if ids[i] is not None:  # valid indices in the example's dtype, never scaled
+                lo, hi = ids[i]
+                dtype = t.detach().cpu().numpy().dtype
+                arrays.append(rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype))
+            elif bounds is not None:
                 lo, hi = bounds[i]
                 arrays.append(rng.uniform(lo, hi, size=shape).astype(np.float32))
             else:
@@ -165,12 +279,17 @@ def _accumulate(
 
 
 def _compare(
-    model: nn.Module, runner: Runner, batches: Sequence[Sequence[np.ndarray]], names: list[str], source: str
+    model: nn.Module,
+    runner: Runner,
+    batches: Sequence[Sequence[np.ndarray]],
+    names: list[str],
+    source: str,
+    dtypes: Sequence[torch.dtype],
 ) -> tuple[list[OutputParity], list[tuple[np.ndarray, np.ndarray]]]:
     per_output: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in names]
     first_outputs: list[tuple[np.ndarray, np.ndarray]] = []
     for arrays in batches:
-        ref = torch_outputs(model, arrays)
+        ref = torch_outputs(model, arrays, dtypes)
         got = runner(arrays)
         if len(ref) != len(got):
             raise ExportError(f"the artifact returns {len(got)} outputs but the model returns {len(ref)}")
@@ -207,12 +326,16 @@ def check_parity(
     cfg = config or ParityConfig()
     model = model.eval()
     names = [o.name for o in artifact.outputs]
+    # torch runs every input in its example's dtype: float32, or the ids' integer type
+    dtypes = [t.dtype if is_integer(t.dtype) else torch.float32 for t in example_inputs]
+    sizes = embedding_sizes(model, example_inputs)
     rows, _ = _compare(
         model,
         runner,
-        _random_inputs(example_inputs, cfg.n_random, cfg.seed, data, artifact.precision),
+        _random_inputs(example_inputs, sizes, cfg.n_random, cfg.seed, data, artifact.precision),
         names,
         "random",
+        dtypes,
     )
     n_real = 0
     acc_ref = acc_art = None
@@ -227,7 +350,8 @@ def check_parity(
             real.append([a[:take] for a in arrays])
             labels.append(None if y is None else y[:take])
             n_real += take
-        real_rows, firsts = _compare(model, runner, real, names, "real")
+        check_ids_in_range(sizes, example_inputs, data, [t.name for t in artifact.inputs])
+        real_rows, firsts = _compare(model, runner, real, names, "real", dtypes)
         rows += real_rows
         if all(y is not None for y in labels) and firsts and firsts[0][0].ndim == 2:
             y_all = np.concatenate([y for y in labels if y is not None])

@@ -489,7 +489,8 @@ def remeasure(
         and runtime == "onnxruntime"
         and not target.name.startswith("adb")
     ):
-        arrays = [t.detach().cpu().float().numpy() for t in example_inputs]
+        # integer inputs (ids) keep their dtype: profile_nodes casts each to the graph's input type
+        arrays = [t.detach().cpu().numpy() for t in example_inputs]
         layers, scale = per_layer_onnx(
             artifact.path,
             arrays,

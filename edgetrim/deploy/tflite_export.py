@@ -9,6 +9,10 @@ takes and returns **int8** tensors; their scale / zero point are recorded in the
 ``TensorSpec``s (and so in the manifest), and :class:`TfliteRunner` / :func:`quantize_input` /
 :func:`dequantize_output` do the float <-> int8 mapping for the caller. TFLite models have the
 example inputs' batch size baked in; the runner re-batches.
+
+Integer inputs (token ids into an ``nn.Embedding``) are converted with their integer dtype and never
+quantized: the converter may declare them int32 or int64, and the runner casts ids to whatever the
+interpreter's input details say.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 from edgetrim.deploy.artifact import ExportArtifact, ExportFormat, Precision, TensorSpec
-from edgetrim.deploy.data import rebatch
+from edgetrim.deploy.data import feed_array, is_integer, rebatch
 from edgetrim.errors import ExportError
 from edgetrim.io_utils import atomic_write_bytes
 
@@ -110,14 +114,27 @@ def _details_to_specs(details: Sequence[dict[str, Any]]) -> tuple[TensorSpec, ..
     return tuple(specs)
 
 
+def _example_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """CPU copies for the converter: float inputs as float32, integer inputs (ids) keep their dtype."""
+    return tuple(
+        t.detach().cpu() if is_integer(t.dtype) else t.detach().cpu().float() for t in example_inputs
+    )
+
+
 def _calibrate(
-    prepared: nn.Module, batches: Sequence[Sequence[np.ndarray]], batch: int, max_samples: int
+    prepared: nn.Module,
+    batches: Sequence[Sequence[np.ndarray]],
+    inputs: Sequence[torch.Tensor],
+    max_samples: int,
 ) -> int:
+    """Feed real batches to the PT2E observers, each array cast to its example input's dtype (ids as ids)."""
+    batch = int(inputs[0].shape[0])
+    dtypes = [str(t.dtype).replace("torch.", "") for t in inputs]
     seen = 0
     with torch.no_grad():
         for arrays in batches:
             for chunk in rebatch(arrays, batch):
-                prepared(*(torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in chunk))
+                prepared(*(torch.from_numpy(feed_array(a, d)) for a, d in zip(chunk, dtypes)))
                 seen += batch
                 if seen >= max_samples:
                     return seen
@@ -159,7 +176,7 @@ def export_tflite(
     litert_torch = _litert_torch()
     out = Path(path)
     module = copy.deepcopy(model).cpu().eval()
-    inputs = tuple(t.detach().cpu().float() for t in example_inputs)
+    inputs = _example_inputs(example_inputs)
     notes: list[str] = []
     with _quiet_converter():
         try:
@@ -175,7 +192,7 @@ def export_tflite(
                 graph = torch.export.export(module, inputs).module()
                 prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
                 assert calibration is not None
-                seen = _calibrate(prepared, calibration, int(inputs[0].shape[0]), max_calibration_samples)
+                seen = _calibrate(prepared, calibration, inputs, max_calibration_samples)
                 converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
                 move_exported_model_to_eval(converted)  # swaps the BN / dropout ops to their eval forms
                 converted.training = False  # the flag litert-torch checks (exported modules refuse .eval())
@@ -209,9 +226,12 @@ def export_tflite(
 
 
 def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Float -> the artifact's integer input: ``round(x / scale) + zero_point``, saturated."""
+    """Float -> the artifact's integer input: ``round(x / scale) + zero_point``, saturated.
+
+    An input without a scale (a float input of an fp32 file, token ids) is only cast to its dtype.
+    """
     if spec.scale is None or spec.zero_point is None:
-        return np.ascontiguousarray(x, dtype=np.dtype(spec.dtype))
+        return feed_array(x, spec.dtype)
     info = np.iinfo(np.dtype(spec.dtype))
     q = np.round(np.asarray(x, np.float32) / spec.scale) + spec.zero_point
     return np.clip(q, info.min, info.max).astype(spec.dtype)
@@ -225,7 +245,10 @@ def dequantize_output(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 class TfliteRunner:
-    """Run a ``.tflite`` artifact on float32 inputs of any batch size; int8 I/O is (de)quantized here.
+    """Run a ``.tflite`` artifact on inputs of any batch size; int8 I/O is (de)quantized here.
+
+    Float inputs are float32 (quantized when the file takes int8); integer inputs (ids) are cast to the
+    integer type the interpreter declares for them (int32 or int64), never scaled.
 
     Example:
         >>> run = TfliteRunner(artifact)  # doctest: +SKIP
@@ -245,7 +268,7 @@ class TfliteRunner:
         results: list[list[np.ndarray]] = []
         for chunk in rebatch(arrays, batch):
             for d, spec, a in zip(self._in, self.artifact.inputs, chunk):
-                self._interp.set_tensor(d["index"], quantize_input(a, spec))
+                self._interp.set_tensor(d["index"], self._feed(a, spec, d))
             self._interp.invoke()
             results.append(
                 [
@@ -254,3 +277,10 @@ class TfliteRunner:
                 ]
             )
         return [np.concatenate([r[i] for r in results])[:n] for i in range(len(results[0]))]
+
+    @staticmethod
+    def _feed(a: np.ndarray, spec: TensorSpec, detail: dict[str, Any]) -> np.ndarray:
+        if spec.scale is not None:
+            return quantize_input(a, spec)
+        # the interpreter's own input type, not the manifest's: set_tensor refuses any other width
+        return feed_array(a, np.dtype(detail["dtype"]).name)
