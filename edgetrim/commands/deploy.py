@@ -10,18 +10,6 @@ import typer
 from edgetrim.commands._common import cli_errors, echo_json
 
 
-def _quiet_third_party() -> None:
-    """Keep the exporters' chatter (torchvision-missing notices, pytree deprecations) off the terminal."""
-    import logging
-    import warnings
-
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    # the exporter's constant folder says "Evaluation failed" for shape ops it leaves unfolded
-    # (BERT's position-id reshape); the graph is still exported and checked for parity
-    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
-
-
 def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("report")(report)
@@ -53,7 +41,6 @@ def export(
     from edgetrim.deploy.bundle import ExportConfig, export_run, parse_formats
     from edgetrim.deploy.manifest import load_manifest
 
-    _quiet_third_party()
     cfg = ExportConfig(formats=parse_formats(format), int8=int8, data=data, target=target, table=table)
     bundle = export_run(run, out, cfg)
     if json_out:
@@ -113,7 +100,6 @@ def demo(
     """Profile this CPU, train the digits CNN, compress it to 50% latency, export, re-measure, report."""
     from edgetrim.deploy.demo import DemoConfig, run_demo
 
-    _quiet_third_party()
     result = run_demo(out, DemoConfig.quick() if quick else DemoConfig())
     if json_out:
         echo_json(result.to_dict())
