@@ -22,10 +22,16 @@ For each target (ort-cpu and litert-cpu by default, 1 thread) this script
    ``table_prediction_vs_min_round`` scores the same predictions against each model's fastest round
    (a second view for a shared machine, where other processes' load only adds time).
 
+``--suite transformers`` runs the same protocol on models edgetrim's own zoo does not contain:
+Hugging Face transformers' ResNet (basic and bottleneck blocks), MobileNetV2 (TensorFlow-style same
+padding), EfficientNet, ConvNeXt, ViT, BERT (token ids) and MobileViT, each built from a small config
+with random weights (nothing is downloaded) and used through its logits.
+
 Usage::
 
     .venv/bin/python benchmarks/prediction_accuracy.py            # full run (tens of minutes)
     .venv/bin/python benchmarks/prediction_accuracy.py --quick    # reduced run (smoke, minutes)
+    .venv/bin/python benchmarks/prediction_accuracy.py --suite transformers --targets ort-cpu
 
 Output: ``benchmarks/results/prediction_accuracy.json`` (``--out`` to change; ``--quick`` writes
 ``prediction_accuracy_quick.json``).
@@ -119,6 +125,65 @@ QUICK_SUITE = [
 ]
 
 
+# (label, "hf_<family>", config keyword arguments): models of another zoo, see ``_build_transformers``.
+TRANSFORMERS_SUITE: list[tuple[str, str, dict[str, Any]]] = [
+    ("hf_resnet_basic_32px", "hf_resnet", {"embedding_size": 32, "hidden_sizes": [32, 64, 128, 256]}),
+    ("hf_resnet_bottleneck_32px", "hf_resnet",
+     {"embedding_size": 32, "hidden_sizes": [64, 128, 256, 512], "layer_type": "bottleneck"}),
+    ("hf_mobilenetv2_0.5_32px", "hf_mobilenetv2", {"depth_multiplier": 0.5}),
+    ("hf_mobilenetv2_0.75_32px", "hf_mobilenetv2", {"depth_multiplier": 0.75}),
+    ("hf_efficientnet_0.5_32px", "hf_efficientnet",
+     {"width_coefficient": 0.5, "depth_coefficient": 0.5, "hidden_dim": 640}),
+    ("hf_convnext_16_32px", "hf_convnext", {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
+    ("hf_convnext_24_32px", "hf_convnext", {"hidden_sizes": [24, 48, 96, 192], "depths": [1, 1, 2, 1]}),
+    ("hf_vit_64_32px", "hf_vit", {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}),
+    ("hf_vit_96_3heads_32px", "hf_vit", {"hidden_size": 96, "num_attention_heads": 3, "intermediate_size": 200}),
+    ("hf_bert_64_seq64", "hf_bert", {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}),
+    ("hf_bert_128_seq32", "hf_bert",
+     {"hidden_size": 128, "num_attention_heads": 8, "intermediate_size": 256, "seq": 32}),
+    ("hf_mobilevit_32px", "hf_mobilevit",
+     {"hidden_sizes": [48, 64, 80], "neck_hidden_sizes": [16, 24, 32, 48, 64, 80, 160]}),
+]  # fmt: skip
+
+
+def _build_transformers(family: str, **cfg: Any) -> tuple[Any, tuple[Any, ...]]:
+    """A transformers model from a small config (random weights, seeded), through its logits."""
+    import torch
+    import transformers as tf
+
+    from edgetrim.model_spec import LogitsOutput
+
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 32, 32)
+    if family == "hf_resnet":
+        model = tf.ResNetForImageClassification(tf.ResNetConfig(depths=[1, 1, 1, 1], **cfg))
+    elif family == "hf_mobilenetv2":
+        model = tf.MobileNetV2ForImageClassification(tf.MobileNetV2Config(image_size=32, **cfg))
+    elif family == "hf_efficientnet":
+        model = tf.EfficientNetForImageClassification(tf.EfficientNetConfig(image_size=32, **cfg))
+    elif family == "hf_convnext":
+        model = tf.ConvNextForImageClassification(tf.ConvNextConfig(**cfg))
+    elif family == "hf_vit":
+        config = tf.ViTConfig(image_size=32, patch_size=4, num_hidden_layers=2, **cfg)
+        model = tf.ViTForImageClassification(config)
+    elif family == "hf_bert":
+        seq = cfg.pop("seq", 64)
+        config = tf.BertConfig(vocab_size=1000, num_hidden_layers=2, max_position_embeddings=seq, **cfg)
+        model = tf.BertForSequenceClassification(config)
+        return LogitsOutput(model).eval(), (torch.randint(0, 1000, (1, seq)),)
+    elif family == "hf_mobilevit":
+        model = tf.MobileViTForImageClassification(tf.MobileViTConfig(image_size=32, **cfg))
+    else:
+        raise ValueError(f"unknown transformers family {family!r}")
+    return LogitsOutput(model).eval(), (image,)
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
+    if name.startswith("hf_"):
+        return _build_transformers(name, **kwargs)
+    return build(name, **kwargs)
+
+
 @contextlib.contextmanager
 def _quiet_stdout():  # type: ignore[no-untyped-def]
     """Converters print progress on stdout; keep it on stderr."""
@@ -177,7 +242,7 @@ def run_target(
     info = target.info()
     models = []
     for label, name, kwargs in suite:
-        module, inputs = build(name, **kwargs)
+        module, inputs = _build(name, dict(kwargs))
         ops = extract_layer_ops(module, inputs, fusion=target.fusion)
         models.append({"label": label, "module": module, "inputs": inputs, "ops": ops})
     all_ops = [op for m in models for op in m["ops"]]
@@ -302,6 +367,10 @@ def run_target(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced suite, coarse timing, small grids")
+    parser.add_argument(
+        "--suite", choices=("zoo", "transformers"), default="zoo",
+        help="edgetrim's example models, or transformers' models built from small configs",
+    )  # fmt: skip
     parser.add_argument("--targets", default="ort-cpu,litert-cpu", help="comma-separated target names")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
     parser.add_argument("--include-exact", action="store_true", help="also profile the models' exact widths")
@@ -320,15 +389,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logger.setLevel(logging.INFO)
 
-    suite = [s for s in SUITE if s[0] in QUICK_SUITE] if args.quick else SUITE
+    if args.suite == "transformers":
+        suite = TRANSFORMERS_SUITE[::3] if args.quick else TRANSFORMERS_SUITE
+    else:
+        suite = [s for s in SUITE if s[0] in QUICK_SUITE] if args.quick else SUITE
     rounds = args.rounds or (3 if args.quick else 5)
-    name = "prediction_accuracy_quick" if args.quick else "prediction_accuracy"
+    name = "prediction_accuracy" + ("_transformers" if args.suite == "transformers" else "")
+    name += "_quick" if args.quick else ""
     out = args.out or ROOT / "benchmarks" / "results" / f"{name}.json"
     table_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="edgetrim-prediction-accuracy-"))
     table_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "benchmark": "prediction_accuracy",
         "quick": args.quick,
+        "suite": args.suite,
         "include_exact": args.include_exact,
         "rounds": rounds,
         "git_sha": _git_sha(),
