@@ -55,6 +55,10 @@ class FusionRules:
         pad_into_conv: a zero constant pad whose only consumer is a conv or pooling layer becomes that
             layer's padding (onnxruntime's PadFusion; TensorFlow-style "same" padding written as
             ``F.pad`` before every conv); not emitted.
+        sdpa_guarded_softmax: ``scaled_dot_product_attention`` runs its softmax as torch's ONNX
+            exporter writes it: the (zero) mask added first, rows of NaN set to zero after (Add,
+            Softmax, IsNaN, Where); the softmax context gets ``variant="sdpa"``, profiled as those
+            four nodes.
     """
 
     name: str
@@ -67,6 +71,7 @@ class FusionRules:
     add_into_layer_norm: bool = False
     transpose_into_matmul: bool = False
     pad_into_conv: bool = False
+    sdpa_guarded_softmax: bool = False
 
     def __post_init__(self) -> None:
         for attr in ("conv_activations", "linear_activations", "add_activations"):
@@ -86,10 +91,12 @@ TORCH_EAGER = FusionRules(name="torch-eager")
 # the predictor applies it, see lookup_tables.predict). A biased MatMul on a 3-D input becomes
 # Reshape -> Gemm -> Reshape. An Add feeding only a LayerNorm becomes SkipLayerNormalization, and a
 # last-two-axes transpose feeding only a MatMul (K^T in attention) becomes FusedMatMul, and a zero
-# Pad feeding only a Conv / pool becomes its pads (PadFusion).
+# Pad feeding only a Conv / pool becomes its pads (PadFusion). scaled_dot_product_attention arrives
+# from the dynamo exporter as MatMul, Add (mask), Softmax, IsNaN, Where, MatMul.
 ONNXRUNTIME = FusionRules(
     name="onnxruntime",
     pad_into_conv=True,
+    sdpa_guarded_softmax=True,
     fold_bn=True,
     fold_bn_linear=True,
     linear_nd_reshapes=True,
@@ -523,7 +530,9 @@ class _Extractor:
         self.emit(name, ctx, cch, cch)
         return None
 
-    def attention(self, name: str, b: int, heads: int, s_q: int, s_k: int, d: int) -> None:
+    def attention(
+        self, name: str, b: int, heads: int, s_q: int, s_k: int, d: int, *, softmax_variant: str = ""
+    ) -> None:
         bh = b * heads
         variant = f"batch{bh}" if bh > 1 else ""
         self.emit(
@@ -533,7 +542,8 @@ class _Extractor:
             s_k,
             bh * s_q * d * s_k,
         )
-        self.emit(f"{name}:softmax", OpContext(OpKind.SOFTMAX, tokens=bh * s_q), s_k, s_k)
+        softmax = OpContext(OpKind.SOFTMAX, tokens=bh * s_q, variant=softmax_variant)
+        self.emit(f"{name}:softmax", softmax, s_k, s_k)
         self.emit(
             f"{name}:context",
             OpContext(OpKind.MATMUL, tokens=s_q, variant=variant),
@@ -666,7 +676,8 @@ class _Extractor:
         elif op == "scaled_dot_product_attention" and len(ins) >= 3:
             q, k = ins[0], ins[1]
             b = max(1, math.prod(q.shape[:-2]))
-            self.attention(c.name, b, 1, q.shape[-2], k.shape[-2], q.shape[-1])
+            guarded = "sdpa" if self.fusion.sdpa_guarded_softmax else ""
+            self.attention(c.name, b, 1, q.shape[-2], k.shape[-2], q.shape[-1], softmax_variant=guarded)
         elif op == "pad" and self._pad_folds_into_next(c, c.args[2:4], c.kwargs):
             return
         elif op in _RESHAPES:

@@ -218,3 +218,23 @@ def test_tflite_flatten_of_a_feature_map_transposes_first_like_the_converter(tmp
     flat = OpContext(OpKind.OTHER, spatial=(4, 4), variant="reshape")
     ours = [n for n, _, _ in _tflite_ops(build_tflite_op(flat, 8, 8), transposes=True)]
     assert ours == flatten == ["TRANSPOSE", "RESHAPE"]
+
+
+def test_onnx_guarded_softmax_computes_what_the_exported_attention_does() -> None:
+    """The "sdpa" softmax one-op model: softmax(x + mask) with NaN rows set to 0, as the exporter
+    writes scaled_dot_product_attention; four nodes, not one."""
+    import onnx
+
+    model = build_onnx_op(OpContext(OpKind.SOFTMAX, tokens=5, variant="sdpa"), 7, 7)
+    nodes = [n.op_type for n in onnx.load_from_string(model).graph.node]
+    assert nodes[:4] == ["Add", "Softmax", "IsNaN", "Where"] and set(nodes[4:]) <= {"Identity"}
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x, mask = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((5, 7)).astype(np.float32)
+    mask[2] = -np.inf  # a fully masked row: NaN out of the softmax, zeros out of the guard
+    names = [i.name for i in sess.get_inputs()]
+    (y,) = sess.run(None, dict(zip(names, (x, mask), strict=True)))
+    want = np.zeros_like(x)
+    rows = [0, 1, 3, 4]
+    want[rows] = np.exp(x[rows] + mask[rows]) / np.exp(x[rows] + mask[rows]).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)

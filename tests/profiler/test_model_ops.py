@@ -297,3 +297,21 @@ def test_zero_pads_fold_into_the_next_conv_where_the_runtime_fuses_them(fusion) 
     assert pads == (["pad"] if fusion is ONNXRUNTIME else ["pad", "zeropad2d", "pad"])
     pool = next(o for o in ops if o.context.kind == OpKind.POOL)
     assert pool.context.variant == "global_avg" and pool.context.spatial == (7, 7)
+
+
+class FusedAttentionBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.view(1, 6, 2, 8).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 6, 16))
+
+
+@pytest.mark.parametrize(("fusion", "variant"), [(ONNXRUNTIME, "sdpa"), (TORCH_EAGER, ""), (LITERT, "")])
+def test_fused_attention_softmax_is_priced_as_the_runtime_runs_it(fusion, variant: str) -> None:
+    ops = extract_layer_ops(FusedAttentionBlock(), (torch.randn(1, 6, 16),), fusion=fusion)
+    softmax = [o for o in ops if o.context.kind == OpKind.SOFTMAX]
+    assert [(o.context.tokens, o.context.variant, o.in_width) for o in softmax] == [(12, variant, 6)]
+    assert [o.context.variant for o in ops if o.context.kind == OpKind.MATMUL] == ["batch2", "batch2"]

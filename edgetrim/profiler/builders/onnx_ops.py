@@ -200,7 +200,12 @@ def build_onnx_op(ctx: OpContext, in_w: int, out_w: int) -> bytes:
         y = g.activation(g.node("BatchNormalization", [x, *params], epsilon=LAYER_NORM_EPS), ctx.activation)
     elif kind is OpKind.SOFTMAX:
         x = g.input("x", (ctx.tokens, in_w))
-        y = g.node("Softmax", [x], axis=-1)
+        if ctx.variant == "sdpa":  # as the exporter writes scaled_dot_product_attention's softmax
+            p = g.node("Softmax", [g.node("Add", [x, g.input("mask", (ctx.tokens, in_w))])], axis=-1)
+            zero = g.const(np.zeros((), np.float32), "zero")
+            y = g.node("Where", [g.node("IsNaN", [p]), zero, p])
+        else:
+            y = g.node("Softmax", [x], axis=-1)
     elif kind is OpKind.MATMUL:
         b = matmul_batch(ctx)
         x = g.input("x", (b, ctx.tokens, in_w))
