@@ -1,4 +1,5 @@
-"""Every zoo architecture compresses end to end and meets a latency budget (slow: one run each)."""
+"""Every zoo architecture compresses end to end and meets a latency budget (slow: one run each), and so
+does a transformers BERT on token ids (another zoo's layout: mapping output, fused attention)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,41 @@ def test_zoo_model_compresses_to_a_budget(name: str, make_table) -> None:
     assert res.report.predicted_ms <= 0.9 * dense_ms + 1e-12
     with torch.no_grad():
         assert res.model(example[0]).shape == model(example[0]).shape
+
+
+def test_transformers_bert_on_token_ids_compresses_to_a_budget(make_table) -> None:
+    """Another zoo's encoder (a mapping output, integer ids, fused attention) through compress: the
+    budget is met with whole heads removed, and the result runs on ids as the dense did."""
+    transformers = pytest.importorskip("transformers")
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgetrim.model_spec import LogitsOutput
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=17, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_labels=10,
+    )  # fmt: skip
+    model = LogitsOutput(transformers.BertForSequenceClassification(config))
+    x, y = load_digits(return_X_y=True)
+    ids, labels = torch.tensor(x[:600], dtype=torch.long), torch.tensor(y[:600])  # pixel intensities 0..16
+    train = DataLoader(TensorDataset(ids[:400], labels[:400]), batch_size=50, shuffle=True)
+    val = DataLoader(TensorDataset(ids[400:], labels[400:]), batch_size=200)
+    example = (ids[:1],)
+    ops = extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime"))
+    table = make_table(ops)
+    dense_ms = model_latency_ms(table, ops)
+    cfg = CompressConfig(budget_ms=0.85 * dense_ms, epochs=1, finetune_epochs=1)
+    res = compress(model, example, cfg, table=table, train_loader=train, val_loader=val)
+    assert res.report.predicted_ms <= 0.85 * dense_ms + 1e-12
+    small = res.model.model.bert.encoder.layer
+    widths = [
+        (layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features) for layer in small
+    ]
+    assert sum(h for h, _ in widths) < 8  # whole heads went (3 and 2 of 4 here)
+    for layer in small:
+        attn = layer.attention.self
+        assert attn.query.out_features == attn.all_head_size == attn.num_attention_heads * 8
+    with torch.no_grad():
+        assert res.model(ids[:3]).shape == (3, 10)
