@@ -59,34 +59,51 @@ def resolve_spec(spec: str) -> str:
     )
 
 
-def _import_target(spec: str) -> Any:
-    spec = resolve_spec(spec)
+def import_callable(spec: str, *, what: str = "model") -> Any:
+    """The object a ``path/to/file.py:fn`` or ``package.module:fn`` spec names (``what`` words errors).
+
+    Example:
+        >>> import_callable("edgetrim.examples.data:digits", what="data").__name__
+        'digits'
+    """
     where, _, attr = spec.rpartition(":")
-    if not attr:
-        raise ModelSpecError(f"model spec {spec!r} names no function after ':'")
+    if not attr or not where:
+        raise ModelSpecError(f"{what} spec {spec!r} must look like path/to/file.py:fn or package.module:fn")
     if where.endswith(".py") or "/" in where or where.startswith("."):
         path = Path(where)
         if not path.is_file():
-            raise ModelSpecError(f"model file {where} does not exist")
+            raise ModelSpecError(f"{what} file {where} does not exist")
         mod_name = f"_edgetrim_user_{abs(hash(str(path.resolve())))}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:
             raise ModelSpecError(f"cannot import {where} as a Python file")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[mod_name] = module  # dataclasses / pickling need the module registered
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ModelSpecError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+        module = sys.modules.get(mod_name)
+        if module is None:  # a file named by both --model and --data is imported once
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_name] = module  # dataclasses / pickling need the module registered
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[mod_name]
+                raise ModelSpecError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             module = importlib.import_module(where)
         except Exception as exc:
-            raise ModelSpecError(f"cannot import module {where!r}: {type(exc).__name__}: {exc}") from exc
+            raise ModelSpecError(
+                f"cannot import {what} module {where!r}: {type(exc).__name__}: {exc}"
+            ) from exc
     try:
         return getattr(module, attr)
     except AttributeError:
         raise ModelSpecError(f"{where} has no attribute {attr!r}") from None
+
+
+def _import_target(spec: str) -> Any:
+    spec = resolve_spec(spec)
+    if not spec.rpartition(":")[2]:
+        raise ModelSpecError(f"model spec {spec!r} names no function after ':'")
+    return import_callable(spec)
 
 
 def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> LoadedModel:

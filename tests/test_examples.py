@@ -265,10 +265,33 @@ def test_data_specs_resolve(name: str, shape: tuple[int, ...]) -> None:
 def test_data_spec_errors_are_one_line() -> None:
     with pytest.raises(EdgetrimError, match="unknown data set 'mnist'"):
         data.data_spec("mnist")
-    with pytest.raises(EdgetrimError, match="no function 'nope'"):
+    with pytest.raises(EdgetrimError, match="no attribute 'nope'"):
         data.load_data("edgetrim.examples.data:nope")
-    with pytest.raises(EdgetrimError, match="cannot import"):
+    with pytest.raises(EdgetrimError, match="cannot import data module"):
         data.load_data("edgetrim.no_such_module:fn")
+    with pytest.raises(EdgetrimError, match=r"data file missing/loaders\.py does not exist"):
+        data.load_data("missing/loaders.py:fn")
+
+
+def test_data_spec_names_a_function_in_a_file(tmp_path) -> None:
+    """``--data file.py:fn`` as ``--model file.py:fn``; one file may hold both and is imported once."""
+    from edgetrim.model_spec import import_callable, load_model
+
+    src = tmp_path / "mine.py"
+    src.write_text(
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "def net():\n"
+        "    return torch.nn.Linear(4, 3), (torch.randn(1, 4),)\n"
+        "def loaders():\n"
+        "    ds = TensorDataset(torch.randn(8, 4), torch.arange(8) % 3)\n"
+        "    return DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=8)\n"
+    )
+    loaded = load_model(f"{src}:net")
+    _train, val = data.load_data(f"{src}:loaders")
+    x, _ = next(iter(val))
+    assert loaded.module(x).shape == (8, 3)
+    assert import_callable(f"{src}:loaders") is import_callable(f"{src}:loaders", what="data")
 
 
 # --- training ----------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_file_spec_with_input_shape(tmp_path: Path) -> None:
     [
         ("missing_dir/net.py:build", "does not exist"),
         ("edgetrim.examples.models:nope", "has no attribute"),
-        ("no_such_package_xyz.mod:fn", "cannot import module"),
+        ("no_such_package_xyz.mod:fn", "cannot import model module"),
     ],
 )
 def test_bad_specs_are_one_line_errors(spec: str, message: str) -> None:

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import NamedTuple
 
@@ -334,12 +333,14 @@ def data_spec(name: str) -> str:
 
 
 def load_data(spec: str) -> tuple[DataLoader, DataLoader]:
-    """Resolve a ``package.module:fn`` data spec and call ``fn()`` for ``(train_loader, val_loader)``.
+    """Resolve a ``package.module:fn`` or ``path/to/file.py:fn`` data spec and call ``fn()`` for
+    ``(train_loader, val_loader)``.
 
     A bare built-in name (``"digits"``) is accepted too.
 
     Raises:
-        EdgetrimError: one line when the spec cannot be imported, called, or returns something else.
+        EdgetrimError: one line when the spec cannot be imported, called, or returns something else
+        (``ModelSpecError`` when it cannot be imported).
 
     Example:
         >>> train, val = load_data("edgetrim.examples.data:digits_flat")
@@ -348,12 +349,10 @@ def load_data(spec: str) -> tuple[DataLoader, DataLoader]:
     """
     if ":" not in spec:
         spec = data_spec(spec)
+    from edgetrim.model_spec import import_callable
+
     where, _, attr = spec.rpartition(":")
-    try:
-        module = importlib.import_module(where)
-    except Exception as exc:
-        raise EdgetrimError(f"cannot import data module {where!r}: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, attr, None)
+    fn = import_callable(spec, what="data")  # a ModelSpecError is an EdgetrimError: one line
     if not callable(fn):
         raise EdgetrimError(f"data spec {spec!r}: {where} has no function {attr!r}")
     try:
