@@ -69,7 +69,12 @@ def _blocks(text: str) -> frozenset:
 @cli_errors
 def compress_cmd(
     model: Annotated[str, typer.Option("--model", help="zoo name, module:fn, file.py:fn, or a RUN folder")],
-    data: Annotated[str, typer.Option("--data", help="a built-in data set (digits, digits_hard, ...), module:fn or file.py:fn")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="a built-in data set (digits, digits_hard, ...), module:fn or file.py:fn"
+        ),
+    ],
     table: Annotated[Path, typer.Option("--table", help="latency table of the target (edgetrim profile)")],
     out: Annotated[Path, typer.Option("--out", help="RUN folder to write")],
     budget_ms: Annotated[
