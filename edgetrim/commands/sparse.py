@@ -29,7 +29,12 @@ def sparsify(
     model: Annotated[
         str, typer.Option("--model", help="zoo name (lenet5, lenet_300_100, ...) or module:fn / file.py:fn")
     ],
-    data: Annotated[str, typer.Option("--data", help="data spec: digits, digits_flat, or module:fn")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="a built-in data set (digits, digits_flat, ...), module:fn or file.py:fn"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="RUN folder to write")],
     method: Annotated[
         str, typer.Option("--method", help="gmp, granet, rigl, set, static, pai, lottery, freeze, bn_only")
