@@ -245,6 +245,20 @@ def run_target(
         module, inputs = _build(name, dict(kwargs))
         ops = extract_layer_ops(module, inputs, fusion=target.fusion)
         models.append({"label": label, "module": module, "inputs": inputs, "ops": ops})
+    # Convert each model once with the target's own conversion path (before the long table build, so
+    # a model its converter cannot take is known at once); such a model is reported and left out.
+    artifact_dir = table_dir / f"{target_name}_models"
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    not_converted: dict[str, str] = {}
+    for m in models:
+        try:
+            m["artifact"] = _convert(target_name, m["module"], m["inputs"], artifact_dir / m["label"])
+        except Exception as exc:  # the converter's own limits (e.g. litert-torch on 4-D batch matmuls)
+            not_converted[m["label"]] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            logger.warning(
+                "%s: %s cannot be converted: %s", target_name, m["label"], not_converted[m["label"]]
+            )
+    models = [m for m in models if m["label"] not in not_converted]
     all_ops = [op for m in models for op in m["ops"]]
     plans = plan_from_layer_ops(all_ops)
     if not include_exact:
@@ -269,12 +283,6 @@ def run_target(
     with _quiet_stdout():
         table = profile_table(target, plans, out=table_path, timing=timing, refine=True, config=cfg)
     build_s = time.perf_counter() - t0
-
-    # Convert each model once with the target's own conversion path, then time the artifact.
-    artifact_dir = table_dir / f"{target_name}_models"
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    for m in models:
-        m["artifact"] = _convert(target_name, m["module"], m["inputs"], artifact_dir / m["label"])
 
     # Interleaved whole-model measurement: every round times every model once, in a new order.
     model_timing = TimingConfig.quick() if quick else TimingConfig(time_cap_s=1.0)
@@ -351,6 +359,7 @@ def run_target(
             "skipped_contexts": table.meta.get("skipped_contexts", {}),
         },
         "measure_time_s": measure_s,
+        "not_converted": not_converted,
         "per_op_overhead_ms_fitted_all_models": per_op_all,
         "table_prediction": summary([r["predicted_ms"] for r in rows], measured),
         # the same against each model's least-disturbed round (the machine is shared: load from
