@@ -55,6 +55,9 @@ class FusionRules:
         pad_into_conv: a zero constant pad whose only consumer is a conv or pooling layer becomes that
             layer's padding (onnxruntime's PadFusion; TensorFlow-style "same" padding written as
             ``F.pad`` before every conv); not emitted.
+        oversized_pool_is_global: a pool whose one window covers its whole map (kernel >= map, as in
+            ``AvgPool2d(1280, ceil_mode=True)`` on a 7x7 map) runs as a global pool. LiteRT does not:
+            litert-torch pads the map to the window, and such a model measured 1,000x slower there.
         sdpa_guarded_softmax: ``scaled_dot_product_attention`` runs its softmax as torch's ONNX
             exporter writes it: the (zero) mask added first, rows of NaN set to zero after (Add,
             Softmax, IsNaN, Where); the softmax context gets ``variant="sdpa"``, profiled as those
@@ -71,6 +74,7 @@ class FusionRules:
     add_into_layer_norm: bool = False
     transpose_into_matmul: bool = False
     pad_into_conv: bool = False
+    oversized_pool_is_global: bool = True
     sdpa_guarded_softmax: bool = False
 
     def __post_init__(self) -> None:
@@ -109,6 +113,7 @@ ONNXRUNTIME = FusionRules(
 # FULLY_CONNECTED and ADD; HARD_SWISH, LOGISTIC, TANH, GELU stay separate ops.
 LITERT = FusionRules(
     name="litert",
+    oversized_pool_is_global=False,
     fold_bn=True,
     fold_bn_linear=True,
     conv_activations=frozenset({"relu", "relu6"}),
@@ -515,8 +520,15 @@ class _Extractor:
             return self.elementwise(name, OpKind.OTHER, x.shape, variant=f"pool_{variant}")
         n, cch, h, w = x.shape
         kh, kw = _pair(kernel)
-        if not variant.startswith("global") and kh >= h and kw >= w and _pair(padding) == (0, 0):
-            variant = f"global_{variant}"  # one window over the whole map (ceil_mode): a global pool
+        if not variant.startswith("global") and kh >= h and kw >= w and (kh, kw) != (h, w):
+            if self.fusion.oversized_pool_is_global and _pair(padding) == (0, 0):
+                variant = f"global_{variant}"  # one window over the whole map (ceil_mode): a global pool
+            else:
+                logger.warning(
+                    "%s: a %dx%d pooling window on a %dx%d map runs as a padded %dx%d pool on %s (1,000x "
+                    "slower measured on LiteRT); use nn.AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1)",
+                    name, kh, kw, h, w, kh, kw, self.fusion.name,
+                )  # fmt: skip
         glob = variant.startswith("global")
         ctx = OpContext(
             OpKind.POOL,
