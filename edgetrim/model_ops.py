@@ -523,7 +523,7 @@ class _Extractor:
         if not variant.startswith("global") and kh >= h and kw >= w and (kh, kw) != (h, w):
             if self.fusion.oversized_pool_is_global and _pair(padding) == (0, 0):
                 variant = f"global_{variant}"  # one window over the whole map (ceil_mode): a global pool
-            else:
+            elif not self.fusion.oversized_pool_is_global:
                 logger.warning(
                     "%s: a %dx%d pooling window on a %dx%d map runs as a padded %dx%d pool on %s (1,000x "
                     "slower measured on LiteRT); use nn.AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1)",

@@ -67,7 +67,9 @@ def import_callable(spec: str, *, what: str = "model") -> Any:
         'digits'
     """
     where, _, attr = spec.rpartition(":")
-    if not attr or not where:
+    if not attr:
+        raise ModelSpecError(f"{what} spec {spec!r} names no function after ':'")
+    if not where:
         raise ModelSpecError(f"{what} spec {spec!r} must look like path/to/file.py:fn or package.module:fn")
     if where.endswith(".py") or "/" in where or where.startswith("."):
         path = Path(where)
@@ -100,10 +102,7 @@ def import_callable(spec: str, *, what: str = "model") -> Any:
 
 
 def _import_target(spec: str) -> Any:
-    spec = resolve_spec(spec)
-    if not spec.rpartition(":")[2]:
-        raise ModelSpecError(f"model spec {spec!r} names no function after ':'")
-    return import_callable(spec)
+    return import_callable(resolve_spec(spec))
 
 
 def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> LoadedModel:
