@@ -207,3 +207,9 @@ def compress_cmd(
         + (f", measured {r.measured_ms:.4f} ms" if r.measured_ms is not None else "")
         + f"), accuracy {r.accuracy:.4f} (dense {r.dense_accuracy:.4f})"
     )
+    if r.kept_on_measurement:
+        assert r.budget_ms is not None and r.measured_ms is not None
+        typer.echo(
+            f"{out}: the table predicts {r.predicted_ms / r.budget_ms:.2f}x the budget, the target measured "
+            f"{r.measured_ms / r.budget_ms:.2f}x: kept on the measurement"
+        )

@@ -120,9 +120,20 @@ class CompressionReport:
     measure_rounds: list[dict[str, Any]] = field(default_factory=list)
     calibration: list[dict[str, Any]] = field(default_factory=list)  # training-target calibrations
 
+    @property
+    def kept_on_measurement(self) -> bool:
+        """The table predicts the model over ``budget_ms`` and the target measured it within: the
+        measured loop accepts a structure by its measurement, the table's figure is a forecast."""
+        return (
+            self.budget_ms is not None
+            and self.measured_ms is not None
+            and self.measured_ms <= self.budget_ms < self.predicted_ms
+        )
+
     def to_info(self) -> dict[str, Any]:
         """The ``run.json`` dict for :func:`edgetrim.compress.run_folder.save_run` (kind="compress")."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["kept_on_measurement"] = self.kept_on_measurement
         budget: dict[str, Any] = {"ms": self.budget_ms, "flops": self.budget_flops, "lambda": self.lam}
         return {"kind": "compress", "budget": budget, **d}
 

@@ -70,6 +70,29 @@ def test_a_target_slower_than_the_table_for_pruned_models_is_refit_until_it_meas
     assert rep.predicted_ms == pytest.approx(kept["predicted_ms"], rel=1e-12)
     within = [r for r in rounds if r["measured_ms"] <= budget]
     assert kept["predicted_ms"] == max(r["predicted_ms"] for r in within)  # the widest that fits
+    assert not rep.kept_on_measurement  # predicted within the budget too
+
+
+def test_a_target_faster_than_the_table_keeps_a_model_the_table_puts_over_the_budget(setup) -> None:
+    # Pruned models run 0.8x of the table's price: calibration lifts the table-scale budget, so the
+    # kept model is predicted over the budget and measured within it; the report says so.
+    model, example, train, val, table = setup
+    dense_params = sum(p.numel() for p in model.parameters())
+
+    def measure(m, x) -> float:
+        pred = model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+        return pred * (1.0 if sum(p.numel() for p in m.parameters()) == dense_params else 0.8)
+
+    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    tiny, tiny_x = mlp(widths=(1, 1))
+    floor_ms = model_latency_ms(table, extract_layer_ops(tiny, tiny_x, fusion=FUSION))
+    budget = floor_ms + 0.5 * (dense_ms - floor_ms)
+    result = compress(
+        model, example, _config(budget_ms=budget), table=table, train_loader=train, val_loader=val, measure_fn=measure
+    )  # fmt: skip
+    rep = result.report
+    assert rep.measured_ms is not None and rep.measured_ms <= budget < rep.predicted_ms
+    assert rep.kept_on_measurement and rep.to_info()["kept_on_measurement"] is True
 
 
 def test_real_ort_cpu_measure_fn_rescales_the_internal_budget_and_reports_measured_latency(setup) -> None:
