@@ -258,8 +258,11 @@ def _raw_groups(
                 skip_reason = f"normalised together by {type(module).__name__} {name!r}"
             if isinstance(module, nn.Conv1d | nn.Conv2d) and 1 < module.groups < module.in_channels:
                 skip_reason = f"grouped conv {name!r} (groups={module.groups}) is not supported"
-            if isinstance(module, nn.MultiheadAttention):
-                skip_reason = f"nn.MultiheadAttention {name!r} is left dense"
+            if isinstance(module, nn.MultiheadAttention):  # q/k/v packed in one in_proj_weight
+                skip_reason = (
+                    f"nn.MultiheadAttention {name!r} is left dense "
+                    "(edgetrim.compress.attention.convert_multihead_attention splits what it can)"
+                )
             role = _role(tp, module, dep.handler)
             if k == 0:
                 root_name = name
@@ -470,7 +473,14 @@ def materialize_channels(
         tp_group = dg.get_pruning_group(root, fn, remove)
         tp_group.prune(record_history=False)
         if group.unit > 1 and group.owner:
-            _set_num_heads(by_name[group.owner], len(kept_set) // group.unit, group.unit)
+            owner = by_name[group.owner]
+            _set_num_heads(owner, len(kept_set) // group.unit, group.unit)
+            heads = sorted({i // group.unit for i in kept_set})
+            keep_heads = getattr(owner, "keep_heads_", None)
+            if callable(keep_heads) and len(heads) * group.unit == len(kept_set):
+                # a module that maps per-head inputs (SplitMultiheadAttention's 3-D attn_mask) to the
+                # heads left needs to know which ones those are, not only how many
+                keep_heads(heads)
     return clone
 
 
