@@ -193,6 +193,12 @@ _SKIP = frozenset(
      "type_as", "expand", "expand_as", "numel", "__get__", "identity", "chunk", "split", "unbind"}
 )  # fmt: skip
 _ATOMIC_MODULES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+# torch.nn modules that only compose other modules: torch.fx keeps every torch.nn module whole, which
+# would price a whole nn.TransformerEncoder as one OTHER op of fixed cost; they are traced through.
+_COMPOSITE_TORCH_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)  # fmt: skip
 _SKIP_MODULES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 
 
@@ -245,6 +251,8 @@ def _calls_fx(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> li
 
     class _LeafTracer(Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            if isinstance(m, _COMPOSITE_TORCH_MODULES):
+                return False
             return _is_leaf(m) or super().is_leaf_module(m, qualname)
 
     graph = _LeafTracer().trace(module)
