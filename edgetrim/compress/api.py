@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from edgetrim.compress.attention import convert_multihead_attention
 from edgetrim.compress.config import Block, CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import ChannelGroup, Role, find_channel_groups, output_layers
@@ -295,6 +296,15 @@ def compress(
     extract = extract or default_extractor(table.device.runtime)
     torch.manual_seed(config.seed)
     work = copy.deepcopy(model).eval()
+    # torch's nn.MultiheadAttention packs q/k/v in one parameter; the split module computes the same
+    # function with one Linear each, so its heads become prunable and every later step (groups,
+    # pricing, materialisation, the saved model, export) sees the split module. Without pruning there
+    # are no heads to gain and the packed projection (one matmul, not three) is kept.
+    split = convert_multihead_attention(work) if Block.PRUNE in config.blocks else []
+    if split:
+        logger.info(
+            "nn.MultiheadAttention split into q/k/v/out Linears (heads prunable): %s", ", ".join(split)
+        )
     finals = output_layers(work, example)  # first: a model that cannot run fails naming the module
     dense_ops = extract(work, example)
     dense_ms = model_latency_ms(table, dense_ops)
