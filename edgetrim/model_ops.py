@@ -14,10 +14,11 @@ of litert-torch 0.10 conversions) and are re-checked by ``tests/profiler/test_fu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +59,11 @@ class FusionRules:
         oversized_pool_is_global: a pool whose one window covers its whole map (kernel >= map, as in
             ``AvgPool2d(1280, ceil_mode=True)`` on a 7x7 map) runs as a global pool. LiteRT does not:
             litert-torch pads the map to the window, and such a model measured 1,000x slower there.
-        sdpa_guarded_softmax: ``scaled_dot_product_attention`` runs its softmax as torch's ONNX
-            exporter writes it: the (zero) mask added first, rows of NaN set to zero after (Add,
-            Softmax, IsNaN, Where); the softmax context gets ``variant="sdpa"``, profiled as those
-            four nodes.
+        sdpa_guarded_softmax: ``scaled_dot_product_attention`` with a boolean mask runs its softmax
+            as torch's ONNX exporter writes it: the mask added as 0 / -inf first, rows of NaN set to
+            zero after (Add, Softmax, IsNaN, Where); the softmax context gets ``variant="sdpa"``,
+            profiled as those four nodes. Without a mask, or with a float one, the exporter writes a
+            plain Softmax (the float mask's Add is not priced).
     """
 
     name: str
@@ -150,6 +152,7 @@ class _T:
     id: Any
     shape: tuple[int, ...]
     param: bool = False
+    dtype: torch.dtype | None = None
 
 
 @dataclass
@@ -162,6 +165,9 @@ class _Call:
     args: list[Any]
     kwargs: dict[str, Any]
     out: _T | None
+    # computed from parameters and constants only (a mask built from ``arange``): the exporters fold
+    # it into a constant, so the exported model does not run it
+    constant: bool = False
 
 
 _ACT_MODULES: dict[type[nn.Module], str] = {
@@ -260,6 +266,7 @@ def _calls_fx(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> li
     ShapeProp(gm).propagate(*example_inputs)
     env: dict[Node, _T] = {}
     calls: list[_Call] = []
+    constant: set[Node] = set()  # nodes that do not depend on a model input
 
     def conv(a: Any) -> Any:
         if isinstance(a, Node):
@@ -271,7 +278,14 @@ def _calls_fx(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> li
     for node in gm.graph.nodes:
         meta = node.meta.get("tensor_meta")
         shape = tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
-        t = _T(node.name, shape, param=node.op == "get_attr") if shape is not None else None
+        dtype = getattr(meta, "dtype", None)
+        t = _T(node.name, shape, param=node.op == "get_attr", dtype=dtype) if shape is not None else None
+        if (
+            node.op == "get_attr"
+            or _reads_shape(node)
+            or (node.op not in ("placeholder", "output") and all(n in constant for n in node.all_input_nodes))
+        ):
+            constant.add(node)
         if node.op in ("placeholder", "get_attr"):
             if t is not None:
                 env[node] = t
@@ -283,15 +297,22 @@ def _calls_fx(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> li
         args = [conv(a) for a in node.args]
         kwargs = {k: conv(v) for k, v in node.kwargs.items()}
         if node.op == "call_module":
-            calls.append(
-                _Call(str(node.target), "module", gm.get_submodule(str(node.target)), args, kwargs, t)
-            )
+            module = gm.get_submodule(str(node.target))
+            calls.append(_Call(str(node.target), "module", module, args, kwargs, t, node in constant))
         else:
             op = _norm_name(node.target)
             if node.target is operator.getitem:
                 op = "getitem"
-            calls.append(_Call(node.name, op, None, args, kwargs, t))
+            calls.append(_Call(node.name, op, None, args, kwargs, t, node in constant))
     return calls
+
+
+def _reads_shape(node: Any) -> bool:
+    """``x.shape`` / ``x.size()`` / ``x.dim()``: static in the exported model, so what is computed
+    from them alone is a constant there (as in eager mode, where they are plain ints)."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "numel")
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",)
 
 
 # --- front end 2: eager forward hooks + torch function mode ----------------------------------
@@ -303,11 +324,18 @@ class _Recorder(TorchFunctionMode):
         self.calls, self.keep, self.scope = calls, keep, scope
         self.depth = 0  # > 0 while inside a leaf module
         self.counter = 0
+        # ids of parameters and of what was computed from them and constants alone; a model input,
+        # a buffer or a tensor whose origin was not recorded counts as depending on the input
+        self.constant_ids: set[int] = set()
+
+    def is_constant(self, args: Any, kwargs: dict[str, Any]) -> bool:
+        tensors = [v for v in _flat(args) + _flat(list(kwargs.values())) if isinstance(v, torch.Tensor)]
+        return all(isinstance(v, nn.Parameter) or id(v) in self.constant_ids for v in tensors)
 
     def wrap(self, v: Any) -> Any:
         if isinstance(v, torch.Tensor):
             self.keep.append(v)  # keep alive so id() stays unique
-            return _T(id(v), tuple(v.shape), param=isinstance(v, nn.Parameter))
+            return _T(id(v), tuple(v.shape), param=isinstance(v, nn.Parameter), dtype=v.dtype)
         if isinstance(v, (list, tuple)):
             return type(v)(self.wrap(x) for x in v)
         return v
@@ -317,13 +345,26 @@ class _Recorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.depth == 0:
             op = _norm_name(func)
+            constant = self.is_constant(args, kwargs)
+            if constant:  # views and indexing of constants too, though they are not recorded
+                self.constant_ids.update(id(v) for v in _flat([out]) if isinstance(v, torch.Tensor))
+                self.keep.extend(v for v in _flat([out]) if isinstance(v, torch.Tensor))
             if op not in _SKIP and isinstance(out, torch.Tensor):
                 self.counter += 1
                 name = f"{self.scope[-1] if self.scope else ''}:{op}{self.counter}"
                 wrapped_args = [self.wrap(a) for a in args]
                 wrapped_kwargs = {k: self.wrap(v) for k, v in kwargs.items()}
-                self.calls.append(_Call(name, op, None, wrapped_args, wrapped_kwargs, self.wrap(out)))
+                self.calls.append(
+                    _Call(name, op, None, wrapped_args, wrapped_kwargs, self.wrap(out), constant)
+                )
         return out
+
+
+def _flat(values: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        out.extend(_flat(v) if isinstance(v, (list, tuple)) else [v])
+    return out
 
 
 def _calls_eager(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[_Call]:
@@ -696,7 +737,9 @@ class _Extractor:
         elif op == "scaled_dot_product_attention" and len(ins) >= 3:
             q, k = ins[0], ins[1]
             b = max(1, math.prod(q.shape[:-2]))
-            guarded = "sdpa" if self.fusion.sdpa_guarded_softmax else ""
+            mask = c.args[3] if len(c.args) > 3 else c.kwargs.get("attn_mask")
+            boolean = isinstance(mask, _T) and mask.dtype == torch.bool
+            guarded = "sdpa" if self.fusion.sdpa_guarded_softmax and boolean else ""
             self.attention(c.name, b, 1, q.shape[-2], k.shape[-2], q.shape[-1], softmax_variant=guarded)
         elif op == "pad" and self._pad_folds_into_next(c, c.args[2:4], c.kwargs):
             return
@@ -783,7 +826,7 @@ class _Extractor:
 
     def run(self) -> list[LayerOp]:
         for i, c in enumerate(self.calls):
-            if i in self.consumed:
+            if i in self.consumed or c.constant:
                 continue
             self.consumed.add(i)
             self.current = i
@@ -792,6 +835,24 @@ class _Extractor:
             else:
                 self.function_call(c)
         return self.ops
+
+
+@contextlib.contextmanager
+def _as_exported() -> Iterator[None]:
+    """Run the model down the branch the exporter traces: code that asks
+    ``torch.compiler.is_exporting()`` (transformers builds the boolean attention mask it skips in
+    eager mode; torch's attention leaves its fused fast path) takes the export branch, so the ops
+    extracted are the ops the exported model runs. A no-op where torch has no such flag."""
+    compiler = torch.compiler
+    if not hasattr(compiler, "_is_exporting_flag"):
+        yield
+        return
+    before = compiler._is_exporting_flag
+    compiler._is_exporting_flag = True
+    try:
+        yield
+    finally:
+        compiler._is_exporting_flag = before
 
 
 def extract_layer_ops(
@@ -824,11 +885,12 @@ def extract_layer_ops(
     was_training = module.training
     module.eval()
     try:
-        try:
-            calls = _calls_fx(module, inputs)
-        except Exception as exc:  # data-dependent control flow, shape unpacking, ...
-            logger.info("torch.fx cannot trace %s (%s); using eager hooks", type(module).__name__, exc)
-            calls = _calls_eager(module, inputs)
+        with _as_exported():
+            try:
+                calls = _calls_fx(module, inputs)
+            except Exception as exc:  # data-dependent control flow, shape unpacking, ...
+                logger.info("torch.fx cannot trace %s (%s); using eager hooks", type(module).__name__, exc)
+                calls = _calls_eager(module, inputs)
     finally:
         module.train(was_training)
     return _Extractor(calls, rules).run()

@@ -314,9 +314,87 @@ class FusedAttentionBlock(nn.Module):
         return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 6, 16))
 
 
-@pytest.mark.parametrize(("fusion", "variant"), [(ONNXRUNTIME, "sdpa"), (TORCH_EAGER, ""), (LITERT, "")])
-def test_fused_attention_softmax_is_priced_as_the_runtime_runs_it(fusion, variant: str) -> None:
-    ops = extract_layer_ops(FusedAttentionBlock(), (torch.randn(1, 6, 16),), fusion=fusion)
+class MaskedAttentionBlock(FusedAttentionBlock):
+    """``mask``: "bool", "float", "none", or "export" (a boolean mask only while exporting, as
+    transformers builds it: in eager mode it skips an all-true mask)."""
+
+    def __init__(self, mask: str) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.view(1, 6, 2, 8).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        mask = None
+        if self.mask == "bool" or (self.mask == "export" and torch.compiler.is_exporting()):
+            mask = torch.arange(6)[None, :] >= 0  # all true, built from constants only
+        elif self.mask == "float":
+            mask = torch.zeros(6, 6)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(ctx.transpose(1, 2).reshape(1, 6, 16))
+
+
+@pytest.mark.parametrize(
+    ("fusion", "mask", "variant"),
+    [(ONNXRUNTIME, "bool", "sdpa"), (ONNXRUNTIME, "export", "sdpa"), (ONNXRUNTIME, "none", ""),
+     (ONNXRUNTIME, "float", ""), (TORCH_EAGER, "bool", ""), (LITERT, "bool", "")],
+)  # fmt: skip
+def test_fused_attention_softmax_is_priced_as_the_runtime_runs_it(fusion, mask: str, variant: str) -> None:
+    # torch's exporter guards the softmax (Add, Softmax, IsNaN, Where) only for a boolean mask
+    ops = extract_layer_ops(MaskedAttentionBlock(mask), (torch.randn(1, 6, 16),), fusion=fusion)
     softmax = [o for o in ops if o.context.kind == OpKind.SOFTMAX]
     assert [(o.context.tokens, o.context.variant, o.in_width) for o in softmax] == [(12, variant, 6)]
     assert [o.context.variant for o in ops if o.context.kind == OpKind.MATMUL] == ["batch2", "batch2"]
+    # the mask is computed from constants: folded by the exporter, so not priced
+    assert not [o for o in ops if o.context.variant in ("ge", "arange", "zeros")]
+
+
+@pytest.mark.parametrize("mask", ["none", "export"])
+def test_the_softmax_guard_is_priced_where_the_exporter_writes_it(mask: str, tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from edgetrim.profiler.targets.onnxruntime_target import export_onnx_for_timing
+
+    block, x = MaskedAttentionBlock(mask).eval(), torch.randn(1, 6, 16)
+    export_onnx_for_timing(block, (x,), tmp_path / "m.onnx")
+    guards = [n for n in onnx.load(tmp_path / "m.onnx").graph.node if n.op_type == "IsNaN"]
+    (softmax,) = [
+        o for o in extract_layer_ops(block, (x,), fusion=ONNXRUNTIME) if o.context.kind == OpKind.SOFTMAX
+    ]
+    assert (softmax.context.variant == "sdpa") == bool(guards) == (mask == "export")
+
+
+def test_extraction_runs_the_export_branch_and_restores_the_flag() -> None:
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.compiler.is_exporting())
+            return torch.relu(x)
+
+    extract_layer_ops(Probe(), (torch.randn(2, 3),))
+    assert seen and all(seen) and not torch.compiler.is_exporting()
+
+
+class ConstantBranches(nn.Module):
+    """A positional table computed in forward from shapes and parameters only, added to the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.freq = nn.Parameter(torch.ones(8))
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[1]).float()[:, None] * self.freq  # (S, 8): no input values in it
+        return self.act(x + pos.sin())
+
+
+@pytest.mark.parametrize("front_end", ["fx", "eager"])
+def test_ops_computed_from_constants_only_are_not_priced(front_end: str, monkeypatch) -> None:
+    import edgetrim.model_ops as mo
+
+    if front_end == "eager":  # the path of models torch.fx cannot trace
+        monkeypatch.setattr(mo, "_calls_fx", lambda *a: (_ for _ in ()).throw(RuntimeError("untraceable")))
+    ops = extract_layer_ops(ConstantBranches(), (torch.randn(1, 5, 8),), fusion=ONNXRUNTIME)
+    assert [(o.context.kind, o.context.variant) for o in ops] == [
+        (OpKind.ADD, ""),
+        (OpKind.ACTIVATION, "relu"),
+    ]
