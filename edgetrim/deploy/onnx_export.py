@@ -182,6 +182,11 @@ def export_onnx(
     atomic_write_bytes(out, proto.SerializeToString())
     onnx.checker.check_model(str(out))
     ins, outs = _specs(proto.graph)
+    if dynamic_batch and any(spec.shape[:1] != (-1,) for spec in ins):
+        # the exporter can accept the symbolic batch and still write the example's (a module whose
+        # traced path specialises it, such as torch's fused transformer layers): report what it wrote
+        dynamic_batch = False
+        notes.append(f"batch fixed at {inputs[0].shape[0]}: the exporter specialised the batch dimension")
     logger.info("wrote %s (opset %d, outputs %s)", out, opset, output_names)
     return ExportArtifact(
         path=out,

@@ -29,6 +29,15 @@ def onnx_fp32(tmp_path_factory: pytest.TempPathFactory, trained_net: tuple[nn.Mo
     return export_onnx(trained_net[0], X, tmp_path_factory.mktemp("onnx") / "m.onnx")
 
 
+def test_a_batch_the_exporter_specialised_is_reported_as_fixed(tmp_path: Path) -> None:
+    # torch's fused transformer layers export without an error but with the example's batch written
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0)
+    model = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval()
+    art = export_onnx(model, (torch.randn(1, 6, 16),), tmp_path / "enc.onnx")
+    assert not art.dynamic_batch and art.inputs[0].shape == (1, 6, 16)
+    assert any("batch fixed at 1" in n for n in art.notes)
+
+
 def test_sqnr_reference_values() -> None:
     ref = np.array([1.0, -1.0, 2.0, -2.0])
     assert sqnr_db(ref, ref) == float("inf")
