@@ -13,6 +13,10 @@ Training asks for a width per group (its non-zero gates). The real table then de
    channels the descent took (most importance back per cost added first). Should no single step be
    cheaper while the cost is still over (a table that is not monotone in width, e.g. a noisy
    profile), it grows the widths back from the narrowest ones instead, as long as they fit.
+   ``weights`` (per group, default 1) is a prior on what a group is worth against the others: the
+   importance a step removes is multiplied by its group's weight. Weighting groups by their dense
+   cost makes every step "worth" about what it saves, which cuts every group by about the same share
+   and leaves the choice to the staircase (a uniform width multiplier made hardware-aware).
 3. :func:`grow_to_budget`: when training asked for less than the budget pays for, widen the groups
    again, step by step on the fast side, as long as they fit (:func:`fit_widths` picks 2 or 3).
 
@@ -118,6 +122,7 @@ def fit_budget(
     min_widths: Sequence[int] | None = None,
     align: Sequence[int] | None = None,
     relative: bool = True,
+    weights: Sequence[float] | None = None,
 ) -> list[int]:
     """Shrink widths until ``total(widths) <= budget``, cheapest accuracy loss per cost saved first,
     then widen them again (never past ``widths``) into what the last step left under the budget.
@@ -130,6 +135,7 @@ def fit_budget(
         budget: the cost that must not be exceeded.
         relative: a step loses the share of its group's remaining importance it removes (scores on
             per-group scales); False: the importance it removes, as is (scores comparable across groups).
+        weights: per group, a factor on the importance its steps remove or add back (default 1).
 
     Raises:
         BudgetError: no group can shrink further, the cost is still over budget and so is every group
@@ -138,6 +144,7 @@ def fit_budget(
     widths = list(widths)
     start = list(widths)
     floor = list(units) if min_widths is None else list(min_widths)
+    weight = [1.0] * len(widths) if weights is None else [float(w) for w in weights]
     cum = []
     for imp in importance:
         acc, c = 0.0, [0.0]
@@ -162,11 +169,13 @@ def fit_budget(
                 lost = (kept - cum[g][u_new]) / kept
             else:
                 lost = (u_now - u_new) / u_now
-            score = lost / saved
+            score = lost * weight[g] / saved
             if best is None or score < best[0]:
                 best = (score, g, w)
         if best is None:
-            grown = _grow_from_floor(widths, units, cum, partial, total, budget, floor, align, relative)
+            grown = _grow_from_floor(
+                widths, units, cum, partial, total, budget, floor, align, relative, weight
+            )
             if grown is not None:
                 return grown
             reached = total(widths)
@@ -178,7 +187,7 @@ def fit_budget(
         widths[best[1]] = best[2]
     # The last step can overshoot (a whole latency step at once): spend what it left on the channels
     # the descent took, most importance back per cost first.
-    refilled = _grow_from_floor(start, units, cum, partial, total, budget, widths, align, relative)
+    refilled = _grow_from_floor(start, units, cum, partial, total, budget, widths, align, relative, weight)
     return widths if refilled is None else refilled
 
 
@@ -221,13 +230,14 @@ def fit_widths(
     min_widths: Sequence[int] | None = None,
     align: Sequence[int] | None = None,
     relative: bool = True,
+    weights: Sequence[float] | None = None,
 ) -> list[int]:
     """Widths within ``budget`` from ``widths``: :func:`fit_budget` when they are over it,
     :func:`grow_to_budget` when they are under (the budget is what the run may spend)."""
     if total(widths) > budget + _EPS:
         return fit_budget(
             widths, units, importance, partial, total, budget, what=what, unit_name=unit_name,
-            min_widths=min_widths, align=align, relative=relative,
+            min_widths=min_widths, align=align, relative=relative, weights=weights,
         )  # fmt: skip
     return grow_to_budget(widths, units, sizes, partial, total, budget, align=align)
 
@@ -242,6 +252,7 @@ def _grow_from_floor(
     floor: Sequence[int],
     align: Sequence[int] | None,
     relative: bool = True,
+    weights: Sequence[float] | None = None,
 ) -> list[int] | None:
     """Widths within ``budget`` grown from the narrowest ones, or None when even those are over.
 
@@ -282,7 +293,7 @@ def _grow_from_floor(
                 else (u_new - u_now) / max(len(cum[g]) - 1, 1)
             )
             added = max(step - here, 0.0)
-            score = gained / (added + _EPS)
+            score = gained * (1.0 if weights is None else weights[g]) / (added + _EPS)
             if best is None or score > best[0]:
                 best = (score, g, w)
         if best is None:

@@ -109,3 +109,23 @@ def test_budget_left_by_an_overshooting_step_is_spent_again() -> None:
     assert widths == [8, 23] and whole(widths) == 24.0
     # never wider than where the descent started
     assert fit_budget([16, 20], [1, 1], imp, cost, whole, budget=24.0) == [8, 20]
+
+
+def test_group_weights_set_a_prior_on_what_each_group_is_worth() -> None:
+    # group 1 costs three times as much per channel. Unweighted, every group's share is worth the
+    # same, so the expensive group is cut first and hardest; weighted by the dense cost of each
+    # group, a share of a group is worth what it costs, and both are cut to the same width.
+    per_channel = (1.0, 3.0)
+
+    def cost(g: int, w: Sequence[int]) -> float:
+        return per_channel[g] * 8 * math.ceil(w[g] / 8)
+
+    def whole(w: Sequence[int]) -> float:
+        return cost(0, w) + cost(1, w)
+
+    imp = [[1.0] * 32, [1.0] * 32]
+    plain = fit_budget([32, 32], [1, 1], imp, cost, whole, budget=64.0)
+    weighted = fit_budget([32, 32], [1, 1], imp, cost, whole, budget=64.0, weights=[32.0, 96.0])
+    assert whole(plain) <= 64.0 and whole(weighted) <= 64.0
+    assert plain[0] > plain[1]  # the expensive group goes first
+    assert weighted == [16, 16]  # half of each
