@@ -105,6 +105,17 @@ def _import_target(spec: str) -> Any:
     return import_callable(resolve_spec(spec))
 
 
+def _random_inputs(module: nn.Module, shape: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
+    """Candidate random inputs of ``shape``: floats, then, for a model with ``nn.Embedding`` layers,
+    token ids drawn below the smallest of their vocabularies (every table they are looked up in has
+    them)."""
+    out = [(torch.randn(*shape),)]
+    vocabs = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)]
+    if vocabs:
+        out.append((torch.randint(0, min(vocabs), tuple(shape)),))
+    return out
+
+
 def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> LoadedModel:
     """Import and call the model factory named by ``spec``.
 
@@ -131,21 +142,29 @@ def load_model(spec: str, *, input_shape: Sequence[int] | None = None) -> Loaded
         raise ModelSpecError(
             f"{spec}() returned {type(result).__name__}; expected an nn.Module or (module, example_inputs)"
         )
-    if input_shape is not None:
-        example = (torch.randn(*input_shape),)
-    if example is None:
+    candidates = [example] if input_shape is None else _random_inputs(module, input_shape)
+    if candidates[0] is None:
         raise ModelSpecError(
             f"{spec}() returned only a module: pass --input-shape, e.g. --input-shape 1,3,64,64"
         )
     module.eval()
-    try:
-        with torch.no_grad():
-            out = module(*example)
-    except Exception as exc:
+    first_error: Exception | None = None
+    for example in candidates:
+        assert example is not None
+        try:
+            with torch.no_grad():
+                out = module(*example)
+            break
+        except Exception as exc:  # float input to an nn.Embedding: the ids are tried next
+            first_error = first_error or exc
+    else:
+        assert first_error is not None and candidates[0] is not None
         raise ModelSpecError(
-            f"{spec} does not run on inputs of shape {[tuple(t.shape) for t in example]}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+            f"{spec} does not run on inputs of shape {[tuple(t.shape) for t in candidates[0]]}: "
+            f"{type(first_error).__name__}: {first_error}"
+        ) from first_error
+    if example is not candidates[0]:
+        logger.info("%s reads token ids: --input-shape gives random ids below its smallest vocabulary", spec)
     if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
         logger.info("%s returns a %s; edgetrim uses its 'logits'", spec, type(out).__name__)
         module = LogitsOutput(module).eval()

@@ -45,6 +45,37 @@ def test_bad_specs_are_one_line_errors(spec: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+TOKEN_MODEL = """
+import torch
+from torch import nn
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.words, self.positions = nn.Embedding(50, 8), nn.Embedding(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head((self.words(ids) + self.positions.weight[: ids.shape[1]]).mean(dim=1))
+
+def build():
+    return Tokens()
+
+def broken():
+    return nn.Sequential(nn.Embedding(10, 4), nn.Linear(5, 2))  # 4 -> 5: fails on any input
+"""
+
+
+def test_input_shape_for_a_model_reading_token_ids_gives_ids_in_every_vocabulary(tmp_path: Path) -> None:
+    src = tmp_path / "tokens.py"
+    src.write_text(TOKEN_MODEL)
+    (ids,) = load_model(f"{src}:build", input_shape=(2, 12)).example_inputs
+    assert ids.dtype == torch.int64 and tuple(ids.shape) == (2, 12)
+    assert int(ids.min()) >= 0 and int(ids.max()) < 16  # below the smaller vocabulary
+    with pytest.raises(ModelSpecError, match=r"does not run on inputs of shape \[\(2, 12\)\]: RuntimeError"):
+        load_model(f"{src}:broken", input_shape=(2, 12))
+
+
 def test_module_without_example_inputs_asks_for_input_shape(tmp_path: Path) -> None:
     src = tmp_path / "net.py"
     src.write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 3)\n")
