@@ -13,7 +13,13 @@ is checked against the stored one), and, for every budget of the run, trains wit
 * ``flops_reg``: ``compress`` with the FLOPs regulariser, otherwise as ``ours`` (the run's FLOPs
   regulariser internal budget);
 * ``tp_magnitude`` / ``tp_magnitude_r8``: Torch-Pruning magnitude pruning at the ratio that rebuilds
-  the stored run's structure (same parameter count), the same fine-tune.
+  the stored run's structure (same parameter count), the same fine-tune;
+* ``fit`` / ``fit_cost_prior`` / ``fit_sqrt_cost_prior``: the final width fit run on the dense model
+  (its magnitudes, no penalised epoch) at ours' internal budget, with no group prior, with every group
+  weighted by its dense cost (the per-op latency of the layers its width changes: a share of a group
+  is worth what it costs, so all groups are cut by about the same share, as a uniform multiplier
+  aligned on the staircase), or by its square root (``widths.fit_budget``'s ``weights``); cut and
+  fine-tuned as ``ours_structure``. Which allocation prior suits which net.
 
 Every structure is also priced on the run's table (``predicted_ms``). The summary gives mean, std and
 standard error per (fraction, method), and per fraction the differences to the FLOPs regulariser and
@@ -46,11 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compress_vs_baselines import MODEL_KWARGS, OUT, benchmark_table, bisect_ratio, predicted, tp_model
 
-from edgetrim.compress.api import _group_label, compress
+from edgetrim.compress.api import _group_label, _importance, compress, model_latency_ms, width_limits
 from edgetrim.compress.config import CompressConfig, Regularizer
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.importance import magnitude_scores
+from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms
+from edgetrim.compress.widths import fast_side_widths, fit_widths
 from edgetrim.examples.data import digits_hard_loaders, digits_loaders
 from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
@@ -58,8 +66,9 @@ from edgetrim.io_utils import atomic_write_json
 from edgetrim.model_ops import extract_layer_ops
 from edgetrim.profiler.targets import get_target
 
-METHODS = ("ours", "ours_structure", "flops_reg", "tp_magnitude", "tp_magnitude_r8")
-REFERENCES = ("flops_reg", "tp_magnitude", "tp_magnitude_r8")
+PRIORS = {"fit": None, "fit_cost_prior": 1.0, "fit_sqrt_cost_prior": 0.5}  # method -> exponent of the cost
+METHODS = ("ours", "ours_structure", "flops_reg", "tp_magnitude", "tp_magnitude_r8", *PRIORS)
+REFERENCES = ("flops_reg", "tp_magnitude", "tp_magnitude_r8", "ours_structure")
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -186,9 +195,29 @@ def main() -> None:
             log({"fraction": frac, "method": method, "seed": seed, "accuracy": acc, "params": n_params(small),
                  "predicted_ms": predicted(table, target, small, example)} | extra)  # fmt: skip
 
+    extract = lambda m, x: extract_layer_ops(m, x, fusion=target.fusion)  # noqa: E731
+    cost = LatencyModel(
+        table, bind_layer_terms(model, example, groups, extract=extract), [g.unit for g in groups]
+    )
+    sizes, units = [g.size for g in groups], [g.unit for g in groups]
+    min_widths, align = width_limits(groups, table)
+    offset = model_latency_ms(table, ops) - cost.whole_ms(sizes)  # as compress prices the budget
+    dense_group_ms = [sum(cost.term_ms(k, sizes) for k in cost.terms_of_group(g)) for g in range(len(groups))]
+
+    def prior_fit(budget_ms: float, exponent: float | None) -> list[int]:
+        gates = ChannelGates(model, groups)
+        importance = _importance(magnitude_scores(gates, model))
+        gates.detach_hooks()
+        weights = None if exponent is None else [c**exponent for c in dense_group_ms]
+        start = fast_side_widths(sizes, units, sizes, cost.partial_ms, min_widths=min_widths, align=align)
+        return fit_widths(
+            start, units, sizes, importance, cost.partial_ms, cost.whole_ms, budget_ms - offset,
+            min_widths=min_widths, align=align, weights=weights,
+        )  # fmt: skip
+
     for frac in sorted({r["fraction"] for r in stored}, reverse=True):
         for method in methods:
-            kind = "ours" if method == "ours_structure" else method
+            kind = "ours" if method == "ours_structure" or method in PRIORS else method
             ref = next((r for r in stored if r["method"] == kind and r["fraction"] == frac), None)
             if ref is None:  # e.g. a baseline that found no structure within this budget
                 print(f"skipped: {args.source} has no {kind} result at {frac}", flush=True)
@@ -207,6 +236,12 @@ def main() -> None:
                     log({"fraction": frac, "method": method, "seed": seed, "accuracy": res.report.accuracy,
                          "params": n_params(small), "predicted_ms": predicted(table, target, small, example),
                          "widths": res.report.widths_after})  # fmt: skip
+            elif method in PRIORS:
+                widths = prior_fit(ref["internal_budget_ms"], PRIORS[method])
+                gates = ChannelGates(model, groups)
+                pruned = gates.materialize(example, widths=widths, scores=magnitude_scores(gates, model))
+                gates.detach_hooks()
+                fine_tuned(pruned, frac, method, widths=dict(zip(labels, widths)))
             elif method == "ours_structure":
                 widths = [ref["widths_after"][label] for label in labels]
                 gates = ChannelGates(model, groups)
