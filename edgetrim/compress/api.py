@@ -551,7 +551,15 @@ def compress(
         return final, small, predicted_ms
 
     if ms_budget is not None:
-        final, small, predicted_ms = meet_predicted(final, small, ms_budget)
+        try:
+            final, small, predicted_ms = meet_predicted(final, small, ms_budget)
+        except BudgetError as exc:  # after training: say it on the budget's own scale
+            raise BudgetError(
+                f"latency budget {config.budget_ms:.4g} ms could not be met: the materialised model stays "
+                f"predicted over {ms_budget:.4g} ms on the table's scale at the narrowest widths the fit "
+                f"reached; raise the budget",
+                smallest=exc.smallest,
+            ) from exc
     else:
         predicted_ms = check_ms(small, final)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -72,13 +73,47 @@ class LayerTerm:
     in_expr: WidthExpr
     out_expr: WidthExpr
     # (group, size): the op's *context* changes with that group (attention matmuls / softmax whose
-    # token count includes the heads); its cost is taken proportional to the group's kept fraction.
+    # token count includes the heads); its cost is taken proportional to the group's kept fraction
+    # in the soft (training) signal. ``probe`` is its context with one unit of the group removed:
+    # the whole-model price builds the context at any width from the two (:func:`context_at`).
     scale: tuple[int, int] | None = None
+    probe: OpContext | None = None
+    unit: int = 1
 
     @property
     def groups(self) -> tuple[int, ...]:
         extra = {self.scale[0]} if self.scale is not None else set()
         return tuple(sorted(set(self.in_expr.groups) | set(self.out_expr.groups) | extra))
+
+
+def _at(dense: int, probe: int, removed: int) -> int:
+    return max(1, dense + (probe - dense) * removed)
+
+
+def context_at(dense: OpContext, probe: OpContext, removed: int) -> OpContext:
+    """The context of an op whose context changes with a group, with ``removed`` units of the group
+    gone, from its dense context and its context with one unit gone (``probe``). Every number that
+    differs between the two changes linearly with the units removed: token counts (batch x heads x
+    queries), spatial extents (heads x ...), numbers inside the variant (``batch8`` -> ``batch2``).
+
+    Example:
+        >>> d = OpContext(OpKind.MATMUL, tokens=8, variant="batch8")
+        >>> context_at(d, OpContext(OpKind.MATMUL, tokens=8, variant="batch7"), 6).variant
+        'batch2'
+    """
+    changes: dict[str, object] = {}
+    if probe.tokens != dense.tokens:
+        changes["tokens"] = _at(dense.tokens, probe.tokens, removed)
+    if probe.spatial != dense.spatial:
+        changes["spatial"] = tuple(_at(d, p, removed) for d, p in zip(dense.spatial, probe.spatial))
+    if probe.variant != dense.variant:
+        d_parts, p_parts = re.split(r"(\d+)", dense.variant), re.split(r"(\d+)", probe.variant)
+        if len(d_parts) == len(p_parts):
+            changes["variant"] = "".join(
+                str(_at(int(d), int(p), removed)) if i % 2 and d != p else d
+                for i, (d, p) in enumerate(zip(d_parts, p_parts))
+            )
+    return dataclasses.replace(dense, **changes)  # type: ignore[arg-type]
 
 
 def default_extractor(runtime: str) -> Extractor:
@@ -118,6 +153,7 @@ def bind_layer_terms(
     in_terms: list[list[tuple[int, float]]] = [[] for _ in base]
     out_terms: list[list[tuple[int, float]]] = [[] for _ in base]
     scales: list[tuple[int, int] | None] = [None for _ in base]
+    probes: list[tuple[OpContext, int] | None] = [None for _ in base]
     for gi, g in enumerate(groups):
         if g.num_units < 2:
             continue  # a one-unit group can never shrink
@@ -127,6 +163,7 @@ def bind_layer_terms(
         for k, (b, p) in enumerate(zip(base, probe)):
             if b.context != p.context:
                 scales[k] = (gi, g.size)
+                probes[k] = (p.context, g.unit)
                 continue
             if b.in_width != p.in_width:
                 in_terms[k].append((gi, (b.in_width - p.in_width) / g.unit))
@@ -137,7 +174,8 @@ def bind_layer_terms(
     for k, op in enumerate(base):
         ie = WidthExpr(op.in_width - sum(c * sizes[g] for g, c in in_terms[k]), tuple(in_terms[k]))
         oe = WidthExpr(op.out_width - sum(c * sizes[g] for g, c in out_terms[k]), tuple(out_terms[k]))
-        terms.append(LayerTerm(op=op, in_expr=ie, out_expr=oe, scale=scales[k]))
+        probe, unit = probes[k] if probes[k] is not None else (None, 1)
+        terms.append(LayerTerm(op=op, in_expr=ie, out_expr=oe, scale=scales[k], probe=probe, unit=unit))
     return terms
 
 
@@ -175,8 +213,9 @@ class LatencyModel:
         self._whole: dict[tuple[int, ...], float] = {}
         self._group_terms: dict[int, list[int]] = {}
         self._scaled = [k for k, t in enumerate(self.terms) if t.scale is not None]  # priced by heads kept
-        self._ops: dict[tuple[int, int, int], LayerOp] = {}
+        self._ops: dict[tuple[int, int, int, int], LayerOp] = {}
         known = set(table.contexts()) if table is not None else set()
+        self._known = known
         self.contexts = [resolve_context(known, t.op.context) for t in self.terms]  # as priced by the table
         self.covered = [c is not None for c in self.contexts]
         if table is None:
@@ -338,16 +377,26 @@ class LatencyModel:
     def op_at(self, k: int, widths: Sequence[int]) -> LayerOp:
         """Term ``k``'s operator at these group widths, in the context the table prices it with.
 
-        A term whose context changes with a group (``scale``) keeps its dense context here; its
-        price is scaled in :meth:`whole_ms`.
+        A term whose context changes with a group (``scale``) gets its context at the group's width
+        (:func:`context_at`), priced as the materialised model's op would be: from the table when it
+        holds that context, else by the predictor's per-element fit of the kind. A term bound without
+        a probe context keeps its dense context; its price is scaled in :meth:`whole_ms`.
         """
         t = self.terms[k]
         w_in = max(0, t.in_expr.hard(widths))
         w_out = max(0, t.out_expr.hard(widths))
-        key = (k, w_in, w_out)
+        removed = 0
+        if t.scale is not None and t.probe is not None:
+            g, size = t.scale
+            removed = (size - int(widths[g])) // t.unit
+        key = (k, w_in, w_out, removed)
         op = self._ops.get(key)
         if op is None:
             ctx = self.contexts[k] or t.op.context
+            if removed:
+                assert t.probe is not None
+                narrowed = context_at(t.op.context, t.probe, removed)
+                ctx = resolve_context(self._known, narrowed) or narrowed
             op = dataclasses.replace(t.op, context=ctx, in_width=w_in, out_width=w_out)
             self._ops[key] = op
         return op
@@ -372,6 +421,8 @@ class LatencyModel:
             # one row per operator in order, layout rows in between
             op_rows = [r for r in pred.rows if r.method != "layout"]
             for k in self._scaled:
+                if self.terms[k].probe is not None:
+                    continue  # priced at its own context by op_at
                 g, size = self.terms[k].scale  # type: ignore[misc]
                 total -= op_rows[k].ms * (1.0 - key[g] / size)
         self._whole[key] = total

@@ -16,9 +16,9 @@ import torch
 from edgetrim.compress.api import default_extractor, model_latency_ms, width_limits
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
-from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms
+from edgetrim.compress.latency_model import LatencyModel, bind_layer_terms, context_at
 from edgetrim.examples.models import MODEL_ZOO
-from edgetrim.lookup_tables import predict_model
+from edgetrim.types import OpContext, OpKind
 
 ZOO = ["digits_cnn", "resnet_small", "mobilenetv3_small", "efficientnet_b0_small", "mlp_bn"]
 
@@ -78,9 +78,10 @@ def test_whole_ms_is_memoised_and_ignores_the_width_sequence_type(make_table, nc
     assert len(cost._whole) == 1
 
 
-def test_whole_ms_of_an_encoder_scales_the_attention_ops_by_the_heads_kept(make_table, nchwc_layout) -> None:
-    """Attention matmuls / softmax change *context* with the head count; the bound model keeps their
-    dense context and prices them by the share of heads kept, inside the whole-model prediction."""
+def test_whole_ms_prices_attention_ops_at_the_context_of_the_heads_kept(make_table, nchwc_layout) -> None:
+    """Attention matmuls / softmax change *context* with the head count; the bound model builds that
+    context at any head count, so its price is the materialised model's own (here from the
+    predictor's per-element fit: the table holds the dense contexts only)."""
     model, example, extract, table, groups, cost = _bound(
         "bert_encoder_small", make_table, nchwc_layout, chains=False
     )
@@ -91,10 +92,21 @@ def test_whole_ms_of_an_encoder_scales_the_attention_ops_by_the_heads_kept(make_
     assert scaled
     half = list(sizes)
     half[heads] = sizes[heads] // 2
-    dense_ops = [cost.op_at(k, sizes) for k in range(len(cost.terms))]
-    rows = [r for r in predict_model(table, dense_ops).rows if r.method != "layout"]
-    # what the scaled ops lose at half the heads, plus what the head group's own width changes
-    unscaled_half = predict_model(table, [cost.op_at(k, half) for k in range(len(cost.terms))]).total_ms
-    expected = unscaled_half - sum(0.5 * rows[k].ms for k in scaled)
-    assert cost.whole_ms(half) == pytest.approx(expected, rel=1e-9)
+    gates = ChannelGates(model, groups)
+    small = gates.materialize(example, widths=half)
+    gates.detach_hooks()
+    real = {o.name: o.context for o in extract(small, example)}
+    for k in scaled:
+        ctx = cost.op_at(k, half).context
+        assert ctx == real[cost.terms[k].op.name] and ctx != cost.terms[k].op.context
+    assert cost.whole_ms(half) == pytest.approx(model_latency_ms(table, extract(small, example)), rel=1e-9)
     assert cost.whole_ms(half) < cost.whole_ms(sizes)
+
+
+def test_context_at_follows_every_number_that_changes_with_the_heads() -> None:
+    dense = OpContext(OpKind.OTHER, spatial=(8, 16), tokens=64, variant="batch8")
+    probe = OpContext(OpKind.OTHER, spatial=(7, 16), tokens=56, variant="batch7")
+    assert context_at(dense, probe, 6) == OpContext(
+        OpKind.OTHER, spatial=(2, 16), tokens=16, variant="batch2"
+    )
+    assert context_at(dense, probe, 0) == dense
