@@ -8,6 +8,7 @@ Every failure is a one-line ``ModelSpecError``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -23,6 +24,8 @@ from torch import nn
 from edgetrim.errors import ModelSpecError
 
 logger = logging.getLogger(__name__)
+
+USER_MODULE_PREFIX = "_edgetrim_user_"  # modules imported from file.py specs
 
 
 class LogitsOutput(nn.Module):
@@ -59,6 +62,26 @@ def resolve_spec(spec: str) -> str:
     )
 
 
+def user_module_name(path: str | Path) -> str:
+    """The module name a ``file.py`` spec is imported under: the same in every process (a pickled
+    model's classes are found by it when a saved run is loaded again)."""
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return f"{USER_MODULE_PREFIX}{digest}"
+
+
+def is_file_spec(spec: str) -> bool:
+    where = spec.rpartition(":")[0]
+    return where.endswith(".py") or "/" in where or where.startswith(".")
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with a file path made absolute (what a saved run records to import the file again)."""
+    if not is_file_spec(spec):
+        return spec
+    where, _, attr = spec.rpartition(":")
+    return f"{Path(where).resolve()}:{attr}"
+
+
 def import_callable(spec: str, *, what: str = "model") -> Any:
     """The object a ``path/to/file.py:fn`` or ``package.module:fn`` spec names (``what`` words errors).
 
@@ -71,11 +94,11 @@ def import_callable(spec: str, *, what: str = "model") -> Any:
         raise ModelSpecError(f"{what} spec {spec!r} names no function after ':'")
     if not where:
         raise ModelSpecError(f"{what} spec {spec!r} must look like path/to/file.py:fn or package.module:fn")
-    if where.endswith(".py") or "/" in where or where.startswith("."):
+    if is_file_spec(spec):
         path = Path(where)
         if not path.is_file():
             raise ModelSpecError(f"{what} file {where} does not exist")
-        mod_name = f"_edgetrim_user_{abs(hash(str(path.resolve())))}"
+        mod_name = user_module_name(path)
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:
             raise ModelSpecError(f"cannot import {where} as a Python file")

@@ -194,7 +194,7 @@ def compress_cmd(
         module, example, config, table=lat_table, train_loader=train_loader, val_loader=val_loader,
         checkpoint_dir=out, resume=resume, on_epoch=progress, measure_fn=measure_fn,
     )  # fmt: skip
-    extra = {"model_spec": spec, "data_spec": data, "table": str(table)}
+    extra = {"model_spec": spec, "data_spec": data, "table": str(Path(table).resolve())}
     save_result(out, result, extra)
     info = result.report.to_info() | extra
     if json_out:

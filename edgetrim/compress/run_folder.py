@@ -20,6 +20,7 @@ from torch import nn
 
 from edgetrim.errors import EdgetrimError
 from edgetrim.io_utils import atomic_write_bytes, atomic_write_json
+from edgetrim.model_spec import USER_MODULE_PREFIX, absolute_spec, import_callable, is_file_spec
 
 MODEL_FILE = "model.pt"
 INPUTS_FILE = "example_inputs.pt"
@@ -60,6 +61,8 @@ def save_run(
         raise ValueError(f"run info 'kind' must be one of {RUN_KINDS}, got {kind!r}")
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
+    if isinstance(info.get("model_spec"), str):  # a file the run can import again from anywhere
+        info = info | {"model_spec": absolute_spec(info["model_spec"])}
     model = model.cpu().eval()
     atomic_write_bytes(root / MODEL_FILE, _torch_bytes(model))
     atomic_write_bytes(root / INPUTS_FILE, _torch_bytes(tuple(t.detach().cpu() for t in example_inputs)))
@@ -83,7 +86,15 @@ def load_run(path: str | Path) -> Run:
     except json.JSONDecodeError as exc:
         raise EdgetrimError(f"{info_path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     try:
-        model = torch.load(model_path, weights_only=False, map_location="cpu")
+        try:
+            model = torch.load(model_path, weights_only=False, map_location="cpu")
+        except ModuleNotFoundError as exc:
+            # the model's classes come from a file.py spec, imported by compress in its own process
+            spec = info.get("model_spec")
+            if USER_MODULE_PREFIX not in str(exc) or not isinstance(spec, str) or not is_file_spec(spec):
+                raise
+            import_callable(spec)
+            model = torch.load(model_path, weights_only=False, map_location="cpu")
         inputs = torch.load(root / INPUTS_FILE, weights_only=False, map_location="cpu")
     except Exception as exc:
         raise EdgetrimError(f"cannot load the model in {root}: {type(exc).__name__}: {exc}") from exc

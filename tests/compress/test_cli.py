@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -10,6 +13,7 @@ from edgetrim.cli import app
 from edgetrim.compress.run_folder import load_run
 from edgetrim.examples.models import mlp
 from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
+from edgetrim.model_spec import import_callable
 
 MODEL_FILE = """
 from edgetrim.examples.models import mlp
@@ -100,3 +104,53 @@ def test_cli_measure_reports_measured_latency_on_the_tables_target(tmp_path, mak
     assert 1 <= len(info["measure_rounds"]) <= 4  # measure_steps=3: at most three re-fits
     assert info["measure_rounds"][-1]["measured_ms"] == info["measured_ms"]
     assert info["predicted_ms"] <= info["internal_budget_ms"] + 1e-12
+
+
+OWN_CLASS_FILE = """
+import torch
+from torch import nn
+
+
+class OwnMLP(nn.Module):  # a class only this file defines: the saved model pickles a reference to it
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def small():
+    return OwnMLP(), (torch.randn(1, 64),)
+"""
+
+
+def test_a_run_of_a_model_class_from_a_file_loads_in_another_process_and_directory(
+    tmp_path, make_table
+) -> None:
+    (tmp_path / "own.py").write_text(OWN_CLASS_FILE)
+    model, example = import_callable(f"{tmp_path / 'own.py'}:small")()
+    table = make_table(extract_layer_ops(model, example, fusion=fusion_for_runtime("onnxruntime")))
+    table.save(tmp_path / "table.json")
+    out = tmp_path / "run"
+    args = ["compress", "--model", "own.py:small", "--data", "digits_flat", "--table", "table.json"]
+    args += ["--out", str(out), "--budget-ms", "0.017", "--epochs", "1", "--finetune-epochs", "0"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # relative paths, as typed in a shell
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["model_spec"] == f"{(tmp_path / 'own.py').resolve()}:small"
+    assert info["table"] == str((tmp_path / "table.json").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = f"from edgetrim.compress.run_folder import load_run; print(type(load_run({str(out)!r}).model).__name__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "OwnMLP"
