@@ -74,7 +74,13 @@ from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, qua
 from edgetrim.compress.run_folder import save_run
 from edgetrim.compress.surrogate import soft_count
 from edgetrim.compress.train import PenaltyTrainer, check_batch_fits
-from edgetrim.compress.widths import fast_side_widths, fit_budget, fit_widths, smallest_reachable
+from edgetrim.compress.widths import (
+    fast_side_widths,
+    fit_budget,
+    fit_widths,
+    narrowest_widths,
+    smallest_reachable,
+)
 from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy, run_epochs
 from edgetrim.io_utils import atomic_write_bytes
@@ -364,11 +370,31 @@ def compress(
             else cost_fn(sizes)
         )
         if budget < floor - 1e-12:
-            raise BudgetError(
-                f"{what} budget {budget + shift:.4g} {unit_name} is below the smallest reachable {what} "
-                f"{floor + shift:.4g} {unit_name} for this model and table; raise the budget",
-                smallest=floor + shift,
-            )
+            measured_floor = None
+            if measure_fn is not None and config.budget_ms is not None and groups:
+                # the table can overprice the narrowest structure: the target has the last word
+                narrow = narrowest_widths(units, sizes, partial, min_widths=min_widths, align=align)
+                probe_gates = ChannelGates(work, groups)
+                try:
+                    narrowest = probe_gates.materialize(example, widths=narrow)
+                finally:
+                    probe_gates.detach_hooks()
+                measured_floor = float(measure_fn(narrowest, example))
+            if measured_floor is None or measured_floor > config.budget_ms:  # type: ignore[operator]
+                on_target = (
+                    "" if measured_floor is None else f" (measured {measured_floor:.4g} ms on the target)"
+                )
+                raise BudgetError(
+                    f"{what} budget {budget + shift:.4g} {unit_name} is below the smallest reachable {what} "
+                    f"{floor + shift:.4g} {unit_name}{on_target} for this model and table; raise the budget",
+                    smallest=floor + shift if measured_floor is None else measured_floor,
+                )
+            logger.info(
+                "the table prices the narrowest structure at %.4g ms, the target measures %.4g ms: within "
+                "the budget %.4g ms, which the measured loop meets on the target",
+                floor + shift, measured_floor, config.budget_ms,
+            )  # fmt: skip
+            budget = floor  # the table's scale: the narrowest structure; calibration moves it from there
 
     gates = ChannelGates(work, groups)
     quants: dict[str, NestedQuant] = {}

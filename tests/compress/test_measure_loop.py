@@ -9,6 +9,7 @@ import torch
 
 from edgetrim.compress.api import compress, model_latency_ms
 from edgetrim.compress.config import CompressConfig
+from edgetrim.errors import BudgetError
 from edgetrim.examples.data import digits_loaders
 from edgetrim.examples.models import mlp
 from edgetrim.examples.training import train_classifier
@@ -229,3 +230,44 @@ def test_widths_training_cut_below_the_budget_grow_back_toward_it(setup) -> None
     # beyond the fast side of the requested step (the table steps every 8 channels): grown back
     assert any(kept[g] > -(-asked[g] // 8) * 8 for g in asked)
     assert rep.predicted_ms <= budget + 1e-12
+
+
+def test_a_budget_below_the_tables_floor_is_taken_when_the_target_measures_the_floor_within_it(setup) -> None:
+    # Pruned models run 0.8x of the table's price: a budget 5% under the table's smallest structure is
+    # reachable on the target. Without a measure_fn the same budget is refused up front.
+    model, example, train, val, table = setup
+    dense_params = sum(p.numel() for p in model.parameters())
+    calls = []
+
+    def measure(m, x) -> float:
+        pred = model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+        calls.append(pred)
+        return pred * (1.0 if sum(p.numel() for p in m.parameters()) == dense_params else 0.8)
+
+    tiny, tiny_x = mlp(widths=(1, 1))
+    floor_ms = model_latency_ms(table, extract_layer_ops(tiny, tiny_x, fusion=FUSION))
+    budget = 0.95 * floor_ms
+    with pytest.raises(BudgetError, match="below the smallest reachable latency"):
+        compress(model, example, _config(budget_ms=budget), table=table, train_loader=train, val_loader=val)
+    result = compress(
+        model, example, _config(budget_ms=budget), table=table, train_loader=train, val_loader=val, measure_fn=measure
+    )  # fmt: skip
+    rep = result.report
+    assert calls[0] == pytest.approx(floor_ms, rel=1e-9)  # the narrowest structure was measured first
+    assert rep.measured_ms is not None and rep.measured_ms <= budget < rep.predicted_ms
+
+    def slow(m, x) -> float:  # the target agrees with the table: refused, with both figures
+        return model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+
+    with pytest.raises(
+        BudgetError, match=r"below the smallest reachable latency .* \(measured .* on the target\)"
+    ):
+        compress(
+            model,
+            example,
+            _config(budget_ms=budget),
+            table=table,
+            train_loader=train,
+            val_loader=val,
+            measure_fn=slow,
+        )
