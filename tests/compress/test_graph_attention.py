@@ -136,3 +136,66 @@ def test_transformers_vit_prunes_heads() -> None:
     assert [(g.size, g.unit) for g in find_channel_groups(model, (x,)) if g.unit > 1] == [(24, 8)]
     small = _random_gates_materialise(model, x, torch.randn(3, 1, 8, 8))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_a_model_with_layers_the_tracer_cannot_size_is_a_one_line_error_naming_them() -> None:
+    # transformers' GPT-2 keeps its projections in Conv1D (a linear with a transposed weight)
+    transformers = pytest.importorskip("transformers")
+    from edgetrim.errors import ModelSpecError
+    from edgetrim.model_spec import LogitsOutput
+
+    config = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, pad_token_id=0)
+    model = LogitsOutput(transformers.GPT2ForSequenceClassification(config).eval()).eval()
+    with pytest.raises(ModelSpecError) as info:
+        find_channel_groups(model, (torch.randint(0, 50, (1, 6)),))
+    message = str(info.value)
+    assert "\n" not in message and "model.transformer.h.0.attn.c_attn (Conv1D)" in message
+    assert "wrap them in nn.Linear" in message
+
+
+def _hf(name: str):
+    """A transformers model of another family from a small config, and its example input."""
+    tf = pytest.importorskip("transformers")
+    from edgetrim.model_spec import LogitsOutput
+
+    torch.manual_seed(0)
+    img, ids = torch.randn(1, 3, 32, 32), torch.randint(0, 100, (1, 16))
+    text = {"vocab_size": 100, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64}
+    builders = {
+        "distilbert": (lambda: tf.DistilBertForSequenceClassification(
+            tf.DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=4, hidden_dim=64)), ids),
+        "roberta": (lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(hidden_size=32, **text)), ids),
+        "albert": (lambda: tf.AlbertForSequenceClassification(
+            tf.AlbertConfig(embedding_size=16, hidden_size=32, **(text | {"num_hidden_layers": 2}))), ids),
+        "deit": (lambda: tf.DeiTForImageClassification(tf.DeiTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+            intermediate_size=64)), img),
+        "swin": (lambda: tf.SwinForImageClassification(tf.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4)), img),
+        "regnet": (lambda: tf.RegNetForImageClassification(tf.RegNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], groups_width=8)), img),
+        "levit": (lambda: tf.LevitForImageClassification(tf.LevitConfig(
+            image_size=32, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+            key_dim=[8, 8, 8])), img),
+        "poolformer": (lambda: tf.PoolFormerForImageClassification(
+            tf.PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])), img),
+        "dinov2": (lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+            mlp_ratio=2)), img),
+    }  # fmt: skip
+    build, x = builders[name]
+    model = LogitsOutput(build().eval()).eval()
+    with torch.no_grad():
+        model(x)
+    return model, x
+
+
+@pytest.mark.parametrize(
+    "name", ["distilbert", "roberta", "albert", "deit", "swin", "regnet", "levit", "poolformer", "dinov2"]
+)
+def test_random_gates_materialise_on_other_transformers_families(name: str) -> None:
+    # LeViT's stage streams pass a token subsample (view, strided slice, reshape) that maps channels
+    # correctly only while few go: the exactness check removes about 40% of a group's units
+    model, x = _hf(name)
+    small = _random_gates_materialise(model, x, x)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
