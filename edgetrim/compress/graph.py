@@ -205,15 +205,29 @@ def _build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]):
     except Exception as exc:
         unknown = _unknown_parameter_modules(model)
         hint = (
-            f"; its layers {', '.join(unknown[:4])}{' ...' if len(unknown) > 4 else ''} are not "
-            "convs, linears or norms, which the tracer cannot size: wrap them in nn.Linear / nn.Conv2d"
+            f"; layers the tracer cannot size: {', '.join(unknown[:4])}{' ...' if len(unknown) > 4 else ''}"
+            " (replace them with nn.Linear / nn.Conv2d if they feed it)"
             if unknown
-            else "; pass the module that produces it via ignore="
+            else ""
         )
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelSpecError(
-            f"cannot trace the model's channel dependencies ({type(exc).__name__}: {first}){hint}"
+            f"cannot trace the model's channel dependencies{_failing_node(exc)} ({type(exc).__name__}: "
+            f"{first}){hint}; or pass the module that produces it via ignore="
         ) from exc
+
+
+def _failing_node(exc: BaseException) -> str:
+    """`` at <node> of <inputs>``: the dependency-graph node being processed when ``exc`` was raised."""
+    tb = exc.__traceback__
+    name = ""
+    while tb is not None:  # the innermost frame that holds a graph node names it
+        node = tb.tb_frame.f_locals.get("node")
+        if node is not None and hasattr(node, "name"):
+            inputs = [str(getattr(n, "name", n)) for n in getattr(node, "inputs", [])]
+            name = str(node.name) + (f" of {', '.join(inputs)}" if inputs else "")
+        tb = tb.tb_next
+    return f" at {name}" if name else ""
 
 
 _SIZED_MODULES = (
