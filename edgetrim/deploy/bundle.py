@@ -246,7 +246,8 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
             logger.info("%s: parity ok (%s)", art.label, report.gate)
             bar.update()
     bar.close()
-    remeasured, device, predicted, notes = _measure(cfg, root, info, model, inputs, artifacts, data)
+    table = _resolve_table(cfg, root, info)  # once: the re-measurement and the report share it
+    remeasured, device, predicted, notes = _measure(cfg, table, model, inputs, artifacts, data)
     manifest = build_manifest(
         run_path=root.resolve(),
         run_info=info,
@@ -263,7 +264,7 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
     if cfg.report:
         from edgetrim.deploy.report import write_report
 
-        report_path = write_report([manifest], out, table=_table_or_none(cfg, root, info)).html
+        report_path = write_report([manifest], out, table=table).html
     return ExportBundle(
         out_dir=out,
         artifacts=tuple(artifacts),
@@ -272,13 +273,6 @@ def export_run(run_path: str | Path, out_dir: str | Path, config: ExportConfig |
         report_path=report_path,
         notes=tuple(notes),
     )
-
-
-def _table_or_none(cfg: ExportConfig, root: Path, info: dict[str, Any]) -> Any:
-    try:
-        return _resolve_table(cfg, root, info)
-    except EdgetrimError:
-        return None
 
 
 def _spec_of(t: torch.Tensor) -> Any:
@@ -303,15 +297,13 @@ def _artifact_entry(art: ExportArtifact, remeasured: list[RemeasureReport]) -> d
 
 def _measure(
     cfg: ExportConfig,
-    root: Path,
-    info: dict[str, Any],
+    table: Any,
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     artifacts: list[ExportArtifact],
     data: RealData | None,
 ) -> tuple[list[RemeasureReport], dict[str, Any] | None, dict[str, Any] | None, list[str]]:
     notes: list[str] = []
-    table = _resolve_table(cfg, root, info)
     target_name = cfg.target or (table.device.target if table is not None else None)
     if target_name is None:
         notes.append("not re-measured: no --target given and the run names no table")

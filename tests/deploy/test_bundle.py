@@ -139,3 +139,15 @@ def test_cli_report_plots_the_surfaces_of_the_runs_table(bundle, tmp_path: Path)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["surfaces"] and all(f"surface:{k}" in data["images"] for k in data["surfaces"])
+
+
+def test_a_run_whose_table_is_gone_exports_with_one_warning(
+    tmp_path: Path, trained_net, run_factory, caplog
+) -> None:
+    run = run_factory(tmp_path / "run", trained_net[0], trained_net[1], table=str(tmp_path / "deleted.json"))
+    with caplog.at_level("WARNING", logger="edgetrim.deploy.bundle"):
+        bundle = export_run(run, tmp_path / "out", ExportConfig(formats=("onnx",)))
+    assert [r.getMessage() for r in caplog.records].count(
+        f"the run's table {tmp_path / 'deleted.json'} is gone; exporting without predictions"
+    ) == 1
+    assert bundle.report_path is not None and bundle.report_path.is_file() and not bundle.remeasured
