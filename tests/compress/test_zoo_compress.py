@@ -71,3 +71,37 @@ def test_transformers_bert_on_token_ids_compresses_to_a_budget(make_table) -> No
         assert attn.query.out_features == attn.all_head_size == attn.num_attention_heads * 8
     with torch.no_grad():
         assert res.model(ids[:3]).shape == (3, 10)
+
+
+@pytest.mark.parametrize("family", ["regnet", "levit", "swin"])
+def test_other_transformers_families_compress_to_a_budget(family: str, make_table) -> None:
+    """Grouped convs (RegNet), attention-subsample blocks (LeViT) and windowed attention with a
+    relative-position bias (Swin, whose heads stay dense) through compress on random data."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgetrim.errors import BudgetError
+    from tests.compress.test_graph_attention import _hf
+
+    model, x = _hf(family)
+    torch.manual_seed(0)
+    xs, ys = torch.randn(32, *x.shape[1:]), torch.randint(0, 2, (32,))
+    train = DataLoader(TensorDataset(xs, ys), batch_size=16)
+    ops = extract_layer_ops(model, (x,), fusion=fusion_for_runtime("onnxruntime"))
+    table = make_table(ops)
+    dense_ms = model_latency_ms(table, ops)
+    with pytest.raises(BudgetError) as info:  # where the smallest structure lies on this table
+        compress(
+            model,
+            (x,),
+            CompressConfig(budget_ms=1e-6, epochs=1),
+            table=table,
+            train_loader=train,
+            val_loader=train,
+        )
+    budget = 0.5 * (dense_ms + info.value.smallest)
+    cfg = CompressConfig(budget_ms=budget, epochs=1, finetune_epochs=0, gate_lr=0.2)
+    res = compress(model, (x,), cfg, table=table, train_loader=train, val_loader=train)
+    assert res.report.predicted_ms <= budget + 1e-12 < dense_ms
+    assert sum(res.report.widths_after.values()) < sum(res.report.widths_before.values())
+    with torch.no_grad():
+        assert res.model(xs[:2]).shape == model(xs[:2]).shape
