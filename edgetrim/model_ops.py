@@ -238,6 +238,21 @@ _PRICED_PARAMETER_FREE: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 
 
+def is_transposed_linear(module: nn.Module) -> bool:
+    """A transformers-style ``Conv1D``: ``nf`` outputs, a 2-D ``(in, nf)`` weight and an ``(nf,)`` bias."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and weight.shape[1] == module.nf
+        and isinstance(bias, torch.Tensor)
+        and tuple(bias.shape) == (module.nf,)
+        and not list(module.children())
+    )
+
+
 def _is_leaf(m: nn.Module) -> bool:
     if isinstance(m, _ATOMIC_MODULES):
         return True
@@ -625,6 +640,8 @@ class _Extractor:
                       stride=m.stride, padding=m.padding, dilation=m.dilation, bias=m.bias is not None)  # fmt: skip
         elif isinstance(m, nn.Linear):
             self.linear(c, x, m.in_features, m.out_features, m.bias is not None)
+        elif is_transposed_linear(m):  # GPT's Conv1D: a linear with its weight stored transposed
+            self.linear(c, x, m.weight.shape[0], m.weight.shape[1], True)
         elif type(m) in _ACT_MODULES:
             self.elementwise(c.name, OpKind.ACTIVATION, x.shape, variant=_ACT_MODULES[type(m)])
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):

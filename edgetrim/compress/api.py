@@ -69,6 +69,7 @@ from edgetrim.compress.latency_model import (
     default_extractor,
     resolve_context,
 )
+from edgetrim.compress.linear_like import convert_transposed_linears, disable_generation_cache
 from edgetrim.compress.lowrank import LowRank, factorizable_layers, factorize_
 from edgetrim.compress.quant import NestedQuant, attach_quant_, bake_quant_, quant_parametrizations
 from edgetrim.compress.run_folder import save_run
@@ -311,6 +312,14 @@ def compress(
         logger.info(
             "nn.MultiheadAttention split into q/k/v/out Linears (heads prunable): %s", ", ".join(split)
         )
+    # GPT-style Conv1D projections become nn.Linear (prunable, factorizable, quantizable alike), and a
+    # generation cache that one classification pass never reads is turned off on the working copy
+    linears = convert_transposed_linears(work)
+    if linears:
+        logger.info("Conv1D layers replaced by the nn.Linear they compute: %s", ", ".join(linears))
+    uncached = disable_generation_cache(work)
+    if uncached:
+        logger.info("generation cache off (config.use_cache) in %s", ", ".join(uncached))
     finals = output_layers(work, example)  # first: a model that cannot run fails naming the module
     dense_ops = extract(work, example)
     dense_ms = model_latency_ms(table, dense_ops)

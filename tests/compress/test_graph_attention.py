@@ -179,6 +179,8 @@ def _hf(name: str):
             key_dim=[8, 8, 8])), img),
         "poolformer": (lambda: tf.PoolFormerForImageClassification(
             tf.PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])), img),
+        "gpt2": (lambda: tf.GPT2ForSequenceClassification(
+            tf.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, pad_token_id=0)), ids),
         "dinov2": (lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(
             image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
             mlp_ratio=2)), img),

@@ -105,3 +105,43 @@ def test_other_transformers_families_compress_to_a_budget(family: str, make_tabl
     assert sum(res.report.widths_after.values()) < sum(res.report.widths_before.values())
     with torch.no_grad():
         assert res.model(xs[:2]).shape == model(xs[:2]).shape
+
+
+def test_gpt2_compresses_through_its_conv1d_projections(make_table) -> None:
+    """GPT-2 keeps its projections in Conv1D (transposed linears) and a generation cache: compress
+    works on a copy with nn.Linear projections and no cache, prunes the MLPs (the fused q/k/v
+    projection slices inexactly, so attention stays dense) and leaves the caller's model as it was."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgetrim.errors import BudgetError
+    from tests.compress.test_graph_attention import _hf
+
+    model, x = _hf("gpt2")
+    torch.manual_seed(0)
+    ids, labels = torch.randint(0, 100, (32, x.shape[1])), torch.randint(0, 2, (32,))
+    train = DataLoader(TensorDataset(ids, labels), batch_size=16)
+    ops = extract_layer_ops(model, (x,), fusion=fusion_for_runtime("onnxruntime"))
+    conv1d = [o for o in ops if o.name.endswith("mlp.c_fc")]
+    assert [(o.context.kind.value, o.in_width, o.out_width) for o in conv1d] == [("linear", 32, 128)] * 2
+    table = make_table(ops)
+    dense_ms = model_latency_ms(table, ops)
+    with pytest.raises(BudgetError) as info:  # the smallest structure on this table
+        compress(
+            model, (x,), CompressConfig(budget_ms=1e-6), table=table, train_loader=train, val_loader=train
+        )
+    budget = 0.5 * (info.value.smallest + dense_ms)
+    cfg = CompressConfig(budget_ms=budget, epochs=1, finetune_epochs=0, gate_lr=0.2)
+    res = compress(model, (x,), cfg, table=table, train_loader=train, val_loader=train)
+    assert res.report.predicted_ms <= budget < res.report.dense_predicted_ms <= dense_ms
+    widths = res.report.widths_after
+    assert (
+        set(widths) == {f"model.transformer.h.{i}.mlp.c_fc" for i in range(2)} and sum(widths.values()) < 256
+    )
+    small = res.model.model.transformer.h[0].mlp
+    assert (
+        isinstance(small.c_fc, torch.nn.Linear)
+        and small.c_fc.out_features == widths["model.transformer.h.0.mlp.c_fc"]
+    )
+    assert type(model.model.transformer.h[0].mlp.c_fc).__name__ == "Conv1D" and model.model.config.use_cache
+    with torch.no_grad():
+        assert res.model(ids[:2]).shape == model(ids[:2]).shape
