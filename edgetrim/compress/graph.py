@@ -77,6 +77,9 @@ class ChannelGroup:
     members: tuple[GroupMember, ...]
     unit: int = 1  # channels per mask entry: head_dim for attention heads, 1 otherwise
     owner: str = ""  # attention module holding head_dim (and num_heads, updated when heads go)
+    # a producer whose output is split into this many blocks (q / k / v of one projection), each
+    # indexed like the group: sliced member by member, not through the tracer's group
+    blocks: int = 1
 
     @property
     def num_units(self) -> int:
@@ -103,7 +106,7 @@ _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size")
 # Head counts an attention module may keep as plain integers (updated when heads are removed), and
 # widths derived from them (``all_head_size`` = heads x head_dim in transformers' BERT and ViT).
 _HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads")
-_HEAD_WIDTH_ATTRS = ("all_head_size",)
+_HEAD_WIDTH_ATTRS = ("all_head_size", "split_size")  # split_size: GPT-2's q / k / v width
 
 
 def _head_dim(model: nn.Module, producer_names: list[str]) -> tuple[int, str]:
@@ -315,8 +318,10 @@ def _raw_groups(
                     root=tuple(int(i) for i in item.root_idxs),
                 )
             )
-        unit, owner = 1, ""
+        unit, owner, blocks = 1, "", 1
         if through_matmul and not skip_reason:
+            members, folded = _fold_split_projection(members, by_name, size)
+            blocks, size = size // folded, folded
             unit, owner = _head_dim(model, [m.name for m in members if m.role == Role.PRODUCER])
             if unit < 1 or size % unit:
                 skip_reason = "coupled through a matmul without a head_dim attribute on the attention module"
@@ -328,7 +333,13 @@ def _raw_groups(
             continue
         groups.append(
             ChannelGroup(
-                id=len(groups), size=size, root_name=root_name, members=tuple(members), unit=unit, owner=owner
+                id=len(groups),
+                size=size,
+                root_name=root_name,
+                members=tuple(members),
+                unit=unit,
+                owner=owner,
+                blocks=blocks,
             )
         )
     return dg, groups
@@ -517,12 +528,15 @@ def materialize_channels(
         if not remove:
             continue
         root = by_name[group.root_name]
-        if isinstance(root, nn.Conv1d | nn.Conv2d) and root.groups > 1:
-            fn = tp.pruner.function.prune_depthwise_conv_out_channels
+        if group.blocks > 1:
+            _slice_members(group, by_name, set(remove))
         else:
-            fn = dg.get_pruner_of_module(root).prune_out_channels
-        tp_group = dg.get_pruning_group(root, fn, remove)
-        tp_group.prune(record_history=False)
+            if isinstance(root, nn.Conv1d | nn.Conv2d) and root.groups > 1:
+                fn = tp.pruner.function.prune_depthwise_conv_out_channels
+            else:
+                fn = dg.get_pruner_of_module(root).prune_out_channels
+            tp_group = dg.get_pruning_group(root, fn, remove)
+            tp_group.prune(record_history=False)
         if group.unit > 1 and group.owner:
             owner = by_name[group.owner]
             _set_num_heads(owner, len(kept_set) // group.unit, group.unit)
@@ -533,6 +547,47 @@ def materialize_channels(
                 # heads left needs to know which ones those are, not only how many
                 keep_heads(heads)
     return clone
+
+
+def _slice_members(group: ChannelGroup, by_name: dict[str, nn.Module], remove: set[int]) -> None:
+    """Slice a folded group's linear members directly: producers lose the output channels, consumers
+    the input channels, whose root is removed."""
+    tp = _tp().pruner.function
+    for m in group.members:
+        idxs = sorted({loc for loc, root in zip(m.local, m.root) if root in remove})
+        module = by_name[m.name]
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"{m.name} ({type(module).__name__}) in a split projection group is not a linear"
+            )
+        if m.role == Role.PRODUCER:
+            tp.prune_linear_out_channels(module, idxs)
+        elif m.role == Role.CONSUMER:
+            tp.prune_linear_in_channels(module, idxs)
+
+
+def _fold_split_projection(
+    members: list[GroupMember], by_name: dict[str, nn.Module], size: int
+) -> tuple[list[GroupMember], int]:
+    """One projection whose output is split into q / k / v (GPT-2's ``c_attn``, ``x.split(width)``):
+    the tracer maps all of its outputs onto the output projection's inputs, which hold one block.
+    Fold the group onto that block: channel ``c`` of every block is the same head channel, so a
+    head goes from q, k and v at once. Unchanged when no consumer reads fewer channels than the
+    group has; the slicing check on the model itself rejects the group if this mapping is wrong."""
+    consumers = [m for m in members if m.role == Role.CONSUMER]
+    widths = {getattr(by_name.get(m.name), "in_features", None) for m in consumers}
+    if len(widths) != 1 or not isinstance(block := widths.pop(), int) or block >= size or size % block:
+        return members, size
+    if any(len(m.local) != size for m in consumers):
+        return members, size
+    folded = []
+    for m in members:
+        if m.role == Role.CONSUMER:
+            local = tuple(range(block))
+            folded.append(dataclasses.replace(m, local=local, root=local))
+        else:
+            folded.append(dataclasses.replace(m, root=tuple(r % block for r in m.root)))
+    return folded, block
 
 
 def _set_num_heads(attn: nn.Module, heads: int, head_dim: int) -> None:

@@ -193,11 +193,18 @@ def _hf(name: str):
 
 
 @pytest.mark.parametrize(
-    "name", ["distilbert", "roberta", "albert", "deit", "swin", "regnet", "levit", "poolformer", "dinov2"]
+    "name",
+    ["distilbert", "roberta", "albert", "deit", "swin", "regnet", "levit", "poolformer", "dinov2", "gpt2"],
 )
 def test_random_gates_materialise_on_other_transformers_families(name: str) -> None:
     # LeViT's stage streams pass a token subsample (view, strided slice, reshape) that maps channels
     # correctly only while few go: the exactness check removes about 40% of a group's units
     model, x = _hf(name)
+    if name == "gpt2":  # as compress prepares it: Conv1D as nn.Linear, no generation cache
+        from edgetrim.compress.linear_like import convert_transposed_linears, disable_generation_cache
+
+        convert_transposed_linears(model)
+        disable_generation_cache(model)
+        assert sum(g.unit == 8 for g in find_channel_groups(model, (x,))) == 2  # whole heads, both layers
     small = _random_gates_materialise(model, x, x)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
