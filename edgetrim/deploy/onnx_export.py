@@ -210,6 +210,31 @@ class _Reader:
         return next(self._items, None)
 
 
+def _attention_mask_nodes(graph: Any) -> list[str]:
+    """Names of the nodes that apply an attention mask and the softmax after it: Softmax nodes, the
+    Add / Where / Mul producing their input and the IsNaN / Where guarding their output. A causal or
+    padding mask puts -inf (or the float minimum) into the scores: one int8 scale over that range
+    leaves nothing for the scores themselves (GPT-2's int8 model measured 1 dB SQNR)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    names: list[str] = []
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            continue
+        names.append(node.name)
+        before = producers.get(node.input[0])
+        if before is not None and before.op_type in ("Add", "Where", "Mul"):
+            names.append(before.name)
+        for after in consumers.get(node.output[0], []):
+            if after.op_type in ("IsNaN", "Where"):
+                names.append(after.name)
+                names += [n.name for n in consumers.get(after.output[0], []) if n.op_type == "Where"]
+    return [n for n in dict.fromkeys(names) if n]
+
+
 def quantize_onnx_int8(
     fp32: ExportArtifact,
     path: str | Path,
@@ -250,6 +275,9 @@ def quantize_onnx_int8(
             logger.warning("onnxruntime quantization pre-processing failed (%s); quantizing as exported", exc)
             src = fp32.path
         dst = Path(tmp) / "int8.onnx"
+        excluded = _attention_mask_nodes(_onnx().load(str(src)).graph)
+        if excluded:
+            logger.info("kept in float (attention masks and softmax): %s", ", ".join(excluded))
         try:
             quantize_static(
                 str(src),
@@ -259,6 +287,7 @@ def quantize_onnx_int8(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QUInt8,
                 per_channel=per_channel,
+                nodes_to_exclude=excluded,
             )
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -129,3 +129,34 @@ def test_parity_failure_names_the_worst_output(onnx_fp32, trained_net) -> None:
 
     with pytest.raises(ExportError, match=r"output 'output_0'.*max abs error"):
         check_parity(trained_net[0], X, onnx_fp32, broken, config=ParityConfig(n_random=2))
+
+
+class _CausalAttention(nn.Module):
+    """Digits rows (8 tokens of 8 pixels) through causal self-attention: the mask puts -inf into
+    the scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.out = nn.Linear(8, 48), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(ctx.transpose(1, 2).flatten(2).mean(1))
+
+
+def test_int8_onnx_keeps_the_attention_mask_and_softmax_in_float(tmp_path: Path, digits: RealData) -> None:
+    import onnx
+
+    model = _CausalAttention().eval()
+    rows = [np.asarray(b[0][0], dtype=np.float32).reshape(-1, 8, 8) for b in digits.calibration]
+    fp32 = export_onnx(model, (torch.from_numpy(rows[0][:1]),), tmp_path / "m.onnx")
+    q = quantize_onnx_int8(fp32, tmp_path / "q.onnx", [[r] for r in rows])
+    graph = onnx.load(str(q.path)).graph
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert producers[softmax.input[0]] != "DequantizeLinear"  # the masked scores stay float
+    x = rows[1]
+    got = OnnxRunner(q)([x])[0]
+    assert sqnr_db(model(torch.from_numpy(x)).detach().numpy(), got) >= 20.0
