@@ -528,6 +528,11 @@ def materialize_channels(
         if not remove:
             continue
         root = by_name[group.root_name]
+        per_head = (
+            _per_head_parameters(by_name[group.owner], group.num_units, group.names(), group.owner)
+            if group.unit > 1 and group.owner
+            else []
+        )
         if group.blocks > 1:
             _slice_members(group, by_name, set(remove))
         else:
@@ -541,6 +546,7 @@ def materialize_channels(
             owner = by_name[group.owner]
             _set_num_heads(owner, len(kept_set) // group.unit, group.unit)
             heads = sorted({i // group.unit for i in kept_set})
+            _keep_heads_of(per_head, heads)
             keep_heads = getattr(owner, "keep_heads_", None)
             if callable(keep_heads) and len(heads) * group.unit == len(kept_set):
                 # a module that maps per-head inputs (SplitMultiheadAttention's 3-D attn_mask) to the
@@ -588,6 +594,34 @@ def _fold_split_projection(
         else:
             folded.append(dataclasses.replace(m, root=tuple(r % block for r in m.root)))
     return folded, block
+
+
+def _per_head_parameters(
+    attn: nn.Module, num_heads: int, members: Iterable[str], prefix: str
+) -> list[tuple[nn.Module, str, int, torch.Tensor]]:
+    """The attention module's per-head parameters outside the group's layers, as they are: those
+    with one dimension of the head count (Swin's relative-position bias table, ``(positions,
+    heads)``), with that dimension and a copy of the values (the tracer may slice such a parameter
+    by channel indices, which are not head indices)."""
+    sliced = {name[len(prefix) + 1 :] for name in members if name.startswith(prefix + ".")}
+    found = []
+    for module_name, module in attn.named_modules():
+        if module_name in sliced:
+            continue  # the projections: sliced with the group
+        for name, param in module.named_parameters(recurse=False):
+            dims = [d for d, n in enumerate(param.shape) if n == num_heads]
+            if param.dim() >= 2 and len(dims) == 1:
+                found.append((module, name, dims[0], param.detach().clone()))
+    return found
+
+
+def _keep_heads_of(params: list[tuple[nn.Module, str, int, torch.Tensor]], heads: Sequence[int]) -> None:
+    """Set each per-head parameter to the entries of ``heads`` (a wrong slice fails the exactness
+    check on the model itself, which then leaves the heads dense)."""
+    index = torch.tensor(list(heads))
+    for module, name, dim, value in params:
+        old = getattr(module, name)
+        setattr(module, name, nn.Parameter(value.index_select(dim, index), old.requires_grad))
 
 
 def _set_num_heads(attn: nn.Module, heads: int, head_dim: int) -> None:

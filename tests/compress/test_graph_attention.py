@@ -206,5 +206,12 @@ def test_random_gates_materialise_on_other_transformers_families(name: str) -> N
         convert_transposed_linears(model)
         disable_generation_cache(model)
         assert sum(g.unit == 8 for g in find_channel_groups(model, (x,))) == 2  # whole heads, both layers
+    if name == "swin":  # heads go with their column of the relative-position bias table
+        assert sum(g.unit == 8 for g in find_channel_groups(model, (x,))) == 2
     small = _random_gates_materialise(model, x, x)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    if name == "swin":
+        for layer in small.model.swin.encoder.layers:
+            attn = layer.blocks[0].attention
+            table = attn.relative_position_bias.relative_position_bias_table
+            assert table.shape[1] == attn.num_attention_heads == attn.q_proj.out_features // 8

@@ -76,7 +76,7 @@ def test_transformers_bert_on_token_ids_compresses_to_a_budget(make_table) -> No
 @pytest.mark.parametrize("family", ["regnet", "levit", "swin"])
 def test_other_transformers_families_compress_to_a_budget(family: str, make_table) -> None:
     """Grouped convs (RegNet), attention-subsample blocks (LeViT) and windowed attention with a
-    relative-position bias (Swin, whose heads stay dense) through compress on random data."""
+    per-head relative-position bias table (Swin) through compress on random data."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from edgetrim.errors import BudgetError
