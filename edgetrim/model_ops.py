@@ -363,8 +363,9 @@ class _Recorder(TorchFunctionMode):
             op = _norm_name(func)
             constant = self.is_constant(args, kwargs)
             if constant:  # views and indexing of constants too, though they are not recorded
-                self.constant_ids.update(id(v) for v in _flat([out]) if isinstance(v, torch.Tensor))
-                self.keep.extend(v for v in _flat([out]) if isinstance(v, torch.Tensor))
+                outs = [v for v in _flat([out]) if isinstance(v, torch.Tensor)]
+                self.constant_ids.update(id(v) for v in outs)
+                self.keep.extend(outs)  # keep alive so id() stays unique
             if op not in _SKIP and isinstance(out, torch.Tensor):
                 self.counter += 1
                 name = f"{self.scope[-1] if self.scope else ''}:{op}{self.counter}"
@@ -422,13 +423,7 @@ def _calls_eager(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) ->
 
 
 def _tensors(values: Sequence[Any]) -> list[_T]:
-    out: list[_T] = []
-    for v in values:
-        if isinstance(v, _T):
-            out.append(v)
-        elif isinstance(v, (list, tuple)):
-            out.extend(_tensors(v))
-    return out
+    return [v for v in _flat(values) if isinstance(v, _T)]
 
 
 def _layout(shape: tuple[int, ...]) -> tuple[int, tuple[int, int], int] | None:
