@@ -74,8 +74,9 @@ class LayerTerm:
     out_expr: WidthExpr
     # (group, size): the op's *context* changes with that group (attention matmuls / softmax whose
     # token count includes the heads); its cost is taken proportional to the group's kept fraction
-    # in the soft (training) signal. ``probe`` is its context with one unit of the group removed:
-    # the whole-model price builds the context at any width from the two (:func:`context_at`).
+    # in the soft (training) signal. ``probe`` (set with ``scale``) is its context with one unit of
+    # the group removed: the whole-model price builds the context at any width from the two
+    # (:func:`context_at`).
     scale: tuple[int, int] | None = None
     probe: OpContext | None = None
     unit: int = 1
@@ -212,7 +213,6 @@ class LatencyModel:
         self._predictor = ModelPredictor(table) if table is not None else None
         self._whole: dict[tuple[int, ...], float] = {}
         self._group_terms: dict[int, list[int]] = {}
-        self._scaled = [k for k, t in enumerate(self.terms) if t.scale is not None]  # priced by heads kept
         self._ops: dict[tuple[int, int, int, int], LayerOp] = {}
         known = set(table.contexts()) if table is not None else set()
         self._known = known
@@ -379,14 +379,13 @@ class LatencyModel:
 
         A term whose context changes with a group (``scale``) gets its context at the group's width
         (:func:`context_at`), priced as the materialised model's op would be: from the table when it
-        holds that context, else by the predictor's per-element fit of the kind. A term bound without
-        a probe context keeps its dense context; its price is scaled in :meth:`whole_ms`.
+        holds that context, else by the predictor's per-element fit of the kind.
         """
         t = self.terms[k]
         w_in = max(0, t.in_expr.hard(widths))
         w_out = max(0, t.out_expr.hard(widths))
         removed = 0
-        if t.scale is not None and t.probe is not None:
+        if t.scale is not None:
             g, size = t.scale
             removed = (size - int(widths[g])) // t.unit
         key = (k, w_in, w_out, removed)
@@ -415,16 +414,7 @@ class LatencyModel:
         if hit is not None:
             return hit
         ops = [self.op_at(k, key) for k in range(len(self.terms))]
-        pred = self._predictor.predict(ops)
-        total = pred.total_ms
-        if self._scaled:
-            # one row per operator in order, layout rows in between
-            op_rows = [r for r in pred.rows if r.method != "layout"]
-            for k in self._scaled:
-                if self.terms[k].probe is not None:
-                    continue  # priced at its own context by op_at
-                g, size = self.terms[k].scale  # type: ignore[misc]
-                total -= op_rows[k].ms * (1.0 - key[g] / size)
+        total = self._predictor.predict(ops).total_ms
         self._whole[key] = total
         return total
 
