@@ -360,9 +360,9 @@ def compress(
     budget: float | None = None
     cost_fn: Callable[[Sequence[int]], float] = cost.whole_ms
     partial, what, unit_name = cost.partial_ms, "latency", "ms"
-    # ``whole_ms`` is the whole-model prediction at the widths; what it cannot price the same way as
-    # the extracted dense model (attention terms whose context changes with the heads are scaled) is
-    # an offset taken from the dense model, 0 otherwise.
+    # ``whole_ms`` is the whole-model prediction at the widths, built from the bound operators; what
+    # it does not price the same way as the extracted dense model is an offset taken from the dense
+    # model (0 when the binding reproduces every operator).
     offset = dense_ms - cost.whole_ms(sizes) if groups else 0.0
     dense_cost = dense_ms - offset
     shift = offset if config.budget_ms is not None else 0.0  # internal scale -> the budget's own
@@ -445,8 +445,8 @@ def compress(
         try:
             return model_latency_ms(table, extract(small, example))
         except UncoveredOpError:
-            # an attention op whose context changes with the head count: priced by the bound model,
-            # whose whole-model price scales such ops by the heads kept
+            # a context the narrowing created (it changes with a group) that the table lacks: the
+            # bound model's price, which builds the same contexts
             logger.info("materialised model has a context outside the table; using the bound model's price")
             return cost.whole_ms(widths) + offset
 
