@@ -18,7 +18,8 @@ error.
 
 ``--data digits_hard`` tunes on the distorted digits (split on the originals, so no tuning image is
 a copy of a fitting one); ``--importances magnitude,taylor`` compares the final width fit's unit
-importances (``CompressConfig.unit_importance``); ``--penalised-schedules constant,cosine`` the
+importances (``CompressConfig.unit_importance``), ``magnitude+distortion`` a unit importance with the
+fit's group allocation (``CompressConfig.allocation``); ``--penalised-schedules constant,cosine`` the
 weights' learning rate during the penalised epochs (``CompressConfig.penalised_schedule``).
 
     .venv/bin/python benchmarks/compress_schedule_tuning.py [--models resnet_small,mobilenetv3_small]
@@ -228,7 +229,8 @@ def main() -> None:
                 for seed in seeds:
                     cfg = CompressConfig(
                         budget_ms=budget, epochs=pen, finetune_epochs=ft, lr=args.lr, seed=seed, gate_lr=glr,
-                        unit_importance=imp, penalised_schedule=ps,
+                        unit_importance=imp.partition("+")[0], allocation=imp.partition("+")[2] or "share",
+                        penalised_schedule=ps,
                     )  # fmt: skip
                     try:
                         res = compress(model, example, cfg, table=table, train_loader=fit, val_loader=tune)

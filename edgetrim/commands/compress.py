@@ -140,6 +140,14 @@ def compress_cmd(
             "(estimated loss change, compared across groups)",
         ),
     ] = "magnitude",
+    allocation: Annotated[
+        str,
+        typer.Option(
+            "--allocation",
+            help="how the width fit weighs one group against another: share (of the unit scores a step "
+            "removes) or distortion (measured output shift on training batches when the group is cut)",
+        ),
+    ] = "share",
     align: Annotated[
         int | None,
         typer.Option("--align", help="final widths are multiples of this (default: the table's NCHWc block)"),
@@ -170,7 +178,7 @@ def compress_cmd(
             finetune_schedule=finetune_schedule, penalised_schedule=penalised_schedule,
             lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
-            unit_importance=unit_importance,
+            unit_importance=unit_importance, allocation=allocation,
         )  # fmt: skip
     except ValueError as exc:
         raise EdgetrimError(str(exc)) from None

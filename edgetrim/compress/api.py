@@ -61,7 +61,7 @@ from edgetrim.compress.attention import convert_multihead_attention
 from edgetrim.compress.config import Block, CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import ChannelGroup, Role, find_channel_groups, output_layers
-from edgetrim.compress.importance import magnitude_scores, taylor_scores
+from edgetrim.compress.importance import distortion_importance, magnitude_scores, taylor_scores
 from edgetrim.compress.latency_model import (
     Extractor,
     LatencyModel,
@@ -432,13 +432,20 @@ def compress(
         resumed = True
         logger.info("resumed from %s after epoch %d", ckpt, trainer.state.epoch)
 
-    relative = config.unit_importance == "magnitude"  # magnitudes are on per-group scales
+    # magnitudes are on per-group scales; Taylor scores and measured distortions are in loss units
+    relative = config.unit_importance == "magnitude" and config.allocation == "share"
 
     def unit_scores() -> list[Tensor]:
         """Per group, one importance per mask entry (see ``config.unit_importance``)."""
         if config.unit_importance == "taylor":
             return taylor_scores(gates, work, train_loader)
         return magnitude_scores(gates, work)
+
+    def fit_importance(scores: Sequence[Tensor]) -> list[list[float]]:
+        """What the width fit spends per group (see ``config.allocation``)."""
+        if config.allocation == "distortion" and groups:
+            return distortion_importance(gates, work, train_loader, scores, min_widths, align)
+        return _importance(scores)
 
     def check_ms(small: nn.Module, widths: Sequence[int]) -> float:
         """The real table's prediction for the materialised model itself (re-extracted)."""
@@ -479,7 +486,7 @@ def compress(
         scores = unit_scores()
         try:
             now = fit_widths(
-                start, units, sizes, _importance(scores), partial, cost.whole_ms, trainer.budget,
+                start, units, sizes, fit_importance(scores), partial, cost.whole_ms, trainer.budget,
                 min_widths=min_widths, align=align, relative=relative,
             )  # fmt: skip
         except BudgetError:
@@ -525,7 +532,7 @@ def compress(
         else []
     )
     scores = unit_scores()  # the weights and gates are final from here on
-    ranked = _importance(scores)
+    ranked = fit_importance(scores) if budget is not None else []
     if budget is not None and groups:
         try:
             final = fit_widths(

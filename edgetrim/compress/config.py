@@ -6,10 +6,19 @@ import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["IMPORTANCE_KINDS", "Block", "CompressConfig", "OptimizerKind", "Regularizer", "config_from_dict"]
+__all__ = [
+    "ALLOCATIONS",
+    "IMPORTANCE_KINDS",
+    "Block",
+    "CompressConfig",
+    "OptimizerKind",
+    "Regularizer",
+    "config_from_dict",
+]
 
 
 IMPORTANCE_KINDS = ("magnitude", "taylor")  # see edgetrim.compress.importance
+ALLOCATIONS = ("share", "distortion")  # how the final width fit weighs one group against another
 
 
 class Block(enum.StrEnum):
@@ -83,6 +92,11 @@ class CompressConfig:
             norm, groups compared by the share of their own score a step removes) or ``"taylor"``
             (first-order Taylor estimate of the loss change from training batches, compared across
             groups as it is).
+        allocation: how the final width fit weighs a step in one group against a step in another:
+            ``"share"`` by the unit scores (``unit_importance``) the step removes, ``"distortion"``
+            by how far the model's outputs move on training batches when that group alone is cut to
+            the step's width (:func:`edgetrim.compress.importance.distortion_importance`, measured once
+            per fit; the units kept are still ranked by ``unit_importance``).
         lowrank_min_width: factorise only layers whose widths are both at least this.
         ignore: module names whose output channels are kept whole.
         seed: RNG seed for the run.
@@ -111,6 +125,7 @@ class CompressConfig:
     bits_lambda: float = 0.0
     sparse_lambda: float = 0.0
     unit_importance: str = "magnitude"
+    allocation: str = "share"
     lowrank_min_width: int = 16
     align: int | None = None
     ignore: tuple[str, ...] = ()
@@ -158,6 +173,8 @@ class CompressConfig:
             raise ValueError(
                 f"unit_importance must be one of {IMPORTANCE_KINDS}, got {self.unit_importance!r}"
             )
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.dual_signal not in ("soft", "hard"):
             raise ValueError(f"dual_signal must be 'soft' or 'hard', got {self.dual_signal!r}")
         if not 0.0 <= self.measure_tolerance < 0.5:

@@ -11,11 +11,18 @@ Two kinds, chosen by ``CompressConfig.unit_importance``:
   stream) is scored by what removing the channel does to all of them at once. The scores are in loss
   units, comparable across groups: the fit spends them as they are (``relative=False``) and takes
   channels from whichever group loses least per millisecond saved.
+
+Independently of how units are ranked, ``CompressConfig.allocation="distortion"`` weighs groups
+against each other by measurement (:func:`distortion_importance`): each group alone is cut to a ladder
+of its allowed widths (units dropped in rank order) and the shift of the model's class distribution on
+training batches (KL divergence from the uncut model's) is recorded. A score share says nothing about
+how much a group matters to the outputs; a cut stem or a cut residual stream moves them far more than
+the same share of a late, redundant layer, and the curve says so in one unit for every group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +30,15 @@ from torch import Tensor, nn
 from edgetrim.compress.config import IMPORTANCE_KINDS
 from edgetrim.compress.gates import ChannelGates
 
-__all__ = ["IMPORTANCE_KINDS", "magnitude_scores", "taylor_scores"]
+__all__ = [
+    "IMPORTANCE_KINDS",
+    "curve_importance",
+    "distortion_curves",
+    "distortion_importance",
+    "ladder_counts",
+    "magnitude_scores",
+    "taylor_scores",
+]
 
 
 def magnitude_scores(gates: ChannelGates, model: nn.Module) -> list[Tensor]:
@@ -74,3 +89,130 @@ def taylor_scores(
     if n == 0:
         raise ValueError("taylor_scores needs at least one batch of training data")
     return [(s / n).float() for s in sums]
+
+
+def ladder_counts(
+    num_units: int, unit: int, min_width: int, align: int, *, max_points: int = 24
+) -> list[int]:
+    """Unit counts worth measuring for one group: its allowed widths (multiples of ``align`` from
+    ``min_width``, and the full size), at most about ``max_points`` of them evenly spread, always the
+    narrowest and the full count."""
+    size = num_units * unit
+    ladder = [w // unit for w in range(min_width, size + 1) if w % align == 0 or w == size]
+    if not ladder:
+        ladder = [num_units]
+    stride = max(1, -(-len(ladder) // max_points))
+    return sorted({*ladder[::stride], ladder[-1]})
+
+
+@torch.no_grad()
+def distortion_curves(
+    gates: ChannelGates,
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    ranks: Sequence[Tensor],
+    counts: Sequence[Sequence[int]],
+    *,
+    max_batches: int = 8,
+) -> list[list[float]]:
+    """Per group, per entry of ``counts[g]``: the output distortion with only that many units kept.
+
+    Units are kept in the order of ``ranks[g]`` (the scores materialisation keeps them by), one group
+    at a time with every other gate as it is. The distortion is the mean KL divergence of the model's
+    class distribution from what it is with the gates as they are, on up to ``max_batches`` batches
+    (eval mode). It is in one unit (nats) for every group, so a width fit can set a step in one group
+    against a step in another. The gates are restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    saved = [a.detach().clone() for a in gates.alphas]
+    inputs = []
+    for xb, _ in batches:
+        if len(inputs) >= max_batches:
+            break
+        inputs.append(xb.to(device))
+    if not inputs:
+        raise ValueError("distortion_curves needs at least one batch of training data")
+    try:
+        refs = [torch.log_softmax(model(xb).float(), dim=-1) for xb in inputs]
+        samples = sum(ref.shape[0] for ref in refs)
+
+        def distortion() -> float:
+            total = 0.0
+            for xb, ref in zip(inputs, refs):
+                out = torch.log_softmax(model(xb).float(), dim=-1)
+                total += float((ref.exp() * (ref - out)).sum())
+            return total / samples
+
+        curves = []
+        for gi, (alpha, rank) in enumerate(zip(gates.alphas, ranks)):
+            order = torch.argsort(rank.detach().cpu(), descending=True, stable=True).to(alpha.device)
+            row = []
+            for u in counts[gi]:
+                alpha.copy_(saved[gi])
+                alpha[order[int(u) :]] = 0.0
+                row.append(distortion())
+            alpha.copy_(saved[gi])
+            curves.append(row)
+    finally:
+        for a, s in zip(gates.alphas, saved):
+            a.copy_(s)
+        model.train(was_training)
+    return curves
+
+
+def curve_importance(counts: Sequence[int], curve: Sequence[float], num_units: int) -> list[float]:
+    """Per-unit importances, in rank order, whose partial sums follow a measured distortion curve.
+
+    ``curve[i]`` is the distortion with ``counts[i]`` units kept; between counts it is interpolated
+    linearly, below the smallest count held, at the full count 0, and made non-increasing in the count
+    (keeping more units never counts as worse). Units ``u..v-1`` then sum to the distortion saved by
+    keeping ``v`` units instead of ``u``: what :func:`~edgetrim.compress.widths.fit_budget` spends with
+    ``relative=False``.
+
+    Example:
+        >>> curve_importance([2, 4], [1.0, 0.5], 4)
+        [0.0, 0.0, 0.25, 0.25]
+    """
+    pts = sorted(zip(counts, curve))
+    if pts[0][0] > 0:
+        pts.insert(0, (0, pts[0][1]))
+    if pts[-1][0] < num_units:
+        pts.append((num_units, 0.0))
+    d = []
+    j = 0
+    for u in range(num_units + 1):
+        while pts[j + 1][0] < u:
+            j += 1
+        (u0, d0), (u1, d1) = pts[j], pts[j + 1]
+        d.append(d0 + (d1 - d0) * (u - u0) / (u1 - u0) if u1 > u0 else d1)
+    for u in range(num_units - 1, -1, -1):
+        d[u] = max(d[u], d[u + 1])
+    return [d[u] - d[u + 1] for u in range(num_units)]
+
+
+def distortion_importance(
+    gates: ChannelGates,
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    ranks: Sequence[Tensor],
+    min_widths: Sequence[int],
+    align: Sequence[int],
+    *,
+    max_batches: int = 8,
+    max_points: int = 24,
+) -> list[list[float]]:
+    """Per group, per-unit importances in ``ranks`` order from the group's measured distortion curve.
+
+    What a width fit spends when it weighs groups by what cutting them does to the outputs
+    (``CompressConfig.allocation="distortion"``): a step's loss is the distortion it adds, in nats,
+    comparable across groups (``fit_budget(relative=False)``). Each group is measured alone at up to
+    ``max_points`` of its allowed widths (:func:`ladder_counts`).
+    """
+    counts = [
+        ladder_counts(g.num_units, g.unit, lo, a, max_points=max_points)
+        for g, lo, a in zip(gates.groups, min_widths, align)
+    ]
+    curves = distortion_curves(gates, model, batches, ranks, counts, max_batches=max_batches)
+    return [curve_importance(c, d, g.num_units) for c, d, g in zip(counts, curves, gates.groups)]

@@ -12,7 +12,13 @@ from edgetrim.compress.api import compress, model_latency_ms
 from edgetrim.compress.config import CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
-from edgetrim.compress.importance import taylor_scores
+from edgetrim.compress.importance import (
+    curve_importance,
+    distortion_curves,
+    ladder_counts,
+    magnitude_scores,
+    taylor_scores,
+)
 from edgetrim.compress.widths import fit_budget
 from edgetrim.errors import BudgetError
 from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
@@ -94,3 +100,109 @@ def test_compress_with_taylor_importance_meets_the_budget(trained_mlp) -> None:
     assert rep.accuracy > 0.5
     with pytest.raises(ValueError, match="unit_importance must be"):
         CompressConfig(budget_ms=1.0, unit_importance="random")
+
+
+def test_ladder_counts_are_the_allowed_widths_spread_evenly() -> None:
+    assert ladder_counts(32, 1, 1, 8) == [8, 16, 24, 32]
+    assert ladder_counts(30, 1, 1, 8) == [8, 16, 24, 30]  # the full size is always allowed
+    assert ladder_counts(4, 16, 16, 16) == [1, 2, 3, 4]  # heads: one unit is 16 channels
+    many = ladder_counts(576, 1, 2, 8, max_points=24)
+    assert many[0] == 8 and many[-1] == 576 and len(many) <= 25  # the narrowest aligned width first
+    assert all(c % 8 == 0 for c in many[:-1])
+
+
+def test_curve_importance_partial_sums_follow_the_measured_curve() -> None:
+    counts, curve = [2, 4, 8], [3.0, 1.0, 0.2]
+    imp = curve_importance(counts, curve, 10)
+    assert len(imp) == 10 and min(imp) >= 0
+    level = {0: 3.0, 2: 3.0, 4: 1.0, 8: 0.2, 10: 0.0}  # below 2 held, 0 at the full count
+    for u, v in [(0, 2), (2, 4), (4, 8), (8, 10), (0, 10)]:
+        assert sum(imp[u:v]) == pytest.approx(level[u] - level[v])
+    assert sum(imp[3:6]) == pytest.approx(2.0 - 0.6)  # interpolated: D(3) = 2.0, D(6) = 0.6
+    # a measured curve that rises with the count kept (noise) is flattened, never negative
+    bumpy = curve_importance([2, 4, 8], [1.0, 1.5, 0.0], 8)
+    assert min(bumpy) >= 0 and sum(bumpy[2:8]) == pytest.approx(1.5)
+
+
+class _TwoBranch(nn.Module):
+    """Two hidden layers side by side; the second branch's head is scaled to barely count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_a, self.fc_b = nn.Linear(16, 32), nn.Linear(16, 32)
+        self.head_a, self.head_b = nn.Linear(32, 4), nn.Linear(32, 4)
+        with torch.no_grad():
+            self.head_b.weight.mul_(0.01)
+            self.head_b.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_a(torch.relu(self.fc_a(x))) + self.head_b(torch.relu(self.fc_b(x)))
+
+
+def _branch_data(n: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 16, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return [(x[i : i + 64], y[i : i + 64]) for i in range(0, n, 64)]
+
+
+def test_distortion_curves_measure_what_cutting_one_group_does() -> None:
+    torch.manual_seed(0)
+    model, example = _TwoBranch(), (torch.randn(1, 16),)
+    groups = find_channel_groups(model, example)
+    hidden = {g.members[0].name.split(".")[0]: i for i, g in enumerate(groups) if g.size == 32}
+    gates = ChannelGates(model, groups)
+    with torch.no_grad():
+        gates.alphas[hidden["fc_a"]][5] = 0.0  # a gate already at zero stays zero in every measurement
+    ranks = magnitude_scores(gates, model)
+    counts = [[1, 8, 16, 31, 32] if g.size == 32 else [g.num_units] for g in groups]
+    model.train()
+    curves = distortion_curves(gates, model, _branch_data(), ranks, counts, max_batches=3)
+    assert model.training  # mode restored, and the gates
+    assert float(gates.alphas[hidden["fc_a"]][5].detach()) == 0.0
+    assert all(float(a.detach().min()) == 1.0 for i, a in enumerate(gates.alphas) if i != hidden["fc_a"])
+    a, b = curves[hidden["fc_a"]], curves[hidden["fc_b"]]
+    assert a[-1] == 0.0 and b[-1] == 0.0  # every unit kept: the outputs do not move
+    assert a[3] == pytest.approx(0.0, abs=1e-7)  # 31 kept: the unit cut is the one already at zero
+    assert a[0] > a[1] > a[2] > 0  # fewer units kept, further from the outputs
+    assert b[0] < 0.01 * a[0]  # the branch whose head barely counts barely moves them
+    # the same numbers by hand for one entry: KL of the class distribution, mean over samples
+    xb = torch.cat([x for x, _ in _branch_data()[:3]])
+    model.eval()
+    with torch.no_grad():
+        ref = torch.log_softmax(model(xb), -1)
+        order = torch.argsort(ranks[hidden["fc_a"]], descending=True, stable=True)
+        gates.alphas[hidden["fc_a"]][order[8:]] = 0.0
+        out = torch.log_softmax(model(xb), -1)
+        gates.alphas[hidden["fc_a"]].fill_(1.0)
+        gates.alphas[hidden["fc_a"]][5] = 0.0
+    assert a[1] == pytest.approx(float((ref.exp() * (ref - out)).sum(-1).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="at least one batch"):
+        distortion_curves(gates, model, [], ranks, counts)
+
+
+def test_distortion_allocation_cuts_the_group_the_outputs_need_least(make_table) -> None:
+    torch.manual_seed(0)
+    model, example = _TwoBranch(), (torch.randn(1, 16),)
+    fusion = fusion_for_runtime("onnxruntime")
+    table = make_table(extract_layer_ops(model, example, fusion=fusion))
+    dense = model_latency_ms(table, extract_layer_ops(model, example, fusion=fusion))
+    data = _branch_data()
+    kw = {"epochs": 0, "finetune_epochs": 0, "align": 1}
+    with pytest.raises(BudgetError) as floor:
+        compress(model, example, CompressConfig(budget_ms=1e-6, **kw), table=table, train_loader=data,
+                 val_loader=data)  # fmt: skip
+    budget = floor.value.smallest + 0.75 * (dense - floor.value.smallest)
+    widths = {}
+    for allocation in ("share", "distortion"):
+        cfg = CompressConfig(budget_ms=budget, allocation=allocation, **kw)
+        rep = compress(model, example, cfg, table=table, train_loader=data, val_loader=data).report
+        assert rep.predicted_ms <= budget + 1e-12
+        assert rep.config["allocation"] == allocation
+        widths[allocation] = rep.widths_after
+    a = next(k for k in widths["share"] if k.startswith("fc_a"))
+    b = next(k for k in widths["share"] if k.startswith("fc_b"))
+    assert widths["distortion"][a] == 32 and widths["distortion"][b] < 32  # only the idle branch goes
+    assert widths["share"][a] < 32  # the share fit cannot tell the branches apart by their outputs
+    with pytest.raises(ValueError, match="allocation must be"):
+        CompressConfig(budget_ms=1.0, allocation="random")
