@@ -61,7 +61,7 @@ def test_cli_unreachable_budget_is_a_one_line_error(tmp_path, make_table) -> Non
     assert "error: latency budget" in result.output and "smallest reachable latency" in result.output
 
 
-def test_cli_finetune_schedule_reaches_the_config_and_bad_values_are_one_line_errors(
+def test_cli_schedules_and_allocation_reach_the_config_and_bad_values_are_one_line_errors(
     tmp_path, make_table
 ) -> None:
     spec, table = _table(tmp_path, make_table)
@@ -75,11 +75,17 @@ def test_cli_finetune_schedule_reaches_the_config_and_bad_values_are_one_line_er
         "1",
     ]
     ok = CliRunner().invoke(
-        app, [*base, "--finetune-schedule", "constant", "--penalised-schedule", "cosine", "--json"]
-    )
+        app,
+        [*base, "--finetune-schedule", "constant", "--penalised-schedule", "cosine", "--allocation", "distortion",
+         "--json"],
+    )  # fmt: skip
     assert ok.exit_code == 0, ok.output
-    config = json.loads(ok.stdout)["config"]
+    info = json.loads(ok.stdout)
+    config = info["config"]
     assert config["finetune_schedule"] == "constant" and config["penalised_schedule"] == "cosine"
+    assert config["allocation"] == "distortion" and info["predicted_ms"] <= 0.017
+    bad = CliRunner().invoke(app, [*base, "--allocation", "flops"])
+    assert bad.exit_code == 2 and "allocation must be one of" in bad.output
     bad = CliRunner().invoke(app, [*base, "--finetune-schedule", "step"])
     assert bad.exit_code == 2 and "finetune_schedule must be 'cosine' or 'constant'" in bad.output
     bad = CliRunner().invoke(app, [*base, "--penalised-schedule", "step"])
