@@ -149,8 +149,9 @@ def validate_table(
         seed: seed of the point choice.
 
     Returns:
-        ``{"n", "mape_pct", "within_10pct", "max_abs_err_pct", "spearman", "by_context", "points"}``.
-        Errors compare one invoke of the op as measured with the table's prediction plus the invoke
+        ``{"n", "mape_pct", "within_10pct", "max_abs_err_pct", "spearman", "by_context", "points",
+        "below_resolution"}``. Points measured at 0 ms (below the timer's resolution) are listed in
+        ``points`` but count in no error; ``below_resolution`` says how many. Errors compare one invoke of the op as measured with the table's prediction plus the invoke
         overhead the profiler subtracted from the table (``meta["invoke_overhead_ms"]``), so ops
         cheaper than the overhead's noise do not produce meaningless ratios. Measurement noise
         counts as error.
@@ -168,14 +169,22 @@ def validate_table(
         row = holdout_errors(table, ctx, [(i, o, stats.median_ms - overhead)])[0]
         row["measured_ms"] = float(stats.median_ms)
         row["predicted_ms"] = row["predicted_ms"] + overhead
-        row["rel_err"] = (row["predicted_ms"] - row["measured_ms"]) / row["measured_ms"]
+        # a median of 0: the op ran below the timer's resolution (benchmark_model counts whole
+        # microseconds), so it has no relative error and stays out of the error summary
+        measured = row["measured_ms"]
+        row["rel_err"] = (row["predicted_ms"] - measured) / measured if measured > 0 else float("nan")
         row["overhead_ms"] = overhead
         rows.append(row)
-    pred = [r["predicted_ms"] for r in rows]
-    meas = [r["measured_ms"] for r in rows]
-    report: dict[str, Any] = summary(pred, meas)
+    timed = [r for r in rows if r["measured_ms"] > 0]
+    if not timed:
+        raise ValueError(
+            f"every one of the {len(rows)} held-out points measured 0 ms (below the timer's resolution); "
+            "validate a table of larger ops"
+        )
+    report: dict[str, Any] = summary([r["predicted_ms"] for r in timed], [r["measured_ms"] for r in timed])
+    report["below_resolution"] = len(rows) - len(timed)
     by_ctx: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
+    for r in timed:
         by_ctx.setdefault(r["context"], []).append(r)
     report["by_context"] = {
         k: summary([r["predicted_ms"] for r in v], [r["measured_ms"] for r in v]) for k, v in by_ctx.items()

@@ -8,7 +8,14 @@ from scipy.stats import spearmanr
 
 from edgetrim.errors import TableError, UncoveredOpError
 from edgetrim.lookup_tables import flops_baseline_ms, predict_model
-from edgetrim.lookup_tables.metrics import holdout_errors, mape, spearman, summary, within_share
+from edgetrim.lookup_tables.metrics import (
+    holdout_errors,
+    mape,
+    spearman,
+    summary,
+    validate_table,
+    within_share,
+)
 from edgetrim.lookup_tables.predict import elements, fit_ms_per_mac
 from edgetrim.types import LayerOp, OpContext, OpKind
 
@@ -113,6 +120,32 @@ def test_holdout_errors_report_interpolation_error() -> None:
     rows = holdout_errors(t, CONV, [(4, 12, step_surface(4, 12)), (8, 9, step_surface(8, 9))])
     assert rows[1]["in_table"] and rows[1]["rel_err"] == pytest.approx(0.0)
     assert not rows[0]["in_table"] and abs(rows[0]["rel_err"]) < 0.5
+
+
+class _TimerTarget:
+    """A target whose timer counts whole ticks, as benchmark_model's counts microseconds: an op under
+    one tick comes back as 0 ms. Ops of even input width run 100x faster here, under the tick."""
+
+    def __init__(self, resolution_ms: float = 0.001) -> None:
+        self.tick = resolution_ms
+
+    def measure_ops(self, requests, timing):  # type: ignore[no-untyped-def]
+        for ctx, i, o in requests:
+            ms = step_surface(i, o) * (1.0 if i % 2 else 0.01)
+            yield (ctx, i, o), stats(int(ms / self.tick) * self.tick)
+
+
+def test_validate_table_leaves_points_below_the_timer_resolution_out_of_the_errors() -> None:
+    t = table_from(step_surface, CONV, [(i, o) for i in (1, 8, 16) for o in (1, 8, 9, 16)])
+    report = validate_table(t, _TimerTarget(), n_points=8, timing=None)
+    zero = [p for p in report["points"] if p["measured_ms"] == 0]
+    assert zero and all(np.isnan(p["rel_err"]) for p in zero)  # even in widths: no error for them
+    assert report["below_resolution"] == len(zero) and report["n"] == 8 - len(zero)
+    assert np.isfinite(report["mape_pct"]) and all(
+        np.isfinite(ctx["mape_pct"]) for ctx in report["by_context"].values()
+    )
+    with pytest.raises(ValueError, match="below the timer's resolution"):
+        validate_table(t, _TimerTarget(resolution_ms=1.0), n_points=3, timing=None)
 
 
 def test_invoke_overhead_is_added_once_per_model() -> None:
