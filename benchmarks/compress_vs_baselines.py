@@ -59,7 +59,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgetrim.compress.api import compress, model_latency_ms
-from edgetrim.compress.config import IMPORTANCE_KINDS, CompressConfig, Regularizer
+from edgetrim.compress.config import ALLOCATIONS, IMPORTANCE_KINDS, CompressConfig, Regularizer
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups, output_layers
 from edgetrim.errors import BudgetError, UncoveredOpError
@@ -521,6 +521,10 @@ def main() -> None:
         "--unit-importance", choices=IMPORTANCE_KINDS, default="magnitude",
         help="CompressConfig.unit_importance of ours and flops_reg",
     )  # fmt: skip
+    p.add_argument(
+        "--allocation", choices=ALLOCATIONS, default=CompressConfig.allocation,
+        help="CompressConfig.allocation of ours and flops_reg (how the width fit weighs groups)",
+    )  # fmt: skip
     p.add_argument("--points-per-context", type=int, default=120)
     p.add_argument("--rounds", type=int, default=9, help="interleaved measurement rounds")
     p.add_argument(
@@ -615,7 +619,7 @@ def main() -> None:
                                 budget_ms=budget, regularizer=reg, epochs=args.epochs,
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
                                 gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
-                                unit_importance=args.unit_importance,
+                                unit_importance=args.unit_importance, allocation=args.allocation,
                                 penalised_schedule=args.penalised_schedule,
                             )  # fmt: skip
                             try:

@@ -147,7 +147,7 @@ def compress_cmd(
             help="how the width fit weighs one group against another: share (of the unit scores a step "
             "removes) or distortion (measured output shift on training batches when the group is cut)",
         ),
-    ] = "share",
+    ] = "distortion",
     align: Annotated[
         int | None,
         typer.Option("--align", help="final widths are multiples of this (default: the table's NCHWc block)"),

@@ -48,6 +48,7 @@ import dataclasses
 import io
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,7 +445,13 @@ def compress(
     def fit_importance(scores: Sequence[Tensor]) -> list[list[float]]:
         """What the width fit spends per group (see ``config.allocation``)."""
         if config.allocation == "distortion" and groups:
-            return distortion_importance(gates, work, train_loader, scores, min_widths, align)
+            t0 = time.perf_counter()
+            importance = distortion_importance(gates, work, train_loader, scores, min_widths, align)
+            logger.info(
+                "measured the output distortion of %d groups along their widths in %.1f s",
+                len(groups), time.perf_counter() - t0,
+            )  # fmt: skip
+            return importance
         return _importance(scores)
 
     def check_ms(small: nn.Module, widths: Sequence[int]) -> float:

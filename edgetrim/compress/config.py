@@ -96,7 +96,9 @@ class CompressConfig:
             ``"share"`` by the unit scores (``unit_importance``) the step removes, ``"distortion"``
             by how far the model's outputs move on training batches when that group alone is cut to
             the step's width (:func:`edgetrim.compress.importance.distortion_importance`, measured once
-            per fit; the units kept are still ranked by ``unit_importance``).
+            per fit; the units kept are still ranked by ``unit_importance``). The default,
+            ``"distortion"``, was chosen on a tuning split carved out of the training data
+            (``benchmarks/compress_schedule_tuning.py --importances magnitude,magnitude+distortion``).
         lowrank_min_width: factorise only layers whose widths are both at least this.
         ignore: module names whose output channels are kept whole.
         seed: RNG seed for the run.
@@ -125,7 +127,7 @@ class CompressConfig:
     bits_lambda: float = 0.0
     sparse_lambda: float = 0.0
     unit_importance: str = "magnitude"
-    allocation: str = "share"
+    allocation: str = "distortion"
     lowrank_min_width: int = 16
     align: int | None = None
     ignore: tuple[str, ...] = ()
