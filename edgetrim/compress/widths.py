@@ -8,7 +8,8 @@ Training asks for a width per group (its non-zero gates). The real table then de
    buys the most cost per importance lost (the least important units go first) to the widest width
    of that cheaper step. Importance is counted as the share of the group's remaining importance
    (``relative``, for scores on per-group scales such as weight magnitudes) or as it is (scores on one
-   scale across groups, such as the Taylor estimate of the loss change). A step is a whole latency
+   scale across groups, such as the Taylor estimate of the loss change or the measured output
+   distortion of :func:`edgetrim.compress.importance.distortion_importance`, compress' default). A step is a whole latency
    step, so the last one can land well under the budget; what it leaves is spent again on the
    channels the descent took (most importance back per cost added first). Should no single step be
    cheaper while the cost is still over (a table that is not monotone in width, e.g. a noisy
