@@ -22,13 +22,18 @@ the same share of a late, redundant layer, and the curve says so in one unit for
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from edgetrim.compress.config import IMPORTANCE_KINDS
 from edgetrim.compress.gates import ChannelGates
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMPORTANCE_KINDS",
@@ -131,7 +136,7 @@ def distortion_curves(
     for xb, _ in batches:
         if len(inputs) >= max_batches:
             break
-        inputs.append(xb.to(device))
+        inputs.append(_to(xb, device))
     if not inputs:
         raise ValueError("distortion_curves needs at least one batch of training data")
     try:
@@ -202,17 +207,65 @@ def distortion_importance(
     *,
     max_batches: int = 8,
     max_points: int = 24,
+    time_budget_s: float = 60.0,
 ) -> list[list[float]]:
     """Per group, per-unit importances in ``ranks`` order from the group's measured distortion curve.
 
     What a width fit spends when it weighs groups by what cutting them does to the outputs
     (``CompressConfig.allocation="distortion"``): a step's loss is the distortion it adds, in nats,
     comparable across groups (``fit_budget(relative=False)``). Each group is measured alone at up to
-    ``max_points`` of its allowed widths (:func:`ladder_counts`).
+    ``max_points`` of its allowed widths (:func:`ladder_counts`) on up to ``max_batches`` batches.
+    When one pass over those batches says the whole measurement would take longer than
+    ``time_budget_s`` (a large model with many groups), it uses fewer batches (down to 2), then fewer
+    widths per group (down to 6), and logs what it kept.
     """
-    counts = [
-        ladder_counts(g.num_units, g.unit, lo, a, max_points=max_points)
-        for g, lo, a in zip(gates.groups, min_widths, align)
-    ]
-    curves = distortion_curves(gates, model, batches, ranks, counts, max_batches=max_batches)
+    inputs = []
+    for batch in batches:
+        if len(inputs) >= max_batches:
+            break
+        inputs.append(batch)
+    if not inputs:
+        raise ValueError("distortion_importance needs at least one batch of training data")
+
+    def ladders(points: int) -> list[list[int]]:
+        return [
+            ladder_counts(g.num_units, g.unit, lo, a, max_points=points)
+            for g, lo, a in zip(gates.groups, min_widths, align)
+        ]
+
+    counts = ladders(max_points)
+    per_batch = _forward_seconds(model, [xb for xb, _ in inputs]) / len(inputs)
+    passes = sum(len(c) for c in counts)
+    n_batches, points = len(inputs), max_points
+    if passes * n_batches * per_batch > time_budget_s:
+        n_batches = max(2, min(n_batches, int(time_budget_s / (passes * per_batch))))
+        if passes * n_batches * per_batch > time_budget_s:
+            points = max(6, int(max_points * time_budget_s / (passes * n_batches * per_batch)))
+            counts = ladders(points)
+        logger.info(
+            "output distortion measured on %d batches at up to %d widths per group (a pass over %d "
+            "batches takes %.2f s, %d groups)",
+            n_batches, points, len(inputs), per_batch * len(inputs), len(counts),
+        )  # fmt: skip
+    curves = distortion_curves(gates, model, inputs, ranks, counts, max_batches=n_batches)
     return [curve_importance(c, d, g.num_units) for c, d, g in zip(counts, curves, gates.groups)]
+
+
+@torch.no_grad()
+def _forward_seconds(model: nn.Module, inputs: Sequence[Tensor]) -> float:
+    """Seconds for one eval-mode pass over ``inputs`` (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        t0 = time.perf_counter()
+        for xb in inputs:
+            model(_to(xb, device))
+        return time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+
+
+def _to(xb: Any, device: torch.device) -> Any:
+    """A batch's inputs on the model's device (tensors only; other inputs go to the model as they are)."""
+    return xb.to(device) if isinstance(xb, Tensor) else xb

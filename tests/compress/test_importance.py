@@ -15,6 +15,7 @@ from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.importance import (
     curve_importance,
     distortion_curves,
+    distortion_importance,
     ladder_counts,
     magnitude_scores,
     taylor_scores,
@@ -179,6 +180,26 @@ def test_distortion_curves_measure_what_cutting_one_group_does() -> None:
     assert a[1] == pytest.approx(float((ref.exp() * (ref - out)).sum(-1).mean()), rel=1e-5)
     with pytest.raises(ValueError, match="at least one batch"):
         distortion_curves(gates, model, [], ranks, counts)
+
+
+def test_distortion_importance_fits_a_time_budget_with_fewer_batches_then_fewer_widths(caplog) -> None:
+    torch.manual_seed(0)
+    model, example = _TwoBranch(), (torch.randn(1, 16),)
+    gates = ChannelGates(model, find_channel_groups(model, example))
+    ranks = magnitude_scores(gates, model)
+    lows, aligns = [1] * len(gates.groups), [1] * len(gates.groups)
+    full = distortion_importance(gates, model, _branch_data(), ranks, lows, aligns, max_points=32)
+    with caplog.at_level("INFO", logger="edgetrim.compress.importance"):
+        cheap = distortion_importance(
+            gates, model, _branch_data(), ranks, lows, aligns, max_points=32, time_budget_s=1e-9
+        )
+    assert "on 2 batches at up to 6 widths per group" in caplog.text
+    for f, c, g in zip(full, cheap, gates.groups):
+        assert len(f) == len(c) == g.num_units and min(c) >= 0
+        # the same total from the narrowest measured width up: the curves agree where both measure
+        assert sum(c) == pytest.approx(sum(f), rel=0.5)
+    with pytest.raises(ValueError, match="at least one batch"):
+        distortion_importance(gates, model, [], ranks, lows, aligns)
 
 
 def test_distortion_allocation_cuts_the_group_the_outputs_need_least(make_table) -> None:
