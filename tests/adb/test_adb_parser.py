@@ -78,6 +78,16 @@ def test_percentile_form_interpolates_p10_p90_from_p5_p95():
     assert stats.p90_ms == pytest.approx((1239 + 8 * 0.77914) / 1000, abs=1e-6)
 
 
+def test_a_median_under_the_microsecond_tick_falls_back_to_the_mean():
+    text = _read("litert2.16_depthwise_percentiles.txt").replace(
+        "count=50 first=1249 curr=1240 min=1238 max=1252 avg=1240.27 std=2 p5=1238 median=1239 p95=1247",
+        "count=50 first=1 curr=0 min=0 max=1 avg=0.42 std=0 p5=0 median=0 p95=1",
+    )
+    stats = to_latency_stats(parse_benchmark_output(text))
+    assert stats.median_ms == pytest.approx(0.42 / 1000)  # the printed median, 0, is under the tick
+    assert stats.p10_ms <= stats.median_ms <= stats.p90_ms
+
+
 def test_op_profiling_tables_builtin_ops():
     out = parse_benchmark_output(_read("tf2.9_op_profiling_builtin.txt"))
     assert [r.node_type for r in out.op_rows] == ["CONV_2D", "ADD"]

@@ -268,12 +268,17 @@ def to_latency_stats(out: BenchmarkOutput) -> LatencyStats:
     """The regular-run distribution of a parsed run as a :class:`LatencyStats` (milliseconds).
 
     The tool prints count/min/max/avg/std (and, from 2.16, p5/median/p95), not the samples. The
-    median is the printed median when present, else the mean clipped to [min, max]. p10/p90 are
+    median is the printed median when present, else the mean clipped to [min, max]; a printed median
+    of 0 (under the one-microsecond tick) with a positive mean is replaced by the mean. p10/p90 are
     interpolated from p5/p95 when printed, else mean -/+ 1.2816 std (the normal 10th/90th
     percentiles); both are clipped to [min, max] and ordered around the median.
     """
     s = out.inference
     median = s.median_us if s.median_us is not None else min(max(s.avg_us, s.min_us), s.max_us)
+    if median <= 0 < s.avg_us:
+        # the printed median counts whole microseconds, so an op under one reads 0; the mean, printed
+        # with decimals over every run, still resolves it
+        median = s.avg_us
     if s.p5_us is not None and s.p95_us is not None and s.median_us is not None:
         p10 = median - (median - s.p5_us) * _Z10 / _Z05
         p90 = median + (s.p95_us - median) * _Z10 / _Z05
