@@ -212,36 +212,33 @@ def main() -> None:
     )
     sizes, units = [g.size for g in groups], [g.unit for g in groups]
     min_widths, align = width_limits(groups, table)
-    offset = model_latency_ms(table, ops) - cost.whole_ms(sizes)  # as compress prices the budget
+    dense_pred = model_latency_ms(table, ops)
+    offset = dense_pred - cost.whole_ms(sizes)  # as compress prices the budget
     # The stored budgets are on the stored run's table; profiled again (tables are per machine and not
     # kept in git) the table has another scale, so budgets keep their share of the dense prediction.
-    scale = model_latency_ms(table, ops) / stored[0]["dense_predicted_ms"]
+    scale = dense_pred / stored[0]["dense_predicted_ms"]
     if abs(scale - 1) > 1e-6:
         print(f"this table predicts the dense net at {scale:.3f}x the stored run's: budgets scaled by it")
     dense_group_ms = [sum(cost.term_ms(k, sizes) for k in cost.terms_of_group(g)) for g in range(len(groups))]
 
-    def prior_fit(budget_ms: float, exponent: float | None) -> list[int]:
+    def dense_fit(method: str, budget_ms: float) -> list[int]:
+        """The final width fit on the dense model's magnitudes, groups weighed as ``method`` says."""
         gates = ChannelGates(model, groups)
-        importance = _importance(magnitude_scores(gates, model))
-        gates.detach_hooks()
-        weights = None if exponent is None else [c**exponent for c in dense_group_ms]
-        start = fast_side_widths(sizes, units, sizes, cost.partial_ms, min_widths=min_widths, align=align)
-        return fit_widths(
-            start, units, sizes, importance, cost.partial_ms, cost.whole_ms, budget_ms - offset,
-            min_widths=min_widths, align=align, weights=weights,
-        )  # fmt: skip
-
-    def distortion_fit(budget_ms: float) -> list[int]:
-        gates = ChannelGates(model, groups)
-        torch.manual_seed(0)  # the same training batches for every budget
-        importance = distortion_importance(
-            gates, model, train, magnitude_scores(gates, model), min_widths, align
-        )
+        scores = magnitude_scores(gates, model)
+        weights, relative = None, True
+        if method == "fit_distortion":
+            torch.manual_seed(0)  # the same training batches for every budget
+            importance = distortion_importance(gates, model, train, scores, min_widths, align)
+            relative = False
+        else:
+            importance = _importance(scores)
+            if PRIORS[method] is not None:
+                weights = [c ** PRIORS[method] for c in dense_group_ms]
         gates.detach_hooks()
         start = fast_side_widths(sizes, units, sizes, cost.partial_ms, min_widths=min_widths, align=align)
         return fit_widths(
             start, units, sizes, importance, cost.partial_ms, cost.whole_ms, budget_ms - offset,
-            min_widths=min_widths, align=align, relative=False,
+            min_widths=min_widths, align=align, relative=relative, weights=weights,
         )  # fmt: skip
 
     for frac in sorted({r["fraction"] for r in stored}, reverse=True):
@@ -266,12 +263,7 @@ def main() -> None:
                          "params": n_params(small), "predicted_ms": predicted(table, target, small, example),
                          "widths": res.report.widths_after})  # fmt: skip
             elif method.startswith("fit"):
-                budget_ms = ref["internal_budget_ms"] * scale
-                widths = (
-                    distortion_fit(budget_ms)
-                    if method == "fit_distortion"
-                    else prior_fit(budget_ms, PRIORS[method])
-                )
+                widths = dense_fit(method, ref["internal_budget_ms"] * scale)
                 gates = ChannelGates(model, groups)
                 pruned = gates.materialize(example, widths=widths, scores=magnitude_scores(gates, model))
                 gates.detach_hooks()

@@ -22,6 +22,7 @@ the same share of a late, redundant layer, and the curve says so in one unit for
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -132,11 +133,7 @@ def distortion_curves(
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     saved = [a.detach().clone() for a in gates.alphas]
-    inputs = []
-    for xb, _ in batches:
-        if len(inputs) >= max_batches:
-            break
-        inputs.append(_to(xb, device))
+    inputs = [_to(xb, device) for xb, _ in itertools.islice(batches, max_batches)]
     if not inputs:
         raise ValueError("distortion_curves needs at least one batch of training data")
     try:
@@ -219,11 +216,7 @@ def distortion_importance(
     ``time_budget_s`` (a large model with many groups), it uses fewer batches (down to 2), then fewer
     widths per group (down to 6), and logs what it kept.
     """
-    inputs = []
-    for batch in batches:
-        if len(inputs) >= max_batches:
-            break
-        inputs.append(batch)
+    inputs = list(itertools.islice(batches, max_batches))
     if not inputs:
         raise ValueError("distortion_importance needs at least one batch of training data")
 
