@@ -145,7 +145,8 @@ def compress_cmd(
         typer.Option(
             "--allocation",
             help="how the width fit weighs one group against another: share (of the unit scores a step "
-            "removes) or distortion (measured output shift on training batches when the group is cut)",
+            "removes), distortion (measured output shift on training batches when the group is cut) or "
+            "distortion_bn (the same with batch norms on each batch's statistics)",
         ),
     ] = "distortion",
     align: Annotated[

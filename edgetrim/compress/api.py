@@ -444,9 +444,12 @@ def compress(
 
     def fit_importance(scores: Sequence[Tensor]) -> list[list[float]]:
         """What the width fit spends per group (see ``config.allocation``)."""
-        if config.allocation == "distortion" and groups:
+        if config.allocation.startswith("distortion") and groups:
             t0 = time.perf_counter()
-            importance = distortion_importance(gates, work, train_loader, scores, min_widths, align)
+            importance = distortion_importance(
+                gates, work, train_loader, scores, min_widths, align,
+                batch_stats=config.allocation == "distortion_bn",
+            )  # fmt: skip
             logger.info(
                 "measured the output distortion of %d groups along their widths in %.1f s",
                 len(groups), time.perf_counter() - t0,

@@ -18,7 +18,11 @@ __all__ = [
 
 
 IMPORTANCE_KINDS = ("magnitude", "taylor")  # see edgetrim.compress.importance
-ALLOCATIONS = ("share", "distortion")  # how the final width fit weighs one group against another
+ALLOCATIONS = (
+    "share",
+    "distortion",
+    "distortion_bn",
+)  # how the final width fit weighs one group against another
 
 
 class Block(enum.StrEnum):
@@ -96,7 +100,9 @@ class CompressConfig:
             ``"share"`` by the unit scores (``unit_importance``) the step removes, ``"distortion"``
             by how far the model's outputs move on training batches when that group alone is cut to
             the step's width (:func:`edgetrim.compress.importance.distortion_importance`, measured once
-            per fit; the units kept are still ranked by ``unit_importance``). The default,
+            per fit; the units kept are still ranked by ``unit_importance``); ``"distortion_bn"`` the
+            same with batch norms normalising by each batch's own statistics, so a cut is not charged
+            for the stale statistics it leaves behind (fine-tuning re-estimates them). The default,
             ``"distortion"``, was chosen on a tuning split carved out of the training data
             (``benchmarks/compress_schedule_tuning.py --importances magnitude,magnitude+distortion``).
         lowrank_min_width: factorise only layers whose widths are both at least this.

@@ -120,6 +120,7 @@ def distortion_curves(
     counts: Sequence[Sequence[int]],
     *,
     max_batches: int = 8,
+    batch_stats: bool = False,
 ) -> list[list[float]]:
     """Per group, per entry of ``counts[g]``: the output distortion with only that many units kept.
 
@@ -128,14 +129,28 @@ def distortion_curves(
     class distribution from what it is with the gates as they are, on up to ``max_batches`` batches
     (eval mode). It is in one unit (nats) for every group, so a width fit can set a step in one group
     against a step in another. The gates are restored afterwards.
+
+    With ``batch_stats`` the batch-norm layers normalise with each batch's own statistics (reference
+    and cut alike; running statistics untouched): a cut shifts the mean and variance every later
+    batch norm sees, and with the stored statistics that shift alone can move the outputs more than
+    the lost channels do (5-30x, jointly cut, on the example ResNet and MobileNetV3 nets), although
+    the first steps of fine-tuning re-estimate it away.
+    Batches of one sample are left out then (they have no statistics).
     """
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     saved = [a.detach().clone() for a in gates.alphas]
     inputs = [_to(xb, device) for xb, _ in itertools.islice(batches, max_batches)]
+    if batch_stats:
+        inputs = [xb for xb in inputs if not isinstance(xb, Tensor) or xb.shape[0] > 1]
     if not inputs:
         raise ValueError("distortion_curves needs at least one batch of training data")
+    norms = _batch_norms(model) if batch_stats else []
+    saved_norms = [(bn.momentum, {k: v.clone() for k, v in bn.named_buffers()}) for bn in norms]
+    for bn in norms:  # batch statistics, running statistics left as they are
+        bn.train()
+        bn.momentum = 0.0
     try:
         refs = [torch.log_softmax(model(xb).float(), dim=-1) for xb in inputs]
         samples = sum(ref.shape[0] for ref in refs)
@@ -160,8 +175,20 @@ def distortion_curves(
     finally:
         for a, s in zip(gates.alphas, saved):
             a.copy_(s)
+        for bn, (momentum, buffers) in zip(norms, saved_norms):
+            bn.momentum = momentum
+            for k, v in bn.named_buffers():
+                v.copy_(buffers[k])
         model.train(was_training)
     return curves
+
+
+def _batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The model's batch-norm layers that keep running statistics."""
+    return [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]  # fmt: skip
 
 
 def curve_importance(counts: Sequence[int], curve: Sequence[float], num_units: int) -> list[float]:
@@ -205,6 +232,7 @@ def distortion_importance(
     max_batches: int = 8,
     max_points: int = 24,
     time_budget_s: float = 60.0,
+    batch_stats: bool = False,
 ) -> list[list[float]]:
     """Per group, per-unit importances in ``ranks`` order from the group's measured distortion curve.
 
@@ -214,7 +242,8 @@ def distortion_importance(
     ``max_points`` of its allowed widths (:func:`ladder_counts`) on up to ``max_batches`` batches.
     When one pass over those batches says the whole measurement would take longer than
     ``time_budget_s`` (a large model with many groups), it uses fewer batches (down to 2), then fewer
-    widths per group (down to 6), and logs what it kept.
+    widths per group (down to 6), and logs what it kept. ``batch_stats``: batch norms normalise with
+    each batch's own statistics (see :func:`distortion_curves`).
     """
     inputs = list(itertools.islice(batches, max_batches))
     if not inputs:
@@ -240,7 +269,9 @@ def distortion_importance(
             "batches takes %.2f s, %d groups)",
             n_batches, points, len(inputs), per_batch * len(inputs), len(counts),
         )  # fmt: skip
-    curves = distortion_curves(gates, model, inputs, ranks, counts, max_batches=n_batches)
+    curves = distortion_curves(
+        gates, model, inputs, ranks, counts, max_batches=n_batches, batch_stats=batch_stats
+    )
     return [curve_importance(c, d, g.num_units) for c, d, g in zip(counts, curves, gates.groups)]
 
 

@@ -182,6 +182,63 @@ def test_distortion_curves_measure_what_cutting_one_group_does() -> None:
         distortion_curves(gates, model, [], ranks, counts)
 
 
+class _ConstantUnits(nn.Module):
+    """fc1 -> relu -> fc2 -> batch norm -> head; fc1's first four units output a constant 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.bn, self.head = (
+            nn.Linear(16, 32),
+            nn.Linear(32, 8),
+            nn.BatchNorm1d(8),
+            nn.Linear(8, 4),
+        )
+        with torch.no_grad():
+            self.fc1.weight[:4] = 0.0
+            self.fc1.bias[:4] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.fc2(torch.relu(self.fc1(x))))))
+
+
+def test_distortion_curves_with_batch_statistics_do_not_charge_a_cut_for_stale_norm_statistics() -> None:
+    torch.manual_seed(0)
+    model, example = _ConstantUnits(), (torch.randn(2, 16),)
+    data = [*_branch_data(), (torch.randn(1, 16), torch.zeros(1, dtype=torch.long))]  # a last batch of one
+    model.bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        for xb, _ in data[:-1]:
+            model(xb)  # running statistics of the uncut model
+    gates = ChannelGates(model, find_channel_groups(model, example))
+    g = next(i for i, grp in enumerate(gates.groups) if grp.members[0].name.startswith("fc1"))
+    ranks = magnitude_scores(gates, model)
+    ranks[g][:4] = -1.0  # the constant units go first
+    counts = [[28, 16, 32] if i == g else [grp.num_units] for i, grp in enumerate(gates.groups)]
+    buffers = {k: v.clone() for k, v in model.bn.named_buffers()}
+    stale = distortion_curves(gates, model, data, ranks, counts)[g]
+    fresh = distortion_curves(gates, model, data, ranks, counts, batch_stats=True)[g]
+    assert model.training and model.bn.momentum is None  # the norm as it was, statistics untouched
+    assert all(torch.equal(v, buffers[k]) for k, v in model.bn.named_buffers())
+    # dropping the constant units only shifts what the norm sees: its own batch statistics absorb it
+    assert stale[0] > 1e-3 and fresh[0] < 1e-6 and fresh[0] < 1e-3 * stale[0]
+    assert fresh[1] > 1e-3 and stale[2] == fresh[2] == 0.0  # a real cut still counts; none, nothing
+    # by hand: the cut to 16 with the norm on each batch's statistics, mean KL over the full batches
+    model.eval()
+    model.bn.train()
+    model.bn.momentum = 0.0
+    order = torch.argsort(ranks[g], descending=True, stable=True)
+    kl, n = 0.0, 0
+    with torch.no_grad():
+        for xb, _ in data[:-1]:
+            ref = torch.log_softmax(model(xb), -1)
+            gates.alphas[g][order[16:]] = 0.0
+            out = torch.log_softmax(model(xb), -1)
+            gates.alphas[g].fill_(1.0)
+            kl, n = kl + float((ref.exp() * (ref - out)).sum()), n + xb.shape[0]
+    assert fresh[1] == pytest.approx(kl / n, rel=1e-5)
+
+
 def test_distortion_importance_fits_a_time_budget_with_fewer_batches_then_fewer_widths(caplog) -> None:
     torch.manual_seed(0)
     model, example = _TwoBranch(), (torch.randn(1, 16),)
@@ -215,7 +272,7 @@ def test_distortion_allocation_cuts_the_group_the_outputs_need_least(make_table)
                  val_loader=data)  # fmt: skip
     budget = floor.value.smallest + 0.75 * (dense - floor.value.smallest)
     widths = {}
-    for allocation in ("share", "distortion"):
+    for allocation in ("share", "distortion", "distortion_bn"):
         cfg = CompressConfig(budget_ms=budget, allocation=allocation, **kw)
         rep = compress(model, example, cfg, table=table, train_loader=data, val_loader=data).report
         assert rep.predicted_ms <= budget + 1e-12
@@ -224,6 +281,7 @@ def test_distortion_allocation_cuts_the_group_the_outputs_need_least(make_table)
     a = next(k for k in widths["share"] if k.startswith("fc_a"))
     b = next(k for k in widths["share"] if k.startswith("fc_b"))
     assert widths["distortion"][a] == 32 and widths["distortion"][b] < 32  # only the idle branch goes
+    assert widths["distortion_bn"] == widths["distortion"]  # no batch norm: the same measurement
     assert widths["share"][a] < 32  # the share fit cannot tell the branches apart by their outputs
     with pytest.raises(ValueError, match="allocation must be"):
         CompressConfig(budget_ms=1.0, allocation="random")
