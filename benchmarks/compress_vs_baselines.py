@@ -28,7 +28,7 @@ materialised models of one network (dense included) are exported once and measur
 of the round medians), so machine load drifts hit every model alike. ``measure_fn`` inside
 ``compress`` measures the candidate interleaved with the dense model and scales the median ratio
 by the dense reference. Accuracy, predicted and measured latency, and ``measured <= 1.10 x budget``
-are reported per seed (``--seeds``: ours / flops_reg run ``compress`` once per seed; a baseline's
+are reported per seed (``--ours-fractions``: more budgets for ours alone; ``--seeds``: ours / flops_reg run ``compress`` once per seed; a baseline's
 structure is seed-free and is fine-tuned once per seed) and summarised over seeds (mean, std, range).
 ``comparison`` puts every baseline next to ours at equal *measured* latency (ours interpolated between
 its budgets) and gives the measured latency ours needs to reach each FLOPs-regularised point's
@@ -36,7 +36,7 @@ accuracy (see :func:`compare`). Models are exported with the TorchScript exporte
 ort-cpu (cached under benchmarks/results/, resumable). Writes benchmarks/results/compress_vs_baselines.json.
 
     .venv/bin/python benchmarks/compress_vs_baselines.py [--models mobilenetv3_small,resnet_small]
-        [--fractions 0.7,0.5,0.35] [--epochs 2] [--finetune-epochs 4] [--image-size 16] [--rounds 9]
+        [--fractions 0.7,0.5,0.35] [--ours-fractions 0.25] [--epochs 2] [--finetune-epochs 4] [--image-size 16] [--rounds 9]
         [--seeds 0,1,2] [--data digits|digits_hard] [--quick]
 """
 
@@ -498,6 +498,11 @@ def main() -> None:
     p.add_argument("--models", default="mobilenetv3_small,resnet_small")
     p.add_argument("--fractions", default="0.7,0.5,0.35")
     p.add_argument(
+        "--ours-fractions", default="",
+        help="more budgets (fractions of the dense latency) at which only ours runs, so that its curve "
+        "spans the latencies the baselines land on (they often stop well under their budget)",
+    )  # fmt: skip
+    p.add_argument(
         "--methods", default="ours,flops_reg,flops_fit,uniform,uniform_r8,tp_magnitude,tp_magnitude_r8"
     )
     p.add_argument("--image-size", type=int, default=16)
@@ -600,13 +605,20 @@ def main() -> None:
         total_epochs = args.epochs + args.finetune_epochs
         smalls: dict[str, nn.Module] = {}
         model_rows = []
-        for frac in [float(f) for f in args.fractions.split(",")]:
+        shared = [float(f) for f in args.fractions.split(",")]
+        ours_only = [float(f) for f in args.ours_fractions.split(",") if f and float(f) not in shared]
+        for frac in sorted(shared + ours_only, reverse=True):
             budget = frac * dense_meas["median_ms"]  # measured scale: the result must meet it (x 1.10)
+            methods = (
+                args.methods.split(",")
+                if frac in shared
+                else [m for m in args.methods.split(",") if m == "ours"]
+            )
 
             def fits_at(tb: float, table=table, example=example):
                 return fits_table(table, target, example, tb)
 
-            for method in args.methods.split(","):
+            for method in methods:
                 t = time.perf_counter()
                 base = {"model": name, "fraction": frac, "method": method, "budget_ms": budget}
                 common = {"dense_accuracy": dense_acc, "dense_predicted_ms": dense_pred}
