@@ -319,6 +319,16 @@ BASELINES = ("flops_reg", "flops_fit", "uniform", "uniform_r8", "tp_magnitude", 
 FLOPS_METHODS = ("flops_reg", "flops_fit")  # compared with ours on latency at equal accuracy
 
 
+def budget_plan(fractions: str, ours_fractions: str, methods: str) -> list[tuple[float, list[str]]]:
+    """(fraction, methods) per budget, widest first: every method at ``fractions``, ours alone at the
+    ``ours_fractions`` not among them (comma-separated lists as the command line gives them)."""
+    shared = [float(f) for f in fractions.split(",") if f]
+    ours_only = {float(f) for f in ours_fractions.split(",") if f} - set(shared)
+    every = methods.split(",")
+    plan = [(f, every) for f in shared] + [(f, [m for m in every if m == "ours"]) for f in ours_only]
+    return sorted(((f, m) for f, m in plan if m), key=lambda fm: -fm[0])
+
+
 def _key(row: dict) -> str:
     return f"{row['fraction']}/{row['method']}/{row.get('seed')}"
 
@@ -605,15 +615,8 @@ def main() -> None:
         total_epochs = args.epochs + args.finetune_epochs
         smalls: dict[str, nn.Module] = {}
         model_rows = []
-        shared = [float(f) for f in args.fractions.split(",")]
-        ours_only = [float(f) for f in args.ours_fractions.split(",") if f and float(f) not in shared]
-        for frac in sorted(shared + ours_only, reverse=True):
+        for frac, methods in budget_plan(args.fractions, args.ours_fractions, args.methods):
             budget = frac * dense_meas["median_ms"]  # measured scale: the result must meet it (x 1.10)
-            methods = (
-                args.methods.split(",")
-                if frac in shared
-                else [m for m in args.methods.split(",") if m == "ours"]
-            )
 
             def fits_at(tb: float, table=table, example=example):
                 return fits_table(table, target, example, tb)

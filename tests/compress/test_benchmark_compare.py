@@ -66,6 +66,18 @@ def test_a_baseline_within_the_measurement_tolerance_of_ours_fastest_point_is_co
     assert by["uniform"]["verdict"].startswith("outside")  # 25% faster stays outside
 
 
+def test_budget_plan_runs_ours_alone_at_its_extra_budgets(cvb) -> None:
+    plan = cvb.budget_plan("0.7,0.35", "0.25,0.35,0.5", "ours,uniform,tp_magnitude")
+    assert plan == [
+        (0.7, ["ours", "uniform", "tp_magnitude"]),
+        (0.5, ["ours"]),
+        (0.35, ["ours", "uniform", "tp_magnitude"]),  # already a shared budget: every method once
+        (0.25, ["ours"]),
+    ]
+    assert cvb.budget_plan("0.5", "0.25", "uniform") == [(0.5, ["uniform"])]  # ours not asked for
+    assert cvb.budget_plan("0.5", "", "ours") == [(0.5, ["ours"])]
+
+
 def test_uniform_width_rounded_as_mobilenet_rounds(cvb) -> None:
     assert cvb._divisible(0.6 * 24, 24, 1, 8) == 16  # 14.4 -> nearest multiple of 8
     assert cvb._divisible(0.55 * 100, 100, 1, 8) == 56
