@@ -558,6 +558,10 @@ def main() -> None:
         "--tolerance", type=float, default=0.02,
         help="the measured loop (every method) accepts a model up to (1 + this) x budget (noise)",
     )  # fmt: skip
+    p.add_argument(
+        "--margin", type=float, default=0.0,
+        help="every method's measured loop aims at (1 - this) x budget (CompressConfig.measure_margin)",
+    )  # fmt: skip
     p.add_argument("--seeds", default="0,1,2", help="training seeds (compression runs / fine-tunes)")
     p.add_argument(
         "--quick", action="store_true", help="iteration mode: one budget, one seed, short training"
@@ -635,7 +639,7 @@ def main() -> None:
                                 finetune_epochs=args.finetune_epochs, lr=args.lr, seed=seed,
                                 gate_lr=args.gate_lr, measure_steps=args.measure_steps, measure_tolerance=args.tolerance,
                                 unit_importance=args.unit_importance, allocation=args.allocation,
-                                penalised_schedule=args.penalised_schedule,
+                                penalised_schedule=args.penalised_schedule, measure_margin=args.margin,
                             )  # fmt: skip
                             try:
                                 res = compress(
@@ -690,7 +694,7 @@ def main() -> None:
                         else:
                             pruned, internal, loop_rounds = closed_loop(
                                 make_at, lambda m, x=example, t=table: predicted(t, target, m, x),
-                                lambda mod, x=example, f=measure_fn: f(mod, x), budget,
+                                lambda mod, x=example, f=measure_fn: f(mod, x), budget * (1 - args.margin),
                                 steps=args.measure_steps, tol=args.tolerance,
                             )  # fmt: skip
                         search_s = time.perf_counter() - t

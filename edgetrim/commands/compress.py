@@ -163,6 +163,14 @@ def compress_cmd(
             "(default: when the table was profiled on this machine)",
         ),
     ] = None,
+    measure_margin: Annotated[
+        float,
+        typer.Option(
+            "--measure-margin",
+            help="with --measure, the share of --budget-ms left free for later measurements to read the "
+            "model slower: the measured steps aim at (1 - this) x budget",
+        ),
+    ] = 0.0,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
 ) -> None:
     """Compress MODEL to a latency budget with the l1/l2 latency surrogate; write the RUN folder."""
@@ -179,7 +187,7 @@ def compress_cmd(
             finetune_schedule=finetune_schedule, penalised_schedule=penalised_schedule,
             lr=lr, gate_lr=gate_lr, bits_lr=bits_lr,
             optimizer=optimizer, bits_lambda=bits_lambda, sparse_lambda=sparse_lambda, align=align, seed=seed,
-            unit_importance=unit_importance, allocation=allocation,
+            unit_importance=unit_importance, allocation=allocation, measure_margin=measure_margin,
         )  # fmt: skip
     except ValueError as exc:
         raise EdgetrimError(str(exc)) from None

@@ -367,6 +367,8 @@ def compress(
     offset = dense_ms - cost.whole_ms(sizes) if groups else 0.0
     dense_cost = dense_ms - offset
     shift = offset if config.budget_ms is not None else 0.0  # internal scale -> the budget's own
+    # what the measured steps aim at: the budget less the headroom left for a later measurement
+    aim_ms = config.budget_ms * (1.0 - config.measure_margin) if config.budget_ms is not None else None
     if config.budget_ms is not None:
         budget = config.budget_ms - offset  # on whole_ms' scale
     elif config.budget_flops is not None:
@@ -390,19 +392,24 @@ def compress(
                 finally:
                     probe_gates.detach_hooks()
                 measured_floor = float(measure_fn(narrowest, example))
-            if measured_floor is None or measured_floor > config.budget_ms:  # type: ignore[operator]
+            if measured_floor is None or measured_floor > aim_ms:  # type: ignore[operator]
                 on_target = (
                     "" if measured_floor is None else f" (measured {measured_floor:.4g} ms on the target)"
                 )
+                margin = (
+                    f" less its {config.measure_margin:.0%} measure margin"
+                    if measured_floor is not None and config.measure_margin > 0
+                    else ""
+                )
                 raise BudgetError(
-                    f"{what} budget {budget + shift:.4g} {unit_name} is below the smallest reachable {what} "
+                    f"{what} budget {budget + shift:.4g} {unit_name}{margin} is below the smallest reachable {what} "
                     f"{floor + shift:.4g} {unit_name}{on_target} for this model and table; raise the budget",
                     smallest=floor + shift if measured_floor is None else measured_floor,
                 )
             logger.info(
                 "the table prices the narrowest structure at %.4g ms, the target measures %.4g ms: within "
                 "the budget %.4g ms, which the measured loop meets on the target",
-                floor + shift, measured_floor, config.budget_ms,
+                floor + shift, measured_floor, aim_ms,
             )  # fmt: skip
             budget = floor  # the table's scale: the narrowest structure; calibration moves it from there
 
@@ -476,9 +483,9 @@ def compress(
     calibration: list[dict[str, Any]] = []
 
     def recalibrate(small: nn.Module, pred_ms: float, widths: Sequence[int], epoch: int) -> None:
-        assert measure_fn is not None and config.budget_ms is not None and budget is not None
+        assert measure_fn is not None and aim_ms is not None and budget is not None
         meas = float(measure_fn(small, example))
-        internal = max(config.budget_ms * pred_ms / meas, floor + offset)
+        internal = max(aim_ms * pred_ms / meas, floor + offset)
         trainer.budget = internal - offset
         calibration.append(
             {"after_epoch": epoch, "predicted_ms": pred_ms, "measured_ms": meas,
@@ -618,8 +625,8 @@ def compress(
     # 5. close the loop on the target: measure, re-scale the internal budget, redo the width fit
     measured_ms: float | None = None
     rounds: list[dict[str, Any]] = []
-    if measure_fn is not None and config.budget_ms is not None and ms_budget is not None:
-        accept = config.budget_ms * (1.0 + config.measure_tolerance)  # measurement noise allowance
+    if measure_fn is not None and aim_ms is not None and ms_budget is not None:
+        accept = aim_ms * (1.0 + config.measure_tolerance)  # measurement noise allowance
         start = (
             fast_side_widths(requested, units, sizes, partial, min_widths=min_widths, align=align)
             if groups
@@ -637,17 +644,17 @@ def compress(
             )  # fmt: skip
             logger.info(
                 "round %d: internal budget %.4f ms, predicted %.4f ms, measured %.4f ms (budget %.4f ms)",
-                step, ms_budget, predicted_ms, m_ms, config.budget_ms,
+                step, ms_budget, predicted_ms, m_ms, aim_ms,
             )  # fmt: skip
             if m_ms <= accept and (best is None or predicted_ms > best[2]):
                 best = last
             if not groups or step == config.measure_steps:
                 break
-            if CLOSE_ENOUGH * config.budget_ms <= m_ms <= accept:
+            if CLOSE_ENOUGH * aim_ms <= m_ms <= accept:
                 break
             if m_ms > accept:
                 over = min(over, predicted_ms)
-            new_budget = MARGIN * config.budget_ms * predicted_ms / m_ms
+            new_budget = MARGIN * aim_ms * predicted_ms / m_ms
             if m_ms <= accept and best is not None:
                 new_budget = max(new_budget, best[2] * 1.0001)  # only try wider than the best so far
             if best is not None and new_budget >= over:
@@ -660,7 +667,7 @@ def compress(
                     min_widths=min_widths, align=align, relative=relative,
                 )  # fmt: skip
             except BudgetError:
-                logger.warning("measured %.4f ms > budget %.4f ms and no narrower widths fit", m_ms, config.budget_ms)  # fmt: skip
+                logger.warning("measured %.4f ms > budget %.4f ms and no narrower widths fit", m_ms, aim_ms)  # fmt: skip
                 break
             if new_final == final:
                 break
@@ -676,7 +683,7 @@ def compress(
         final, small, predicted_ms, measured_ms, ms_budget = best if best is not None else last
         if best is None:
             logger.warning(
-                "measured %.4f ms is over the budget %.4f ms after %d rounds", measured_ms, config.budget_ms, len(rounds)
+                "measured %.4f ms is over the budget %.4f ms after %d rounds", measured_ms, aim_ms, len(rounds)
             )  # fmt: skip
 
     # 6. fine-tune, bake bits

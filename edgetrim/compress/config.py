@@ -80,6 +80,11 @@ class CompressConfig:
             model measures over the budget.
         measure_tolerance: a model measuring up to ``(1 + measure_tolerance) x budget_ms`` counts as
             within the budget in the measured loop (the noise of the measurement; 0: strict).
+        measure_margin: with a ``measure_fn``, the share of ``budget_ms`` the measured steps leave free:
+            calibration and the measured loop aim at ``(1 - measure_margin) x budget_ms``, so that a
+            later measurement that reads the model slower still meets the budget (on a shared host a
+            small net's latency relative to its dense one moved by up to 11% between passes minutes
+            apart). 0: aim at the budget itself.
         dual_signal: what the dual ascent compares with its target: ``"soft"`` the cost at the l1/l2
             soft widths (smooth, follows the masks as they spread), ``"hard"`` the real table at the
             non-zero gates (moves only when gates reach exact zeros).
@@ -129,6 +134,7 @@ class CompressConfig:
     measure_steps: int = 3
     calibrate: bool = True
     measure_tolerance: float = 0.0
+    measure_margin: float = 0.0
     dual_signal: str = "soft"
     lambda_init: float = 0.0
     bits_lambda: float = 0.0
@@ -188,6 +194,8 @@ class CompressConfig:
             raise ValueError(f"dual_signal must be 'soft' or 'hard', got {self.dual_signal!r}")
         if not 0.0 <= self.measure_tolerance < 0.5:
             raise ValueError(f"measure_tolerance must be in [0, 0.5), got {self.measure_tolerance}")
+        if not 0.0 <= self.measure_margin < 0.5:
+            raise ValueError(f"measure_margin must be in [0, 0.5), got {self.measure_margin}")
         if self.measure_steps < 0:
             raise ValueError(f"measure_steps must be >= 0, got {self.measure_steps}")
         if self.align is not None and self.align < 1:

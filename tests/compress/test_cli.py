@@ -77,13 +77,16 @@ def test_cli_schedules_and_allocation_reach_the_config_and_bad_values_are_one_li
     ok = CliRunner().invoke(
         app,
         [*base, "--finetune-schedule", "constant", "--penalised-schedule", "cosine", "--allocation", "distortion",
-         "--json"],
+         "--measure-margin", "0.1", "--json"],
     )  # fmt: skip
     assert ok.exit_code == 0, ok.output
     info = json.loads(ok.stdout)
     config = info["config"]
     assert config["finetune_schedule"] == "constant" and config["penalised_schedule"] == "cosine"
     assert config["allocation"] == "distortion" and info["predicted_ms"] <= 0.017
+    assert config["measure_margin"] == 0.1
+    bad = CliRunner().invoke(app, [*base, "--measure-margin", "0.7"])
+    assert bad.exit_code == 2 and "measure_margin must be in [0, 0.5)" in bad.output
     bad = CliRunner().invoke(app, [*base, "--allocation", "flops"])
     assert bad.exit_code == 2 and "allocation must be one of" in bad.output
     bad = CliRunner().invoke(app, [*base, "--finetune-schedule", "step"])

@@ -96,6 +96,34 @@ def test_a_target_faster_than_the_table_keeps_a_model_the_table_puts_over_the_bu
     assert rep.kept_on_measurement and rep.to_info()["kept_on_measurement"] is True
 
 
+def test_a_measure_margin_leaves_that_share_of_the_budget_free_on_the_target(setup) -> None:
+    # The same 0.8x target: without a margin the loop fills the budget as measured; with 0.2 it keeps
+    # a model measuring within 0.8 x budget, so a later pass reading it up to 1.25x slower still fits.
+    model, example, train, val, table = setup
+    dense_params = sum(p.numel() for p in model.parameters())
+
+    def measure(m, x) -> float:
+        pred = model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
+        return pred * (1.0 if sum(p.numel() for p in m.parameters()) == dense_params else 0.8)
+
+    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
+    tiny, tiny_x = mlp(widths=(1, 1))
+    floor_ms = model_latency_ms(table, extract_layer_ops(tiny, tiny_x, fusion=FUSION))
+    budget = floor_ms + 0.5 * (dense_ms - floor_ms)
+    measured = {}
+    for margin in (0.0, 0.2):
+        cfg = _config(budget_ms=budget, measure_margin=margin)
+        res = compress(
+            model, example, cfg, table=table, train_loader=train, val_loader=val, measure_fn=measure
+        )
+        rep = res.report
+        assert rep.measured_ms is not None and rep.measured_ms == pytest.approx(measure(res.model, example))
+        measured[margin] = rep.measured_ms
+    assert measured[0.2] <= 0.8 * budget < measured[0.0] <= budget
+    with pytest.raises(ValueError, match="measure_margin must be in"):
+        CompressConfig(budget_ms=1.0, measure_margin=0.5)
+
+
 def test_real_ort_cpu_measure_fn_rescales_the_internal_budget_and_reports_measured_latency(setup) -> None:
     pytest.importorskip("onnxruntime")
     from edgetrim.profiler.targets import get_target
