@@ -103,6 +103,20 @@ def tp_with_params(model, example, params: int, round_to: int | None) -> tuple[t
     return pruned, ratio
 
 
+def rebuild_dense(run: dict, name: str):
+    """``(model, example, train, val, dense_accuracy)``: the dense net of a stored side-by-side run
+    (its ``args``), built and pre-trained exactly as compress_vs_baselines builds it (one thread)."""
+    torch.set_num_threads(1)
+    loaders = digits_hard_loaders if run["data"] == "digits_hard" else digits_loaders
+    train, val = loaders(image_size=run["image_size"])
+    torch.manual_seed(0)  # as compress_vs_baselines builds its dense nets
+    model, example = MODEL_ZOO[name](image_size=run["image_size"], **MODEL_KWARGS.get(name, {}))
+    dense_acc = train_classifier(
+        model, train, val, epochs=run["pretrain_epochs"], lr=run["lr"], schedule=run["pretrain_schedule"]
+    )
+    return model, example, train, val, dense_acc
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per (fraction, method): mean / std / standard error; per fraction: differences to the
     Torch-Pruning arms paired by seed."""
@@ -167,14 +181,7 @@ def main() -> None:
     if not stored:
         raise SystemExit(f"{args.source} has no {args.model} results; pick --model from its rows")
     seeds = [int(s) for s in args.seeds.split(",")]
-    torch.set_num_threads(1)
-    loaders = digits_hard_loaders if run["data"] == "digits_hard" else digits_loaders
-    train, val = loaders(image_size=run["image_size"])
-    torch.manual_seed(0)  # as compress_vs_baselines builds its dense nets
-    model, example = MODEL_ZOO[args.model](image_size=run["image_size"], **MODEL_KWARGS.get(args.model, {}))
-    dense_acc = train_classifier(
-        model, train, val, epochs=run["pretrain_epochs"], lr=run["lr"], schedule=run["pretrain_schedule"]
-    )
+    model, example, train, val, dense_acc = rebuild_dense(run, args.model)
     if abs(dense_acc - stored[0]["dense_accuracy"]) > 1e-9:
         print(
             f"warning: dense accuracy {dense_acc:.4f}, the stored run had {stored[0]['dense_accuracy']:.4f}"

@@ -35,16 +35,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_seed_decomposition import tp_with_params
-from compress_vs_baselines import MODEL_KWARGS, OUT
+from compress_seed_decomposition import rebuild_dense, tp_with_params
+from compress_vs_baselines import OUT
 
 from edgetrim.compress.api import _group_label
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.importance import magnitude_scores
-from edgetrim.examples.data import digits_hard_loaders, digits_loaders
-from edgetrim.examples.models import MODEL_ZOO
-from edgetrim.examples.training import train_classifier
 from edgetrim.io_utils import atomic_write_json
 
 MEASURES = ("kl_stored", "kl_batch_stats")
@@ -93,14 +90,7 @@ def main() -> None:
         raise SystemExit(f"no result file {source} under {OUT}; run compress_seed_decomposition.py first")
     dec = json.loads((OUT / source).read_text())
     run = dec["source_args"]
-    torch.set_num_threads(1)
-    loaders = digits_hard_loaders if run["data"] == "digits_hard" else digits_loaders
-    train, val = loaders(image_size=run["image_size"])
-    torch.manual_seed(0)  # as compress_vs_baselines builds its dense nets
-    model, example = MODEL_ZOO[args.model](image_size=run["image_size"], **MODEL_KWARGS.get(args.model, {}))
-    dense_acc = train_classifier(
-        model, train, val, epochs=run["pretrain_epochs"], lr=run["lr"], schedule=run["pretrain_schedule"]
-    )
+    model, example, train, _, dense_acc = rebuild_dense(run, args.model)
     if abs(dense_acc - dec["dense_accuracy"]) > 1e-9:
         raise SystemExit(f"dense accuracy {dense_acc:.4f}, the decomposition had {dec['dense_accuracy']:.4f}")
     groups = find_channel_groups(model, example)
