@@ -643,7 +643,7 @@ def compress(
                  "widths": list(final)}
             )  # fmt: skip
             logger.info(
-                "round %d: internal budget %.4f ms, predicted %.4f ms, measured %.4f ms (budget %.4f ms)",
+                "round %d: internal budget %.4f ms, predicted %.4f ms, measured %.4f ms (aim %.4f ms)",
                 step, ms_budget, predicted_ms, m_ms, aim_ms,
             )  # fmt: skip
             if m_ms <= accept and (best is None or predicted_ms > best[2]):
@@ -667,7 +667,7 @@ def compress(
                     min_widths=min_widths, align=align, relative=relative,
                 )  # fmt: skip
             except BudgetError:
-                logger.warning("measured %.4f ms > budget %.4f ms and no narrower widths fit", m_ms, aim_ms)  # fmt: skip
+                logger.warning("measured %.4f ms > %.4f ms (the budget less its measure margin) and no narrower widths fit", m_ms, aim_ms)  # fmt: skip
                 break
             if new_final == final:
                 break
@@ -683,7 +683,7 @@ def compress(
         final, small, predicted_ms, measured_ms, ms_budget = best if best is not None else last
         if best is None:
             logger.warning(
-                "measured %.4f ms is over the budget %.4f ms after %d rounds", measured_ms, aim_ms, len(rounds)
+                "measured %.4f ms is over %.4f ms (the budget less its measure margin) after %d rounds", measured_ms, aim_ms, len(rounds)
             )  # fmt: skip
 
     # 6. fine-tune, bake bits
