@@ -147,10 +147,9 @@ def distortion_curves(
     if not inputs:
         raise ValueError("distortion_curves needs at least one batch of training data")
     norms = _batch_norms(model) if batch_stats else []
-    saved_norms = [(bn.momentum, {k: v.clone() for k, v in bn.named_buffers()}) for bn in norms]
-    for bn in norms:  # batch statistics, running statistics left as they are
+    saved_norms = [{k: v.clone() for k, v in bn.named_buffers()} for bn in norms]  # put back afterwards
+    for bn in norms:  # normalise with each batch's statistics
         bn.train()
-        bn.momentum = 0.0
     try:
         refs = [torch.log_softmax(model(xb).float(), dim=-1) for xb in inputs]
         samples = sum(ref.shape[0] for ref in refs)
@@ -175,8 +174,7 @@ def distortion_curves(
     finally:
         for a, s in zip(gates.alphas, saved):
             a.copy_(s)
-        for bn, (momentum, buffers) in zip(norms, saved_norms):
-            bn.momentum = momentum
+        for bn, buffers in zip(norms, saved_norms):
             for k, v in bn.named_buffers():
                 v.copy_(buffers[k])
         model.train(was_training)
