@@ -9,6 +9,9 @@ One process runs:
 * ``ours``: ``compress`` with the latency regulariser (Eq. 6), widths chosen on the real table and the
   measured loop (``measure_fn``: the training target calibrated on the target, the dense model before
   training and the gated model after every penalised epoch; re-fit while the small model measures over);
+* ``latency_fit`` (not in the default ``--methods``): ours without the penalised epochs, the same
+  final width fit on the table from the trained model, then the baselines' fine-tune (what the
+  penalised phase adds, side by side);
 * ``flops_reg``: the same run with the FLOPs regulariser (Eq. 4): same calibration, final fit and loop;
 * ``flops_fit``: widths chosen by FLOPs instead of the latency table: ``compress`` with a FLOPs budget
   (FLOPs regulariser, the same greedy fit on FLOPs, no penalised epoch) from the trained model, the
@@ -292,30 +295,43 @@ def tp_at_budget(model, example, table, target, budget: float, round_to: int | N
     return bisect_ratio(lambda r: tp_model(model, example, r, round_to), fits)[1]
 
 
+def fitted_structure(model, example, table, train, val, **budget) -> nn.Module:
+    """``compress``'s width fit alone (no penalised epoch, no fine-tune) at ``budget_ms=`` or
+    ``budget_flops=``; a budget below the smallest reachable one takes the smallest model."""
+    ((key, value),) = budget.items()
+    reg = Regularizer.FLOPS if key == "budget_flops" else Regularizer.LATENCY
+    for _ in range(2):
+        cfg = CompressConfig(regularizer=reg, epochs=0, finetune_epochs=0, seed=0, **{key: value})
+        try:
+            return compress(model, example, cfg, table=table, train_loader=train, val_loader=val).model
+        except BudgetError as exc:
+            if exc.smallest is None:
+                raise
+            value = exc.smallest * (1 + 1e-6)
+    raise ValueError("no budget reachable")
+
+
 def flops_fit_at_budget(model, example, table, target, budget: float, train, val) -> nn.Module:
     """Widths fitted to a FLOPs budget (no latency table in the choice) at the smallest FLOPs cut whose
     model fits ``budget`` (ms) on the table; ValueError when no cut up to 95% does."""
 
     def make(cut: float) -> nn.Module:
-        flops = (1.0 - cut) * dense_flops
-        for _ in range(2):  # a cut below the smallest reachable FLOPs takes the smallest model
-            cfg = CompressConfig(
-                budget_flops=flops, regularizer=Regularizer.FLOPS, epochs=0, finetune_epochs=0, seed=0
-            )
-            try:
-                return compress(model, example, cfg, table=table, train_loader=train, val_loader=val).model
-            except BudgetError as exc:
-                if exc.smallest is None:
-                    raise
-                flops = exc.smallest * (1 + 1e-6)
-        raise ValueError("no FLOPs budget reachable")
+        return fitted_structure(model, example, table, train, val, budget_flops=(1.0 - cut) * dense_flops)
 
     dense_flops = float(sum(2 * op.macs for op in extract_layer_ops(model, example, fusion=target.fusion)))
     return bisect_ratio(make, fits_table(table, target, example, budget))[1]
 
 
 NOISY = ("measure_rounds", "calibration", "widths_requested")
-BASELINES = ("flops_reg", "flops_fit", "uniform", "uniform_r8", "tp_magnitude", "tp_magnitude_r8")
+BASELINES = (
+    "latency_fit",
+    "flops_reg",
+    "flops_fit",
+    "uniform",
+    "uniform_r8",
+    "tp_magnitude",
+    "tp_magnitude_r8",
+)
 FLOPS_METHODS = ("flops_reg", "flops_fit")  # compared with ours on latency at equal accuracy
 
 
@@ -679,6 +695,10 @@ def main() -> None:
 
                             def make_at(tb, rt=rt, m=model, x=example):
                                 return bisect_ratio(lambda r: uniform_model(m, x, 1 - r, rt), fits_at(tb))[1]
+                        elif method == "latency_fit":
+
+                            def make_at(tb, m=model, x=example, t=table):
+                                return fitted_structure(m, x, t, train, val, budget_ms=tb)
                         elif method == "flops_fit":
 
                             def make_at(tb, m=model, x=example, t=table):
