@@ -23,8 +23,9 @@ One process runs:
   without / with rounding widths to 8, global ratio bisected until the table says it fits.
 
 Every method gets the same measured loop: fit the table at an internal budget (first the budget
-itself), measure, set the internal budget to ``0.98 x budget x predicted / measured``, re-fit (at most
-3 times; stop once within ``[0.95, 1] x budget``), keep the widest structure measured within budget.
+itself), measure, set the internal budget to ``0.98 x budget x predicted / measured`` when over
+(``budget x predicted / measured`` when within, to try wider), re-fit (at most 3 times; stop when
+the re-fit rebuilds the same structure), keep the widest structure measured within budget.
 Every method gets the same number of training epochs after pruning. All
 materialised models of one network (dense included) are exported once and measured on ort-cpu
 (1 thread) interleaved in rounds (each round times every model once; median over rounds, p10/p90
@@ -209,8 +210,11 @@ def closed_loop(make_at, predict, measure, budget: float, steps: int = 3, tol: f
     """The measured loop of ``compress`` for a baseline: ``make_at(table_budget) -> model``.
 
     Returns ``(model, internal_budget, rounds)``: the widest model (highest prediction) that measured
-    within ``budget``, else the last one. Like ``compress``, a re-scaled budget at or above a
-    prediction that already measured over is replaced by the midpoint between within and over.
+    within ``budget``, else the last one. Like ``compress``: after a measurement over the budget the
+    internal budget becomes ``0.98 x budget x predicted / measured``, after one within it ``budget x
+    predicted / measured`` (at least just above the widest within), a re-scaled budget at or above a
+    prediction that already measured over is replaced by the midpoint between within and over, and
+    the loop stops when the re-fit rebuilds the structure it just measured.
     """
     internal, best, last, rounds, over = budget, None, None, [], math.inf
     for step in range(steps + 1):
@@ -220,16 +224,21 @@ def closed_loop(make_at, predict, measure, budget: float, steps: int = 3, tol: f
             if last is None:
                 raise
             break
-        pred, ms = predict(m), measure(m)
+        pred = predict(m)
+        if last is not None and pred == last[2]:  # the same structure again
+            break
+        ms = measure(m)
         rounds.append({"internal_budget_ms": internal, "predicted_ms": pred, "measured_ms": ms})
         last = (m, internal, pred, ms)
         if ms <= budget * (1 + tol) and (best is None or pred > best[2]):
             best = last
-        if step == steps or 0.95 * budget <= ms <= budget * (1 + tol):
+        if step == steps:
             break
         if ms > budget * (1 + tol):
             over = min(over, pred)
-        internal = 0.98 * budget * pred / ms
+            internal = 0.98 * budget * pred / ms
+        else:  # within: try the widest structure this ratio says still measures within
+            internal = max(budget * pred / ms, best[2] * 1.0001)
         if best is not None and internal >= over:  # as compress does: bisect between within and over
             internal = 0.5 * (best[2] + over)
     m, internal, _, _ = best if best is not None else last

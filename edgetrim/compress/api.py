@@ -13,22 +13,23 @@ Stages (one function each below):
    candidate priced by the table's whole-model prediction at its widths
    (``LatencyModel.whole_ms``: layout reorders, fusions and dispatch included, not a per-op sum);
    check the materialised model's predicted latency, tighten if needed;
-5. with a ``measure_fn``: measure the materialised model on the target and, while it is over the
-   budget, tighten the internal (table-scale) budget by the measured/predicted ratio and redo step 4
-   (at most ``config.measure_steps`` times);
+5. with a ``measure_fn``: measure the materialised model on the target, re-scale the internal
+   (table-scale) budget by the measured/predicted ratio (tighter while over the budget, looser while
+   within it, to try wider widths) and redo step 4 (at most ``config.measure_steps`` times);
 6. fine-tune the small model, bake the chosen bit widths.
 
 Closing the loop on the target (``measure_fn``): the table predicts each operator in isolation, so a
 whole model can run faster or slower than the sum (and not by one factor: on ort-cpu the dense model
 and a pruned one can be mispredicted differently). When ``measure_fn(model, example_inputs) -> ms``
 is given with a ``budget_ms``, the materialised model is measured; the internal (table-scale) budget
-then becomes ``0.98 x budget_ms x predicted / measured`` (tighter when it measured over the budget,
-looser when it measured well under; when that would rebuild a structure at least as wide as one
-that already measured over, the midpoint between the widest within and the narrowest over) and the
-width fit is redone from the fast-side widths that training asked for, at most
-``config.measure_steps`` times. It stops once a model measures within
-``[0.95, 1 + config.measure_tolerance] x budget_ms`` or the widths stop changing; the widest
-structure that measured within the budget is kept (else the last one, with a warning). Latency does not depend on weight values, so this
+then becomes ``0.98 x budget_ms x predicted / measured`` when it measured over the budget, and
+``budget_ms x predicted / measured`` (at least just above the widest prediction that measured within)
+when it measured within, so that widths the target runs for free are tried; when that would rebuild
+a structure at least as wide as one that already measured over, the midpoint between the widest
+within and the narrowest over. The width fit is redone from the fast-side widths that training asked
+for, at most ``config.measure_steps`` times, and stops once the widths stop changing; the widest
+structure that measured within ``(1 + config.measure_tolerance) x budget_ms`` is kept (else the last
+one, with a warning). ``budget_ms`` here is the aim: the budget less ``config.measure_margin``. Latency does not depend on weight values, so this
 runs before the fine-tune, which then trains the final structure once. The report holds what was asked
 (``budget_ms``), the internal budget, predicted and measured latency, and every measurement round.
 ``compress`` never imports the profiler: the caller builds ``measure_fn`` (the CLI from
@@ -96,8 +97,7 @@ __all__ = ["CompressionReport", "CompressionResult", "compress", "model_latency_
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 MeasureFn = Callable[[nn.Module, tuple[Tensor, ...]], float]  # (model, example_inputs) -> ms on the target
-MARGIN = 0.98  # the re-fit aims this far under the budget (measurement noise)
-CLOSE_ENOUGH = 0.95  # a model measuring within [0.95, 1] x budget ends the loop
+MARGIN = 0.98  # a re-fit after a measurement over the budget aims this far under it (noise)
 CHECKPOINT_FILE = "checkpoint.pt"
 QUANTIZED_FILE = "quantized.pt"
 
@@ -650,13 +650,16 @@ def compress(
                 best = last
             if not groups or step == config.measure_steps:
                 break
-            if CLOSE_ENOUGH * aim_ms <= m_ms <= accept:
-                break
             if m_ms > accept:
                 over = min(over, predicted_ms)
-            new_budget = MARGIN * aim_ms * predicted_ms / m_ms
-            if m_ms <= accept and best is not None:
-                new_budget = max(new_budget, best[2] * 1.0001)  # only try wider than the best so far
+                new_budget = MARGIN * aim_ms * predicted_ms / m_ms
+            else:
+                # within the aim: try the widest structure this ratio says still measures within it
+                # (no margin on the way up: whatever measures over is discarded, the best is kept),
+                # so that a calibration that read the target a little slow does not leave a step of
+                # width that costs nothing measurable unused
+                assert best is not None
+                new_budget = max(aim_ms * predicted_ms / m_ms, best[2] * 1.0001)  # wider than the best
             if best is not None and new_budget >= over:
                 # the re-scaled budget would rebuild a structure that already measured over: try
                 # between the widest within budget and the narrowest over it (bisect on the table)

@@ -149,3 +149,26 @@ def test_tuning_split_of_the_distorted_digits_keeps_every_original_on_one_side(l
     again = tuning.tuning_rows(n, copies, seed=5)
     assert all((a == b).all() for a, b in zip(again, (fit, tune)))
     assert not (tuning.tuning_rows(n, copies, seed=6)[1] == tune).all()
+
+
+def _steps_loop(cvb, speed: float, budget: float = 1.0):
+    """closed_loop over structures priced 0.5 / 0.9 / 0.99 / 1.03 / 1.2 on the table, each measuring
+    ``speed`` x its price."""
+    steps = (0.5, 0.9, 0.99, 1.03, 1.2)
+
+    def make_at(tb):
+        fitting = [s for s in steps if s <= tb]
+        if not fitting:
+            raise ValueError("nothing fits")
+        return max(fitting)
+
+    return cvb.closed_loop(make_at, lambda m: m, lambda m: speed * m, budget)
+
+
+def test_closed_loop_tries_wider_when_within_and_tightens_when_over(cvb) -> None:
+    model, _, rounds = _steps_loop(cvb, 0.96)  # 0.99 measures 0.95: a wider step still fits
+    assert [r["predicted_ms"] for r in rounds] == [0.99, 1.03] and model == 1.03
+    model, _, rounds = _steps_loop(cvb, 1.05)  # 0.99 measures over: tighten to 0.9, then stop
+    assert [r["predicted_ms"] for r in rounds] == [0.99, 0.9] and model == 0.9
+    model, _, rounds = _steps_loop(cvb, 0.8)  # 1.2 measures 0.96; nothing wider exists
+    assert [r["predicted_ms"] for r in rounds] == [0.99, 1.2] and model == 1.2
