@@ -74,15 +74,15 @@ def test_a_target_slower_than_the_table_for_pruned_models_is_refit_until_it_meas
     assert not rep.kept_on_measurement  # predicted within the budget too
 
 
-def _faster_target_and_midway_budget(setup):
-    """A target running pruned models at 0.8x the table's price (the dense one as priced), and a
-    budget halfway between the table's floor and the dense model."""
+def _faster_target_and_midway_budget(setup, speed: float = 0.8):
+    """A target running pruned models at ``speed`` x the table's price (the dense one as priced), and
+    a budget halfway between the table's floor and the dense model."""
     model, example, _, _, table = setup
     dense_params = sum(p.numel() for p in model.parameters())
 
     def measure(m, x) -> float:
         pred = model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
-        return pred * (1.0 if sum(p.numel() for p in m.parameters()) == dense_params else 0.8)
+        return pred * (1.0 if sum(p.numel() for p in m.parameters()) == dense_params else speed)
 
     dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
     tiny, tiny_x = mlp(widths=(1, 1))
@@ -304,16 +304,7 @@ def test_a_model_measuring_a_little_under_the_budget_is_widened_while_it_still_m
     # within the budget with a few percent to spare: the loop re-fits wider on the measured ratio and
     # keeps the widest structure that measured within the budget.
     model, example, train, val, table = setup
-    dense_params = sum(p.numel() for p in model.parameters())
-
-    def measure(m, x) -> float:
-        pred = model_latency_ms(table, extract_layer_ops(m, x, fusion=FUSION))
-        return pred * (1.0 if sum(p.numel() for p in m.parameters()) == dense_params else 0.97)
-
-    dense_ms = model_latency_ms(table, extract_layer_ops(model, example, fusion=FUSION))
-    tiny, tiny_x = mlp(widths=(1, 1))
-    floor_ms = model_latency_ms(table, extract_layer_ops(tiny, tiny_x, fusion=FUSION))
-    budget = floor_ms + 0.5 * (dense_ms - floor_ms)
+    measure, budget = _faster_target_and_midway_budget(setup, speed=0.97)
     cfg = _config(budget_ms=budget, calibrate=False)
     rep = compress(
         model, example, cfg, table=table, train_loader=train, val_loader=val, measure_fn=measure
