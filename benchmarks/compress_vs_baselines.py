@@ -8,7 +8,8 @@ One process runs:
 
 * ``ours``: ``compress`` with the latency regulariser (Eq. 6), widths chosen on the real table and the
   measured loop (``measure_fn``: the training target calibrated on the target, the dense model before
-  training and the gated model after every penalised epoch; re-fit while the small model measures over);
+  training and the gated model after every penalised epoch; re-fit on the measured ratio, narrower
+  while the small model measures over, wider while it measures within);
 * ``latency_fit`` (not in the default ``--methods``): ours without the penalised epochs, the same
   final width fit on the table from the trained model, then the baselines' fine-tune (what the
   penalised phase adds, side by side);
