@@ -87,6 +87,16 @@ def predicted(table, target, model, example) -> float:
     return model_latency_ms(table, extract_layer_ops(model, example, fusion=target.fusion))
 
 
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv / linear layer of a materialised model: the structure a row
+    describes, comparable across methods (baselines have no channel groups of their own)."""
+    return {
+        name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+
+
 def fits_table(table, target, example, budget: float):
     """``model -> bool``: the table's prediction of ``model`` is within ``budget`` (ms)."""
 
@@ -332,7 +342,7 @@ def flops_fit_at_budget(model, example, table, target, budget: float, train, val
     return bisect_ratio(make, fits_table(table, target, example, budget))[1]
 
 
-NOISY = ("measure_rounds", "calibration", "widths_requested")
+NOISY = ("measure_rounds", "calibration", "widths_requested", "layer_widths")
 BASELINES = (
     "latency_fit",
     "flops_reg",
@@ -692,6 +702,7 @@ def main() -> None:
                                     "widths_after": res.report.widths_after,
                                     "predicted_ms": predicted(table, target, small, example),
                                     "params": sum(q.numel() for q in small.parameters()),
+                                    "layer_widths": layer_widths(small),
                                     "seconds": time.perf_counter() - t,
                                 }
                                 | common
@@ -749,6 +760,7 @@ def main() -> None:
                                     "measure_rounds": loop_rounds,
                                     "predicted_ms": predicted(table, target, small, example),
                                     "params": sum(q.numel() for q in small.parameters()),
+                                    "layer_widths": layer_widths(small),
                                     "seconds": time.perf_counter() - t + search_s / len(seeds),
                                 }
                                 | common

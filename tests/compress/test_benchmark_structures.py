@@ -41,3 +41,12 @@ def test_fitted_structure_meets_a_flops_budget(cvb, trained_mlp) -> None:
     fitted = cvb.fitted_structure(model, example, table, train, val, budget_flops=0.5 * dense)
     assert _flops(fitted, example) <= 0.5 * dense
     assert _flops(fitted, example) > 0.2 * dense  # fitted to the budget, not cut to the floor
+
+
+def test_layer_widths_name_every_layer_at_its_materialised_width(cvb, trained_mlp) -> None:
+    model, example, train, val, table, budget = trained_mlp
+    dense = cvb.layer_widths(model)
+    fitted = cvb.layer_widths(cvb.fitted_structure(model, example, table, train, val, budget_ms=budget))
+    assert list(fitted) == list(dense)  # the same layers, by the same names
+    assert sum(fitted.values()) < sum(dense.values())  # narrower where the fit cut channels
+    assert list(dense.values())[:2] == [40, 24]  # the MLP's hidden widths as built
