@@ -74,6 +74,7 @@ from edgetrim.examples.models import MODEL_ZOO
 from edgetrim.examples.training import train_classifier
 from edgetrim.io_utils import atomic_write_json
 from edgetrim.lookup_tables import load_table
+from edgetrim.lookup_tables.predict import total_flops
 from edgetrim.model_ops import extract_layer_ops
 from edgetrim.profiler.session import ProfileConfig, profile_table
 from edgetrim.profiler.targets import get_target
@@ -338,7 +339,7 @@ def flops_fit_at_budget(model, example, table, target, budget: float, train, val
     def make(cut: float) -> nn.Module:
         return fitted_structure(model, example, table, train, val, budget_flops=(1.0 - cut) * dense_flops)
 
-    dense_flops = float(sum(2 * op.macs for op in extract_layer_ops(model, example, fusion=target.fusion)))
+    dense_flops = total_flops(extract_layer_ops(model, example, fusion=target.fusion))
     return bisect_ratio(make, fits_table(table, target, example, budget))[1]
 
 

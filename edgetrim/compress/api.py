@@ -88,7 +88,7 @@ from edgetrim.errors import BudgetError, UncoveredOpError
 from edgetrim.examples.training import evaluate_accuracy, run_epochs
 from edgetrim.io_utils import atomic_write_bytes
 from edgetrim.lookup_tables import LatencyTable, predict_model
-from edgetrim.lookup_tables.predict import TABLED_KINDS
+from edgetrim.lookup_tables.predict import TABLED_KINDS, total_flops
 from edgetrim.types import LayerOp
 
 logger = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def compress(
     finals = output_layers(work, example)  # first: a model that cannot run fails naming the module
     dense_ops = extract(work, example)
     dense_ms = model_latency_ms(table, dense_ops)
-    dense_flops = float(sum(2 * op.macs for op in dense_ops))
+    dense_flops = total_flops(dense_ops)
     first_x, _ = next(iter(val_loader))
     check_batch_fits(work, example[0], first_x)
     dense_accuracy = evaluate_accuracy(work, val_loader)
@@ -700,7 +700,7 @@ def compress(
         masks.detach()
     records = bake_quant_(small) if bits else []
     small.eval()
-    flops = float(sum(2 * op.macs for op in extract(small, example)))
+    flops = total_flops(extract(small, example))
     sparsity = {}
     if masks is not None:
         sparsity = {n: 1.0 - float((p != 0).float().mean()) for n, p in masks.params.items()}

@@ -500,6 +500,11 @@ def total_macs(layer_ops: Sequence[LayerOp]) -> int:
     return int(sum(op.macs for op in layer_ops))
 
 
+def total_flops(layer_ops: Sequence[LayerOp]) -> float:
+    """FLOPs as the FLOPs regulariser counts them: a multiply-accumulate is two."""
+    return float(2 * total_macs(layer_ops))
+
+
 def flops_baseline_ms(layer_ops: Sequence[LayerOp], ms_per_mac: float) -> float:
     """The FLOPs-proportional baseline predictor: ``ms_per_mac x total MACs``."""
     return float(ms_per_mac * total_macs(layer_ops))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgetrim.compress.api import model_latency_ms
+from edgetrim.lookup_tables.predict import total_flops
 from edgetrim.model_ops import extract_layer_ops, fusion_for_runtime
 
 
@@ -15,7 +16,7 @@ def _ms(table, model, example) -> float:
 
 
 def _flops(model, example) -> float:
-    return float(sum(2 * op.macs for op in extract_layer_ops(model, example)))
+    return total_flops(extract_layer_ops(model, example))
 
 
 @pytest.fixture(scope="module")
