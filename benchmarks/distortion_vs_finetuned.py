@@ -41,7 +41,7 @@ from compress_vs_baselines import OUT
 from edgetrim.compress.api import _group_label
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
-from edgetrim.compress.importance import _batch_norms, magnitude_scores
+from edgetrim.compress.importance import batch_statistics, magnitude_scores
 from edgetrim.io_utils import atomic_write_json
 
 MEASURES = ("kl_stored", "kl_batch_stats")
@@ -53,9 +53,8 @@ def class_log_probs(model: nn.Module, inputs: list[torch.Tensor], batch_stats: b
     """Log class probabilities per batch in eval mode, batch norms on the batch's statistics if asked
     (running statistics untouched: the model is a throwaway copy)."""
     model = copy.deepcopy(model).eval()
-    for bn in _batch_norms(model) if batch_stats else []:
-        bn.train()
-    return [torch.log_softmax(model(x).float(), -1) for x in inputs]
+    with batch_statistics(model, batch_stats):
+        return [torch.log_softmax(model(x).float(), -1) for x in inputs]
 
 
 def mean_kl(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:

@@ -22,10 +22,11 @@ the same share of a late, redundant layer, and the curve says so in one unit for
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -146,39 +147,50 @@ def distortion_curves(
         inputs = [xb for xb in inputs if not isinstance(xb, Tensor) or xb.shape[0] > 1]
     if not inputs:
         raise ValueError("distortion_curves needs at least one batch of training data")
-    norms = _batch_norms(model) if batch_stats else []
-    saved_norms = [{k: v.clone() for k, v in bn.named_buffers()} for bn in norms]  # put back afterwards
-    for bn in norms:  # normalise with each batch's statistics
-        bn.train()
     try:
-        refs = [torch.log_softmax(model(xb).float(), dim=-1) for xb in inputs]
-        samples = sum(ref.shape[0] for ref in refs)
+        with batch_statistics(model, batch_stats):
+            refs = [torch.log_softmax(model(xb).float(), dim=-1) for xb in inputs]
+            samples = sum(ref.shape[0] for ref in refs)
 
-        def distortion() -> float:
-            total = 0.0
-            for xb, ref in zip(inputs, refs):
-                out = torch.log_softmax(model(xb).float(), dim=-1)
-                total += float((ref.exp() * (ref - out)).sum())
-            return total / samples
+            def distortion() -> float:
+                total = 0.0
+                for xb, ref in zip(inputs, refs):
+                    out = torch.log_softmax(model(xb).float(), dim=-1)
+                    total += float((ref.exp() * (ref - out)).sum())
+                return total / samples
 
-        curves = []
-        for gi, (alpha, rank) in enumerate(zip(gates.alphas, ranks)):
-            order = torch.argsort(rank.detach().cpu(), descending=True, stable=True).to(alpha.device)
-            row = []
-            for u in counts[gi]:
+            curves = []
+            for gi, (alpha, rank) in enumerate(zip(gates.alphas, ranks)):
+                order = torch.argsort(rank.detach().cpu(), descending=True, stable=True).to(alpha.device)
+                row = []
+                for u in counts[gi]:
+                    alpha.copy_(saved[gi])
+                    alpha[order[int(u) :]] = 0.0
+                    row.append(distortion())
                 alpha.copy_(saved[gi])
-                alpha[order[int(u) :]] = 0.0
-                row.append(distortion())
-            alpha.copy_(saved[gi])
-            curves.append(row)
+                curves.append(row)
     finally:
         for a, s in zip(gates.alphas, saved):
             a.copy_(s)
-        for bn, buffers in zip(norms, saved_norms):
-            for k, v in bn.named_buffers():
-                v.copy_(buffers[k])
         model.train(was_training)
     return curves
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside the block the model's batch norms normalise with each batch's own statistics; their
+    running statistics and modes are put back afterwards (``enabled=False``: nothing changes)."""
+    norms = _batch_norms(model) if enabled else []
+    saved = [({k: v.clone() for k, v in bn.named_buffers()}, bn.training) for bn in norms]
+    for bn in norms:
+        bn.train()
+    try:
+        yield
+    finally:
+        for bn, (buffers, mode) in zip(norms, saved):
+            for k, v in bn.named_buffers():
+                v.copy_(buffers[k])
+            bn.train(mode)
 
 
 def _batch_norms(model: nn.Module) -> list[nn.Module]:

@@ -13,6 +13,7 @@ from edgetrim.compress.config import CompressConfig
 from edgetrim.compress.gates import ChannelGates
 from edgetrim.compress.graph import find_channel_groups
 from edgetrim.compress.importance import (
+    batch_statistics,
     curve_importance,
     distortion_curves,
     distortion_importance,
@@ -285,3 +286,19 @@ def test_distortion_allocation_cuts_the_group_the_outputs_need_least(make_table)
     assert widths["share"][a] < 32  # the share fit cannot tell the branches apart by their outputs
     with pytest.raises(ValueError, match="allocation must be"):
         CompressConfig(budget_ms=1.0, allocation="random")
+
+
+def test_batch_statistics_normalises_per_batch_and_puts_the_norm_back_even_after_an_error() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    x = torch.randn(16, 4) * 5 + 3
+    buffers = {k: v.clone() for k, v in model[1].named_buffers()}
+    with pytest.raises(RuntimeError), batch_statistics(model):
+        y = model(x)
+        assert model[1].training and not model[0].training
+        assert torch.allclose(y.mean(0), torch.zeros(3), atol=1e-5)  # this batch's own mean
+        raise RuntimeError("interrupted")
+    assert not model[1].training  # its mode back
+    assert all(torch.equal(v, buffers[k]) for k, v in model[1].named_buffers())  # statistics untouched
+    with batch_statistics(model, enabled=False):
+        assert not model[1].training
