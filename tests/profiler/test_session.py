@@ -188,6 +188,26 @@ def test_spike_points_flags_isolated_highs_only() -> None:
         ProfileConfig(recheck_ratio=1.0)
 
 
+def test_spike_points_finds_an_aligned_width_hidden_among_slow_unaligned_ones() -> None:
+    """A depthwise conv measured 2.7 us at 16 channels between 1.0 us at 12 and 20: its plain neighbours
+    15 and 17 are slower still (unaligned), so only the aligned widths show the spike."""
+    from edgetrim.lookup_tables import LatencyTable
+    from edgetrim.profiler.session import spike_points
+    from edgetrim.types import DeviceInfo, LatencyStats, OpContext, OpKind
+
+    def st(ms: float) -> LatencyStats:
+        return LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, n=5)
+
+    t = LatencyTable(DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="1", device="x"))
+    dw = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
+    for w in range(1, 41):  # multiples of 4 fast, the rest a real step slower
+        t.record(dw, w, w, st(1.0 + 0.01 * w if w % 4 == 0 else 3.0 + 0.05 * w))
+    assert spike_points(t, dw, ratio=1.3) == []
+    t.record(dw, 16, 16, st(2.7))  # below 15 and 17, far above 12 and 20
+    t.record(dw, 28, 28, st(2.7))  # a 4-aligned width between 8-aligned 24 and 32: a real step
+    assert spike_points(t, dw, ratio=1.3) == [(16, 16)]
+
+
 def test_resume_rechecks_a_disturbed_point_and_keeps_the_lower_median(fast_timing, tmp_path) -> None:
     from edgetrim.types import LatencyStats
 
