@@ -308,16 +308,14 @@ def spike_points(table: LatencyTable, ctx: OpContext, *, ratio: float) -> list[t
             return p[1] if axis == 0 else p[0]
 
         line.sort(key=width)
-        for a, b, c in zip(line, line[1:], line[2:]):
-            if pts[b] > ratio * max(pts[a], pts[c]):
-                out.add(b)
-        # an aligned width among unaligned ones (16 between 15 and 17) hides behind their real
-        # slowness: compare it with the nearest widths of each alignment step as well, when it is at
-        # least as aligned as both (more alignment never makes a kernel slower; less may, a real step)
-        for step in _ALIGN_STEPS:
+        # step 1: the immediate neighbours. An aligned width among unaligned ones (16 between 15
+        # and 17) hides behind their real slowness, so it is also compared with the nearest widths of
+        # each alignment step, when it is at least as aligned as both (more alignment never makes a
+        # kernel slower; less may, a real step)
+        for step in (1, *_ALIGN_STEPS):
             sub = [p for p in line if width(p) % step == 0]
             for a, b, c in zip(sub, sub[1:], sub[2:]):
-                aligned = _alignment(width(b)) >= max(_alignment(width(a)), _alignment(width(c)))
+                aligned = step == 1 or _alignment(width(b)) >= max(_alignment(width(a)), _alignment(width(c)))
                 if aligned and pts[b] > ratio * max(pts[a], pts[c]):
                     out.add(b)
         for end, near in ((line[0], line[1:3]), (line[-1], line[-2:-4:-1])):
