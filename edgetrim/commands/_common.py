@@ -8,13 +8,29 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from edgetrim.errors import EdgetrimError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+DriftToleranceOption = Annotated[
+    float,
+    typer.Option(
+        "--drift-tolerance",
+        help="with --resume: start over (old file kept as OUT.stale.json) when a quarter of a sample "
+        "of stored points now time over 1 + this times slower (or faster); 0 never starts over",
+    ),
+]
+
+
+def drift_tolerance(value: float) -> float | None:
+    """``--drift-tolerance`` as ``ProfileConfig.drift_tolerance`` (0 -> None: never start over)."""
+    if value < 0:
+        raise EdgetrimError(f"--drift-tolerance must be >= 0 (0: never start over), got {value}")
+    return value or None
 
 
 def cli_errors(fn: F) -> F:

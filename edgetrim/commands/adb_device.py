@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgetrim.commands._common import cli_errors, echo_json, parse_int_list
+from edgetrim.commands._common import (
+    DriftToleranceOption,
+    cli_errors,
+    drift_tolerance,
+    echo_json,
+    parse_int_list,
+)
 from edgetrim.errors import EdgetrimError
 
 
@@ -36,6 +42,7 @@ def profile_phones_cmd(
     max_points: Annotated[int | None, typer.Option("--max-points", help="cap on points per table")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="coarse timing and small grids")] = False,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="adaptive refinement rounds")] = True,
+    drift: DriftToleranceOption = 0.2,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Profile --model (or a --spec grid) on several phones at once; tables stay apart by fingerprint."""
@@ -75,6 +82,7 @@ def profile_phones_cmd(
             max_points=max_points,
             points_per_context=48 if quick else ProfileConfig().points_per_context,
             refine_rounds=1 if quick else ProfileConfig().refine_rounds,
+            drift_tolerance=drift_tolerance(drift),
         ),
     )
     failed = [r for r in results if r.error]

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from edgetrim.commands._common import cli_errors, echo_json, parse_int_list, stdout_to_stderr
+from edgetrim.commands._common import (
+    DriftToleranceOption,
+    cli_errors,
+    drift_tolerance,
+    echo_json,
+    parse_int_list,
+    stdout_to_stderr,
+)
 from edgetrim.errors import EdgetrimError
 
 ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".pt2")
@@ -76,6 +83,7 @@ def profile(
             "--passes", help="measure every point this many times, keep the lowest (shared machines)"
         ),
     ] = 1,
+    drift: DriftToleranceOption = 0.2,
     benchmark_binary: BenchmarkBinaryOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object")] = False,
 ) -> None:
@@ -110,6 +118,7 @@ def profile(
             points_per_context=48 if quick else ProfileConfig().points_per_context,
             refine_rounds=1 if quick else ProfileConfig().refine_rounds,
             passes=passes,
+            drift_tolerance=drift_tolerance(drift),
         )
         table = profile_table(
             tgt, plan, out=out, resume=resume, timing=_timing(quick), refine=refine, config=cfg
@@ -124,6 +133,7 @@ def profile(
         "build_time_s": table.meta.get("build_time_s"),
         "invoke_overhead_ms": table.meta.get("invoke_overhead_ms"),
         "skipped_contexts": table.meta.get("skipped_contexts", {}),
+        "resume_drift": table.meta.get("resume_drift"),
     }
     if json_out:
         echo_json(summary)
@@ -132,6 +142,13 @@ def profile(
         f"{out}: {summary['points']} points in {summary['contexts']} contexts on {summary['fingerprint']} "
         f"({summary['points_measured']} measured now, build time {summary['build_time_s']} s)"
     )
+    drift = summary["resume_drift"]
+    if drift:
+        verdict = f"started over (old table kept as {drift['stale_copy']})" if drift["restarted"] else "kept"
+        typer.echo(
+            f"resume check: {drift['points']} stored points now time {drift['low']:.2f}x-{drift['high']:.2f}x "
+            f"(quartiles) as stored; {verdict}"
+        )
     for key, why in summary["skipped_contexts"].items():
         typer.echo(f"skipped {key}: {why}")
 

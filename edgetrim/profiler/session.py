@@ -4,7 +4,9 @@
 seeded random order (so slow drift - thermal, other load - spreads over the table as noise instead
 of shaping it), shows a progress bar with ETA on stderr, saves the table atomically every few points
 (Ctrl-C or a crash loses at most the point in flight), and continues an interrupted table with
-``resume=True`` without re-measuring finished points. Then adaptive refinement adds points where
+``resume=True`` without re-measuring finished points (after checking on a sample that the stored
+points still time as they did: a table whose host got slower or faster in between starts over, since
+old and new points would not be comparable). Then adaptive refinement adds points where
 interpolation between measured neighbours misses (``lookup_tables.grid.refine_points``).
 
 Invoke overhead: the runtime's cost of one empty invoke is measured once per table and subtracted
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -136,6 +141,14 @@ class ProfileConfig:
             keep the lowest median. On a shared machine, load from other processes inflates whole
             stretches of a run; a second pass at another moment halves the chance that a point
             keeps a disturbed value (it doubles the build time).
+        drift_tolerance: on resume, ``drift_points`` stored points are timed again first; when a
+            quarter of them or more now take over ``1 + tol`` times (or under ``1 / (1 + tol)``
+            times) what is stored (a busier or quieter host, another power mode, a rebuilt
+            runtime), old and new points would not be comparable and the table starts over (the
+            old file is kept beside it as ``<name>.stale.json``). A quarter, not the median: load
+            from a neighbour slows some kernels (memory-bound ones) and leaves others alone.
+            ``None``: never start over.
+        drift_points: how many stored points the resume check times (the slower half of the table).
     """
 
     seed: int = 0
@@ -150,8 +163,14 @@ class ProfileConfig:
     recheck_ratio: float = 1.3
     recheck_rounds: int = 2
     passes: int = 1
+    drift_tolerance: float | None = 0.2
+    drift_points: int = 16
 
     def __post_init__(self) -> None:
+        if self.drift_tolerance is not None and self.drift_tolerance <= 0:
+            raise ValueError(f"drift_tolerance must be > 0 or None, got {self.drift_tolerance}")
+        if self.drift_points < 3:
+            raise ValueError(f"drift_points must be >= 3, got {self.drift_points}")
         if self.passes < 1:
             raise ValueError(f"passes must be >= 1, got {self.passes}")
         if self.recheck_ratio <= 1:
@@ -274,9 +293,6 @@ class _Session:
         return len(todo)
 
 
-_ALIGN_STEPS = (2, 4, 8, 16)  # channel alignments runtimes block or vectorise by
-
-
 def _alignment(width: int) -> int:
     """The largest power of two dividing ``width``."""
     return width & -width
@@ -287,10 +303,10 @@ def spike_points(table: LatencyTable, ctx: OpContext, *, ratio: float) -> list[t
 
     One-axis contexts are checked along their width; two-axis contexts along every row (fixed input
     width) and every column (fixed output width). An inner point is flagged when it exceeds both
-    neighbours, or both nearest widths that are multiples of 2, 4, 8 or 16 as it is, if they are no
-    more aligned than it; an end point (the widest or narrowest width of a line, which is often a model's own
-    layer width) when it exceeds both its neighbour scaled in proportion to width and the linear extrapolation
-    of its two neighbours.
+    neighbours; any point when it exceeds a wider width that is no more aligned than it (alignment:
+    the largest power of two dividing the width); an end point (the widest or narrowest width of a
+    line, which is often a model's own layer width) when it exceeds both its neighbour scaled in
+    proportion to width and the linear extrapolation of its two neighbours.
     Re-measuring keeps the lower median, so a real step that gets flagged only costs time.
     """
     pts = {(i, o): s.median_ms for i, o, s in table.points(ctx)}
@@ -308,16 +324,20 @@ def spike_points(table: LatencyTable, ctx: OpContext, *, ratio: float) -> list[t
             return p[1] if axis == 0 else p[0]
 
         line.sort(key=width)
-        # step 1: the immediate neighbours. An aligned width among unaligned ones (16 between 15
-        # and 17) hides behind their real slowness, so it is also compared with the nearest widths of
-        # each alignment step, when it is at least as aligned as both (more alignment never makes a
-        # kernel slower; less may, a real step)
-        for step in (1, *_ALIGN_STEPS):
-            sub = [p for p in line if width(p) % step == 0]
-            for a, b, c in zip(sub, sub[1:], sub[2:]):
-                aligned = step == 1 or _alignment(width(b)) >= max(_alignment(width(a)), _alignment(width(c)))
-                if aligned and pts[b] > ratio * max(pts[a], pts[c]):
-                    out.add(b)
+        for a, b, c in zip(line, line[1:], line[2:]):
+            if pts[b] > ratio * max(pts[a], pts[c]):
+                out.add(b)
+        # An aligned width among unaligned ones (16 between 15 and 17) hides behind their real
+        # slowness. But a kernel never gets faster with more channels at the same or a lower
+        # alignment (more alignment never makes it slower): a width that costs more than a wider
+        # one no more aligned than it (88 channels against 100) is a spike.
+        cheapest: dict[int, float] = {}  # alignment -> lowest cost among the wider widths seen
+        for p in reversed(line):
+            align = _alignment(width(p))
+            bound = min((v for al, v in cheapest.items() if al <= align), default=math.inf)
+            if pts[p] > ratio * bound:
+                out.add(p)
+            cheapest[align] = min(pts[p], cheapest.get(align, math.inf))
         for end, near in ((line[0], line[1:3]), (line[-1], line[-2:-4:-1])):
             if not near or end == near[0]:
                 continue
@@ -346,6 +366,68 @@ def _open_table(target: Target, out: Path, resume: bool) -> LatencyTable:
     if out.exists():
         logger.warning("overwriting %s (pass --resume to continue it instead)", out)
     return LatencyTable(info, meta={})
+
+
+def resume_drift(
+    target: Target, table: LatencyTable, timing: TimingConfig, *, points: int, seed: int
+) -> dict[str, float | int] | None:
+    """Time a seeded sample of ``table``'s stored points again: ``{"low", "ratio", "high",
+    "points"}``, the quartiles and median over the sample of now / stored (each point timed twice,
+    the lower kept); ``None`` when the table has fewer than 3 points to try.
+
+    The sample comes from the slower half of the table: the shortest points are mostly invoke
+    overhead and noise, and say little about how fast kernels run now. The table's own invoke
+    overhead is subtracted as it was from the stored points.
+    """
+    stored = {(ctx, i, o): s.median_ms for ctx in table.contexts() for i, o, s in table.points(ctx)}
+    if not stored:
+        return None
+    cut = sorted(stored.values())[len(stored) // 2]
+    pool = sorted(
+        (k for k, v in stored.items() if v >= cut and v > 0), key=lambda k: (k[0].key(), k[1], k[2])
+    )
+    if len(pool) < 3:
+        return None
+    sample = random.Random(seed + 3).sample(pool, min(points, len(pool)))
+    overhead = (
+        float(table.meta.get("invoke_overhead_ms", 0.0))
+        if table.meta.get("invoke_overhead_subtracted")
+        else 0.0
+    )
+    now: dict[OpRequest, float] = {}
+    for order in (sample, sample[::-1]):  # twice, the lower kept: load only ever adds time
+        for req, stats in target.measure_ops(order, timing):
+            ms = shift_stats(stats, overhead).median_ms
+            now[req] = min(ms, now.get(req, ms))
+    low, mid, high = statistics.quantiles([now[req] / stored[req] for req in sample], n=4)
+    return {"low": low, "ratio": mid, "high": high, "points": len(sample)}
+
+
+def _restart_if_drifted(
+    target: Target, table: LatencyTable, out: Path, timing: TimingConfig, cfg: ProfileConfig
+) -> LatencyTable:
+    """``table`` when its stored points still time as they did, else a new empty table (see
+    ``ProfileConfig.drift_tolerance``); the finding is kept in ``meta["resume_drift"]``."""
+    table.meta.pop("resume_drift", None)  # a finding of an earlier resume
+    if cfg.drift_tolerance is None:
+        return table
+    drift = resume_drift(target, table, timing, points=cfg.drift_points, seed=cfg.seed)
+    if drift is None:
+        return table
+    finding = {**drift, "tolerance": cfg.drift_tolerance}
+    if 1.0 / (1.0 + cfg.drift_tolerance) <= drift["low"] and drift["high"] <= 1.0 + cfg.drift_tolerance:
+        table.meta["resume_drift"] = finding | {"restarted": False}
+        return table
+    stale = out.with_name(f"{out.stem}.stale{out.suffix}")
+    os.replace(out, stale)  # nothing is lost: the old points stay readable beside the new table
+    logger.warning(
+        "%s: %d stored points now time %.2fx-%.2fx (quartiles) what they did, beyond %.2fx: the host "
+        "or runtime changed since they were measured, so the table starts over; the old one is kept as %s",
+        out, drift["points"], drift["low"], drift["high"], 1 + cfg.drift_tolerance, stale,
+    )  # fmt: skip
+    fresh = LatencyTable(target.info(), meta={})
+    fresh.meta["resume_drift"] = finding | {"restarted": True, "stale_copy": str(stale)}
+    return fresh
 
 
 #: Widths (in multiples of the NCHWc block) at which layout reorders are measured; the predictor fits
@@ -421,7 +503,8 @@ def profile_table(
             to that layer's widths, exact layer widths included).
         out: table file; written atomically every ``config.save_every`` points and at the end.
         resume: continue ``out`` if it exists, skipping measured points; refuses a table from
-            another target / device / thread count.
+            another target / device / thread count, and starts over when a sample of its points
+            no longer times as stored (``config.drift_tolerance``).
         timing: per-point timing (default ``TimingConfig()``).
         refine: run adaptive refinement rounds after the initial plan.
         config: session knobs (seed, caps, refinement tolerance).
@@ -439,6 +522,8 @@ def profile_table(
         raise EdgetrimError("nothing to profile: the model has no operators / the spec no contexts")
     plans = plan_from_layer_ops(plan) if isinstance(plan[0], LayerOp) else list(plan)  # type: ignore[arg-type]
     table = _open_table(target, out, resume)
+    if resume and table.n_points():
+        table = _restart_if_drifted(target, table, out, timing, cfg)
     session = _Session(target, table, out, timing, cfg)
 
     skipped: dict[str, str] = dict(table.meta.get("skipped_contexts", {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def test_unplugged_session_keeps_points_and_resumes(
         resume=True,
         timing=TIMING,
         refine=False,
-        config=SESSION,
+        # the count below is of missing points; the resume's drift probe is tested in tests/profiler
+        config=dataclasses.replace(SESSION, drift_tolerance=None),
     )
     assert table.n_points() >= 6
     # only missing points measured, plus the spikes the session re-checks (load on a shared host)

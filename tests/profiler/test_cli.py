@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -61,8 +62,25 @@ def test_profile_model_then_resume_then_measure(model_file, tmp_path) -> None:
     first = _json(runner.invoke(app, [*args, "--quick", "--max-points", "30", "--json"]))
     assert first["points"] == 30 and first["points_measured"] == 30
     assert load_table(out).n_points() == 30
-    second = _json(runner.invoke(app, [*args, "--quick", "--max-points", "40", "--resume", "--json"]))
+    second = _json(
+        runner.invoke(
+            app, [*args, "--quick", "--max-points", "40", "--resume", "--drift-tolerance", "0", "--json"]
+        )
+    )
     assert second["points"] == 40 and second["points_measured"] == 10  # only the new ones
+    assert second["resume_drift"] is None  # 0: no resume check
+
+    table = load_table(out)  # as if measured on a host 5x slower than this one now
+    for ctx in table.contexts():
+        for i, o, st in table.points(ctx):
+            slow = {k: 5 * getattr(st, k) + 0.01 for k in ("median_ms", "p10_ms", "p90_ms", "mean_ms")}
+            table.record(ctx, i, o, dataclasses.replace(st, **slow))
+    table.save(out)
+    third = runner.invoke(app, [*args, "--quick", "--max-points", "40", "--resume"])
+    assert third.exit_code == 0, third.output
+    assert "started over (old table kept as" in third.stdout
+    assert load_table(tmp_path / "table.stale.json").n_points() == 40
+    assert load_table(out).meta["resume_drift"]["restarted"] is True
 
     measured = _json(
         runner.invoke(
@@ -139,6 +157,20 @@ def test_measure_with_input_shape(model_file) -> None:
         (
             ["profile", "--target", "ort-cpu", "--model", "MODEL:tiny", "--out", "t.json", "--passes", "0"],
             "--passes",
+        ),
+        (
+            [
+                "profile",
+                "--target",
+                "ort-cpu",
+                "--model",
+                "MODEL:tiny",
+                "--out",
+                "t.json",
+                "--drift-tolerance",
+                "-1",
+            ],
+            "--drift-tolerance must be >= 0",
         ),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -67,7 +68,10 @@ def test_interrupted_profile_resumes_without_remeasuring(
     assert load_table(out).n_points() == 7  # everything finished before Ctrl-C was saved
 
     resumed = counting_target(ort)
-    table = profile_table(resumed, ops, out=out, resume=True, timing=fast_timing, refine=False, config=SMALL)
+    no_check = dataclasses.replace(SMALL, drift_tolerance=None)  # the drift probe re-times a sample
+    table = profile_table(
+        resumed, ops, out=out, resume=True, timing=fast_timing, refine=False, config=no_check
+    )
     assert len(resumed.seen) == total - 7
     assert not set(resumed.seen) & set(broken.seen)
     assert table.n_points() == total
@@ -189,8 +193,8 @@ def test_spike_points_flags_isolated_highs_only() -> None:
 
 
 def test_spike_points_finds_an_aligned_width_hidden_among_slow_unaligned_ones() -> None:
-    """A depthwise conv measured 2.7 us at 16 channels between 1.0 us at 12 and 20: its plain neighbours
-    15 and 17 are slower still (unaligned), so only the aligned widths show the spike."""
+    """A depthwise conv measured 2.7 us at 16 channels against ~1.2 us at 24: its plain neighbours 15
+    and 17 are slower still (unaligned), so only the width bound shows the spike."""
     from edgetrim.lookup_tables import LatencyTable
     from edgetrim.profiler.session import spike_points
     from edgetrim.types import DeviceInfo, LatencyStats, OpContext, OpKind
@@ -200,12 +204,16 @@ def test_spike_points_finds_an_aligned_width_hidden_among_slow_unaligned_ones() 
 
     t = LatencyTable(DeviceInfo(target="ort-cpu", runtime="onnxruntime", runtime_version="1", device="x"))
     dw = OpContext(OpKind.DEPTHWISE_CONV2D, kernel=(3, 3), padding=(1, 1), spatial=(4, 4))
-    for w in range(1, 41):  # multiples of 4 fast, the rest a real step slower
-        t.record(dw, w, w, st(1.0 + 0.01 * w if w % 4 == 0 else 3.0 + 0.05 * w))
-    assert spike_points(t, dw, ratio=1.3) == []
-    t.record(dw, 16, 16, st(2.7))  # below 15 and 17, far above 12 and 20
-    t.record(dw, 28, 28, st(2.7))  # a 4-aligned width between 8-aligned 24 and 32: a real step
-    assert spike_points(t, dw, ratio=1.3) == [(16, 16)]
+    for w in range(
+        1, 41
+    ):  # multiples of 8 fastest, other multiples of 4 a real step slower, the rest slower still
+        t.record(
+            dw, w, w, st(1.0 + 0.01 * w if w % 8 == 0 else 1.8 + 0.01 * w if w % 4 == 0 else 3.0 + 0.05 * w)
+        )
+    assert spike_points(t, dw, ratio=1.3) == []  # the steps between alignment classes are real
+    t.record(dw, 16, 16, st(2.7))  # below 15 and 17, far above 24 (wider, no more aligned)
+    t.record(dw, 28, 28, st(4.0))  # below 27 and 29, far above 36 (the 4-aligned class, wider)
+    assert spike_points(t, dw, ratio=1.3) == [(16, 16), (28, 28)]
 
 
 def test_resume_rechecks_a_disturbed_point_and_keeps_the_lower_median(fast_timing, tmp_path) -> None:
@@ -222,7 +230,8 @@ def test_resume_rechecks_a_disturbed_point_and_keeps_the_lower_median(fast_timin
         ctx, 6, 6, LatencyStats(median_ms=fake, p10_ms=fake, p90_ms=fake, mean_ms=fake, std_ms=0.0, n=3)
     )
     table.save(out)
-    cfg = ProfileConfig(refine_rounds=0, recheck_rounds=1)
+    # drift check off: the planted 1000 ms point would read as a changed host
+    cfg = ProfileConfig(refine_rounds=0, recheck_rounds=1, drift_tolerance=None)
     again = profile_table(
         get_target("ort-cpu"), plan, out=out, resume=True, timing=fast_timing, refine=False, config=cfg
     )
@@ -283,6 +292,7 @@ def test_overhead_inflated_by_load_is_remeasured_and_points_rebased(fast_timing,
     inflated = table.meta["invoke_overhead_ms"] + 1.0  # ms: a burst of load at the first measurement
     table.meta["invoke_overhead_ms"] = inflated
     table.save(out)
+    cfg = dataclasses.replace(cfg, drift_tolerance=None)  # the edited overhead would read as drift
     again = profile_table(
         get_target("ort-cpu"), plan, out=out, resume=True, timing=fast_timing, refine=False, config=cfg
     )
@@ -290,3 +300,62 @@ def test_overhead_inflated_by_load_is_remeasured_and_points_rebased(fast_timing,
     assert now < inflated - 0.5
     for i, _, s in again.points(ctx):  # every point gets the over-subtracted part back
         assert s.median_ms == pytest.approx(before[i] + inflated - now)
+
+
+def _scaled(table, factor: float):
+    """``table`` with every stored median (and its spread) multiplied by ``factor``."""
+    from edgetrim.types import LatencyStats
+
+    for ctx in table.contexts():
+        for i, o, st in table.points(ctx):
+            table.record(ctx, i, o, LatencyStats(
+                median_ms=st.median_ms * factor, p10_ms=st.p10_ms * factor, p90_ms=st.p90_ms * factor,
+                mean_ms=st.mean_ms * factor, std_ms=st.std_ms * factor, n=st.n,
+            ))  # fmt: skip
+    return table
+
+
+# ~5-30 us per point: long enough that a resume's re-timing is steady on a busy two-core machine
+DRIFT_PLAN = [ContextPlan(OpContext(OpKind.LINEAR), 256, 256)]
+DRIFT_CFG = ProfileConfig(points_per_context=12, refine_rounds=0, recheck_rounds=0, drift_tolerance=1.0)
+
+
+def test_resume_keeps_a_table_whose_points_still_time_as_stored(fast_timing, tmp_path) -> None:
+    out = tmp_path / "t.json"
+    ort = get_target("ort-cpu", threads=1)
+    first = profile_table(ort, DRIFT_PLAN, out=out, timing=fast_timing, refine=False, config=DRIFT_CFG)
+    before = {(i, o): s.median_ms for i, o, s in first.points(DRIFT_PLAN[0].context)}
+    again = profile_table(
+        ort, DRIFT_PLAN, out=out, resume=True, timing=fast_timing, refine=False, config=DRIFT_CFG
+    )
+    drift = again.meta["resume_drift"]
+    assert drift["restarted"] is False and 3 <= drift["points"] <= DRIFT_CFG.drift_points
+    assert 0.5 <= drift["low"] <= drift["ratio"] <= drift["high"] <= 2.0
+    assert {(i, o): s.median_ms for i, o, s in again.points(DRIFT_PLAN[0].context)} == before  # kept as is
+    assert again.meta["points_measured_last_run"] == 0 and not (tmp_path / "t.stale.json").exists()
+
+
+def test_resume_starts_over_when_stored_points_no_longer_time_as_they_did(fast_timing, tmp_path) -> None:
+    """A table measured on a 4x slower host (or power mode) and resumed now: mixing its points with
+    new ones would make steps out of the two speeds, so every point is measured again."""
+    out = tmp_path / "t.json"
+    ort = get_target("ort-cpu", threads=1)
+    first = profile_table(ort, DRIFT_PLAN, out=out, timing=fast_timing, refine=False, config=DRIFT_CFG)
+    ctx = DRIFT_PLAN[0].context
+    slow = {(i, o): 4 * s.median_ms for i, o, s in first.points(ctx)}
+    _scaled(first, 4.0).save(out)
+
+    again = profile_table(
+        ort, DRIFT_PLAN, out=out, resume=True, timing=fast_timing, refine=False, config=DRIFT_CFG
+    )
+    drift = again.meta["resume_drift"]
+    assert drift["restarted"] is True and drift["high"] < 0.5
+    assert again.meta["points_measured_last_run"] == again.n_points() == first.n_points()
+    now = {(i, o): s.median_ms for i, o, s in again.points(ctx)}
+    assert sorted(now[k] / slow[k] for k in slow)[len(slow) // 2] < 0.5  # re-measured, not kept
+    stale = load_table(drift["stale_copy"])  # the old points are kept beside the new table
+    assert {(i, o): s.median_ms for i, o, s in stale.points(ctx)} == pytest.approx(slow)
+    assert load_table(out).meta["resume_drift"]["restarted"] is True
+
+    with pytest.raises(ValueError, match="drift_tolerance"):
+        ProfileConfig(drift_tolerance=0.0)
