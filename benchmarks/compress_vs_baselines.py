@@ -121,7 +121,9 @@ def benchmark_table(
     reuse: bool = False,
 ):
     """The ort-cpu table of model ``name`` at ``image_size``, profiled once and cached under results/
-    (resumable); every compress benchmark on the zoo models at that size reads the same file.
+    (resumable); every compress benchmark on the zoo models at that size reads the same file. A
+    cached table whose points no longer time as stored (the host's speed changed) is profiled again
+    (``ProfileConfig.drift_tolerance``): budgets are fractions of the dense model measured now.
 
     ``reuse``: read the cached table as it is when there is one (no rechecks or refinement, so a
     script that only reads predictions can run beside another process without timing anything).
@@ -167,6 +169,10 @@ class Meter:
         self.timing = TimingConfig(warmup=20, min_runs=60, max_runs=200, rel_ci=0.01, time_cap_s=0.05)
         self.tmp = Path(tempfile.mkdtemp(prefix="cvb_"))
         self.n = 0
+        # the dense model's time at every paired measurement: this host changes speed for minutes at
+        # a time and not evenly across kernels, so a run's results are read against this timeline
+        self.started = time.perf_counter()
+        self.timeline: list[dict[str, float]] = []
 
     def session(self, model: nn.Module, example):
         self.n += 1
@@ -196,11 +202,16 @@ class Meter:
         back to back see nearly the same load, so their ratio is far steadier than either time.
         """
         ratios: dict[str, list[float]] = {k: [] for k in sessions}
+        refs: list[float] = []
         for _ in range(self.rounds):
             for k, sess in sessions.items():
                 b = self.target.time_session(ref, self.timing).median_ms
                 a = self.target.time_session(sess, self.timing).median_ms
                 ratios[k].append(a / b)
+                refs.append(b)
+        self.timeline.append(
+            {"s": round(time.perf_counter() - self.started, 1), "dense_ms": statistics.median(refs)}
+        )
         out = {}
         for k, rs in ratios.items():
             s = _summary([ref_ms * r for r in rs])
@@ -636,7 +647,7 @@ def main() -> None:
     def write() -> None:
         doc = {"benchmark": "compress_vs_baselines", "args": vars(args), "target": target.info().to_dict(),
                "seconds": time.perf_counter() - t0, "summary": summaries, "comparison": comparisons,
-               "rows": rows}  # fmt: skip
+               "rows": rows, "dense_timeline": meter.timeline}  # fmt: skip
         atomic_write_json(OUT / args.out, doc)
 
     for name in args.models.split(","):
