@@ -315,9 +315,10 @@ def _scaled(table, factor: float):
     return table
 
 
-# ~5-30 us per point: long enough that a resume's re-timing is steady on a busy two-core machine
 DRIFT_PLAN = [ContextPlan(OpContext(OpKind.LINEAR), 256, 256)]
-DRIFT_CFG = ProfileConfig(points_per_context=12, refine_rounds=0, recheck_rounds=0, drift_tolerance=1.0)
+# a 10x band either way: coarse timing next to other tests on a two-core machine moves points by
+# 2x and more; the drift the tests plant is 100x
+DRIFT_CFG = ProfileConfig(points_per_context=12, refine_rounds=0, recheck_rounds=0, drift_tolerance=9.0)
 
 
 def test_resume_keeps_a_table_whose_points_still_time_as_stored(fast_timing, tmp_path) -> None:
@@ -330,29 +331,32 @@ def test_resume_keeps_a_table_whose_points_still_time_as_stored(fast_timing, tmp
     )
     drift = again.meta["resume_drift"]
     assert drift["restarted"] is False and 3 <= drift["points"] <= DRIFT_CFG.drift_points
-    assert 0.5 <= drift["low"] <= drift["ratio"] <= drift["high"] <= 2.0
-    assert {(i, o): s.median_ms for i, o, s in again.points(DRIFT_PLAN[0].context)} == before  # kept as is
+    assert 0.1 <= drift["low"] <= drift["ratio"] <= drift["high"] <= 10.0
+    now = {(i, o): s.median_ms for i, o, s in again.points(DRIFT_PLAN[0].context)}
+    # kept: nothing measured again (a lower invoke overhead found at the end re-bases all alike)
+    shifts = {round(now[k] - before[k], 7) for k in before if before[k] > 0 and now[k] > 0}
+    assert now.keys() == before.keys() and len(shifts) == 1
     assert again.meta["points_measured_last_run"] == 0 and not (tmp_path / "t.stale.json").exists()
 
 
 def test_resume_starts_over_when_stored_points_no_longer_time_as_they_did(fast_timing, tmp_path) -> None:
-    """A table measured on a 4x slower host (or power mode) and resumed now: mixing its points with
+    """A table measured on a much slower host (or power mode) and resumed now: mixing its points with
     new ones would make steps out of the two speeds, so every point is measured again."""
     out = tmp_path / "t.json"
     ort = get_target("ort-cpu", threads=1)
     first = profile_table(ort, DRIFT_PLAN, out=out, timing=fast_timing, refine=False, config=DRIFT_CFG)
     ctx = DRIFT_PLAN[0].context
-    slow = {(i, o): 4 * s.median_ms for i, o, s in first.points(ctx)}
-    _scaled(first, 4.0).save(out)
+    slow = {(i, o): 100 * s.median_ms for i, o, s in first.points(ctx)}
+    _scaled(first, 100.0).save(out)
 
     again = profile_table(
         ort, DRIFT_PLAN, out=out, resume=True, timing=fast_timing, refine=False, config=DRIFT_CFG
     )
     drift = again.meta["resume_drift"]
-    assert drift["restarted"] is True and drift["high"] < 0.5
+    assert drift["restarted"] is True and drift["high"] < 0.1
     assert again.meta["points_measured_last_run"] == again.n_points() == first.n_points()
     now = {(i, o): s.median_ms for i, o, s in again.points(ctx)}
-    assert sorted(now[k] / slow[k] for k in slow)[len(slow) // 2] < 0.5  # re-measured, not kept
+    assert sorted(now[k] / slow[k] for k in slow)[len(slow) // 2] < 0.1  # re-measured, not kept
     stale = load_table(drift["stale_copy"])  # the old points are kept beside the new table
     assert {(i, o): s.median_ms for i, o, s in stale.points(ctx)} == pytest.approx(slow)
     assert load_table(out).meta["resume_drift"]["restarted"] is True
