@@ -142,11 +142,11 @@ def profile(
         f"{out}: {summary['points']} points in {summary['contexts']} contexts on {summary['fingerprint']} "
         f"({summary['points_measured']} measured now, build time {summary['build_time_s']} s)"
     )
-    drift = summary["resume_drift"]
-    if drift:
-        verdict = f"started over (old table kept as {drift['stale_copy']})" if drift["restarted"] else "kept"
+    found = summary["resume_drift"]  # not ``drift``: that is the --drift-tolerance value
+    if found:
+        verdict = f"started over (old table kept as {found['stale_copy']})" if found["restarted"] else "kept"
         typer.echo(
-            f"resume check: {drift['points']} stored points now time {drift['low']:.2f}x-{drift['high']:.2f}x "
+            f"resume check: {found['points']} stored points now time {found['low']:.2f}x-{found['high']:.2f}x "
             f"(quartiles) as stored; {verdict}"
         )
     for key, why in summary["skipped_contexts"].items():
